@@ -1,0 +1,480 @@
+// fastlm.kernels: the CPU kernels on NumPy arrays. every argument is checked here (dtype, rank,
+// shape, contiguity, emptiness) and a bad one raises TypeError/ValueError naming it; the kernels
+// themselves run with the GIL released.
+#include "bindings/kernels.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "runtime/cpu.h"
+
+namespace py = pybind11;
+
+namespace fastlm {
+namespace {
+
+using Table = const KernelTable& (*)();
+
+// ---- argument checks ----
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i) << (a.ndim() == 1 ? "," : "");
+  s << ")";
+  return s.str();
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+bool is_bf16(const py::array& a) {
+  return a.dtype().itemsize() == 2 && py::str(a.dtype()).cast<std::string>() == "bfloat16";
+}
+
+enum class DT { kF32, kBF16, kI8, kI32, kI64 };
+
+const char* dt_name(DT t) {
+  switch (t) {
+    case DT::kF32: return "float32";
+    case DT::kBF16: return "bfloat16";
+    case DT::kI8: return "int8";
+    case DT::kI32: return "int32";
+    case DT::kI64: return "int64";
+  }
+  return "?";
+}
+
+bool has_dt(const py::array& a, DT t) {
+  switch (t) {
+    case DT::kF32: return a.dtype().is(py::dtype::of<float>());
+    case DT::kBF16: return is_bf16(a);
+    case DT::kI8: return a.dtype().is(py::dtype::of<int8_t>());
+    case DT::kI32: return a.dtype().is(py::dtype::of<int32_t>());
+    case DT::kI64: return a.dtype().is(py::dtype::of<int64_t>());
+  }
+  return false;
+}
+
+// the array behind `obj`, checked: a NumPy array of one of `dts`, C-contiguous, non-empty, with
+// a rank in [min_ndim, max_ndim]
+py::array checked(const py::object& obj, const char* name, std::initializer_list<DT> dts, int min_ndim,
+                  int max_ndim) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  bool ok = false;
+  std::string want;
+  for (DT t : dts) {
+    ok = ok || has_dt(a, t);
+    want += std::string(want.empty() ? "" : " or ") + dt_name(t);
+  }
+  if (!ok) throw py::type_error(std::string(name) + " must have dtype " + want + ", got " + dtype_str(a));
+  if (a.ndim() < min_ndim || a.ndim() > max_ndim) {
+    std::ostringstream s;
+    s << name << " must have " << min_ndim;
+    if (max_ndim != min_ndim) s << (max_ndim > 8 ? " or more" : " to " + std::to_string(max_ndim));
+    s << " dimension" << (min_ndim == 1 && max_ndim == 1 ? "" : "s") << ", got shape " << shape_str(a);
+    throw py::value_error(s.str());
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be C-contiguous (got a strided view of shape " +
+                          shape_str(a) + "; use numpy.ascontiguousarray)");
+  }
+  if (a.size() == 0) throw py::value_error(std::string(name) + " must not be empty, got shape " + shape_str(a));
+  return a;
+}
+
+bool overlaps(const py::array& a, const py::array& b) {
+  auto lo_a = reinterpret_cast<uintptr_t>(a.data()), lo_b = reinterpret_cast<uintptr_t>(b.data());
+  return lo_a < lo_b + size_t(b.nbytes()) && lo_b < lo_a + size_t(a.nbytes());
+}
+
+// `out` if given (checked: float32, C-contiguous, writeable, the expected shape), else a new array
+py::array_t<float> make_out(const py::object& out, const std::vector<py::ssize_t>& shape) {
+  if (out.is_none()) return py::array_t<float>(shape);
+  py::array o = checked(out, "out", {DT::kF32}, 1, 32);
+  std::vector<py::ssize_t> got(o.shape(), o.shape() + o.ndim());
+  if (got != shape) {
+    py::array_t<float> tmp(shape);
+    throw py::value_error("out must have shape " + shape_str(tmp) + ", got " + shape_str(o));
+  }
+  if (!o.writeable()) throw py::value_error("out must be writeable");
+  return py::reinterpret_borrow<py::array_t<float>>(o);
+}
+
+void no_alias(const py::array& out, const py::array& in, const char* name) {
+  if (overlaps(out, in)) throw py::value_error(std::string("out must not overlap ") + name);
+}
+
+std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+float* f32(py::array& a) { return static_cast<float*>(a.mutable_data()); }
+const float* cf32(const py::array& a) { return static_cast<const float*>(a.data()); }
+
+// a per-thread scratch buffer, 64-byte aligned, that only grows
+void* workspace(size_t bytes) {
+  struct Buffer {
+    void* p = nullptr;
+    size_t n = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer buf;
+  if (bytes > buf.n) {
+    std::free(buf.p);
+    size_t n = (bytes + 63) / 64 * 64;
+    buf.p = std::aligned_alloc(64, n);
+    if (!buf.p) {
+      buf.n = 0;
+      throw std::bad_alloc();
+    }
+    buf.n = n;
+  }
+  return buf.p;
+}
+
+const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n, py::array& keep) {
+  if (obj.is_none()) return nullptr;
+  keep = checked(obj, name, {DT::kF32}, 1, 1);
+  if (keep.shape(0) != n) {
+    throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",), got " +
+                          shape_str(keep));
+  }
+  return cf32(keep);
+}
+
+}  // namespace
+
+// ---- packed weights ----
+
+PackedWeight::PackedWeight(const py::object& w_obj) {
+  py::array w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
+  const KernelTable& t = kernels();
+  N_ = w.shape(0);
+  K_ = w.shape(1);
+  wtype_ = is_bf16(w) ? WeightType::kBF16 : WeightType::kF32;
+  nr_ = t.pack_nr;
+  isa_ = t.name;
+  size_t bytes = size_t(packed_weight_elems(N_, K_, nr_)) * weight_type_size(wtype_);
+  data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  if (!data_) throw std::bad_alloc();
+  py::gil_scoped_release nogil;
+  t.pack_weight(w.data(), wtype_, N_, K_, data_.get());
+}
+
+std::string PackedWeight::dtype() const { return wtype_ == WeightType::kF32 ? "float32" : "bfloat16"; }
+
+size_t PackedWeight::nbytes() const {
+  return size_t(packed_weight_elems(N_, K_, nr_)) * weight_type_size(wtype_);
+}
+
+// ---- the kernels ----
+
+namespace {
+
+py::array_t<float> matmul(Table table, const py::object& x_obj, const py::object& w_obj,
+                          const py::object& bias_obj, const py::object& out_obj) {
+  const KernelTable& t = table();
+  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 2);
+  MatmulArgs a{};
+  py::array w, bias;
+  if (py::isinstance<PackedWeight>(w_obj)) {
+    const PackedWeight& pw = w_obj.cast<const PackedWeight&>();
+    if (std::string(t.name) == "ref") throw py::type_error("the reference matmul takes an unpacked w");
+    if (pw.nr() != t.pack_nr) {
+      throw py::value_error("w was packed for ISA " + pw.isa() + " (panels of " + std::to_string(pw.nr()) +
+                            "); the current ISA " + t.name + " uses panels of " + std::to_string(t.pack_nr) +
+                            ": pack it again");
+    }
+    a.w = pw.data();
+    a.N = pw.N();
+    a.K = pw.K();
+    a.wtype = pw.wtype();
+    a.packed = true;
+  } else {
+    w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
+    a.w = w.data();
+    a.N = w.shape(0);
+    a.K = w.shape(1);
+    a.wtype = is_bf16(w) ? WeightType::kBF16 : WeightType::kF32;
+  }
+  if (x.shape(1) != a.K) {
+    throw py::value_error("x and w disagree on K: x has shape " + shape_str(x) + " (K = " +
+                          std::to_string(x.shape(1)) + "), w has K = " + std::to_string(a.K));
+  }
+  a.x = cf32(x);
+  a.M = x.shape(0);
+  a.bias = optional_vec(bias_obj, "bias", a.N, bias);
+  py::array_t<float> out = make_out(out_obj, {a.M, a.N});
+  no_alias(out, x, "x");
+  a.y = out.mutable_data();
+  a.workspace = workspace(t.matmul_workspace(a.M, a.N, a.K, a.packed));
+  {
+    py::gil_scoped_release nogil;
+    t.matmul(a);
+  }
+  return out;
+}
+
+py::array_t<float> attention(Table table, const py::object& q_obj, const py::object& k_obj,
+                             const py::object& v_obj, bool causal, const py::object& scale_obj,
+                             const py::object& out_obj) {
+  py::array q = checked(q_obj, "q", {DT::kF32}, 3, 3);
+  py::array k = checked(k_obj, "k", {DT::kF32}, 3, 3);
+  py::array v = checked(v_obj, "v", {DT::kF32}, 3, 3);
+  if (shape_of(k) != shape_of(v))
+    throw py::value_error("k and v must have the same shape, got " + shape_str(k) + " and " + shape_str(v));
+  const int64_t H = q.shape(0), T = q.shape(1), D = q.shape(2), Hkv = k.shape(0), S = k.shape(1);
+  if (k.shape(2) != D)
+    throw py::value_error("q and k must have the same head dim: q " + shape_str(q) + ", k " + shape_str(k));
+  if (H % Hkv != 0)
+    throw py::value_error("query heads (" + std::to_string(H) + ") must be a multiple of kv heads (" +
+                          std::to_string(Hkv) + ")");
+  if (T > S)
+    throw py::value_error("q has more positions (T = " + std::to_string(T) + ") than k/v (S = " +
+                          std::to_string(S) + "): queries must sit at the end of the keys");
+  float scale = 1.0f / std::sqrt(float(D));
+  if (!scale_obj.is_none()) {
+    scale = scale_obj.cast<float>();
+    if (!std::isfinite(scale)) throw py::value_error("scale must be finite, got " + std::to_string(scale));
+  }
+  py::array_t<float> out = make_out(out_obj, {H, T, D});
+  no_alias(out, q, "q");
+  no_alias(out, k, "k");
+  no_alias(out, v, "v");
+  AttentionArgs a{cf32(q), cf32(k), cf32(v), out.mutable_data(), H, Hkv, T, S, D, T * D, S * D, T * D,
+                  scale, causal};
+  const KernelTable& t = table();
+  py::gil_scoped_release nogil;
+  t.attention(a);
+  return out;
+}
+
+py::array_t<float> rms_norm(Table table, const py::object& x_obj, const py::object& w_obj, float eps,
+                            const py::object& out_obj) {
+  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
+  py::array w;
+  const float* wp = optional_vec(w_obj, "weight", cols, w);
+  if (!(eps >= 0.0f)) throw py::value_error("eps must be >= 0, got " + std::to_string(eps));
+  py::array_t<float> out = make_out(out_obj, shape_of(x));
+  float* y = out.mutable_data();
+  const KernelTable& t = table();
+  py::gil_scoped_release nogil;
+  t.rms_norm(cf32(x), wp, y, rows, cols, eps);
+  return out;
+}
+
+py::array_t<float> layer_norm(Table table, const py::object& x_obj, const py::object& w_obj,
+                              const py::object& b_obj, float eps, const py::object& out_obj) {
+  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
+  py::array w, b;
+  const float* wp = optional_vec(w_obj, "weight", cols, w);
+  const float* bp = optional_vec(b_obj, "bias", cols, b);
+  if (!(eps >= 0.0f)) throw py::value_error("eps must be >= 0, got " + std::to_string(eps));
+  py::array_t<float> out = make_out(out_obj, shape_of(x));
+  float* y = out.mutable_data();
+  const KernelTable& t = table();
+  py::gil_scoped_release nogil;
+  t.layer_norm(cf32(x), wp, bp, y, rows, cols, eps);
+  return out;
+}
+
+py::tuple quantize_int8(Table table, const py::object& w_obj) {
+  py::array w = checked(w_obj, "w", {DT::kF32}, 2, 2);
+  const int64_t N = w.shape(0), K = w.shape(1);
+  py::array_t<int8_t> q({N, K});
+  py::array_t<float> s({N});
+  int8_t* qp = q.mutable_data();
+  float* sp = s.mutable_data();
+  const KernelTable& t = table();
+  {
+    py::gil_scoped_release nogil;
+    t.quantize_int8(cf32(w), N, K, qp, sp);
+  }
+  return py::make_tuple(q, s);
+}
+
+py::array_t<float> int8_matmul(Table table, const py::object& x_obj, const py::object& qw_obj,
+                               const py::object& scale_obj, const py::object& bias_obj,
+                               const py::object& out_obj) {
+  const KernelTable& t = table();
+  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 2);
+  py::array qw = checked(qw_obj, "qw", {DT::kI8}, 2, 2);
+  const int64_t M = x.shape(0), K = x.shape(1), N = qw.shape(0);
+  if (qw.shape(1) != K)
+    throw py::value_error("x and qw disagree on K: x " + shape_str(x) + ", qw " + shape_str(qw));
+  py::array scale, bias;
+  const float* sp = optional_vec(scale_obj, "scale", N, scale);
+  if (!sp) throw py::type_error("scale must be a float32 array of shape (N,), got None");
+  const float* bp = optional_vec(bias_obj, "bias", N, bias);
+  py::array_t<float> out = make_out(out_obj, {M, N});
+  no_alias(out, x, "x");
+  Int8MatmulArgs a{cf32(x), M, K, N, static_cast<const int8_t*>(qw.data()), sp, bp, out.mutable_data(),
+                   workspace(t.int8_matmul_workspace(M, N, K))};
+  py::gil_scoped_release nogil;
+  t.int8_matmul(a);
+  return out;
+}
+
+py::array_t<float> rope(Table table, const py::object& x_obj, const py::object& pos_obj, double theta,
+                        const py::object& inv_freq_obj, const py::object& rot_obj, bool interleaved,
+                        const py::object& out_obj) {
+  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 3);
+  const int64_t T = x.shape(0), H = x.ndim() == 3 ? x.shape(1) : 1, D = x.shape(x.ndim() - 1);
+  int64_t rot = D;
+  if (!rot_obj.is_none()) {
+    rot = rot_obj.cast<int64_t>();
+    if (rot <= 0 || rot > D || rot % 2)
+      throw py::value_error("rotary_dim must be even and in [2, " + std::to_string(D) + "], got " +
+                            std::to_string(rot));
+  } else if (D % 2) {
+    throw py::value_error("the head dim must be even for rope, got " + std::to_string(D));
+  }
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  if (pos_obj.is_none()) {
+    for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = t;
+  } else {
+    py::array p = checked(pos_obj, "positions", {DT::kI32, DT::kI64}, 1, 1);
+    if (p.shape(0) != T)
+      throw py::value_error("positions must have shape (" + std::to_string(T) + ",), got " + shape_str(p));
+    for (int64_t t = 0; t < T; ++t)
+      pos[size_t(t)] = has_dt(p, DT::kI32) ? static_cast<const int32_t*>(p.data())[t]
+                                           : static_cast<const int64_t*>(p.data())[t];
+  }
+  std::vector<float> inv_freq(static_cast<size_t>(rot / 2));
+  if (!inv_freq_obj.is_none()) {
+    py::array f;
+    const float* fp = optional_vec(inv_freq_obj, "inv_freq", rot / 2, f);
+    std::copy(fp, fp + rot / 2, inv_freq.begin());
+  } else {
+    if (!(theta > 0)) throw py::value_error("theta must be > 0, got " + std::to_string(theta));
+    // as Hugging Face: 1 / theta ** (arange(0, rot, 2) / rot), in float32
+    for (int64_t i = 0; i < rot / 2; ++i)
+      inv_freq[size_t(i)] = 1.0f / std::pow(float(theta), float(2 * i) / float(rot));
+  }
+  py::array_t<float> out = make_out(out_obj, shape_of(x));
+  float* y = out.mutable_data();
+  const KernelTable& t = table();
+  py::gil_scoped_release nogil;
+  if (y != cf32(x)) std::memcpy(y, cf32(x), size_t(T * H * D) * sizeof(float));
+  t.rope(y, pos.data(), T, H, D, rot, inv_freq.data(), interleaved);
+  return out;
+}
+
+using Unary = void (*)(const float*, float*, int64_t);
+using Binary = void (*)(const float*, const float*, float*, int64_t);
+
+py::array_t<float> unary(Unary f, const py::object& x_obj, const py::object& out_obj) {
+  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  py::array_t<float> out = make_out(out_obj, shape_of(x));
+  float* y = out.mutable_data();
+  py::gil_scoped_release nogil;
+  f(cf32(x), y, x.size());
+  return out;
+}
+
+py::array_t<float> binary(Binary f, const char* na, const char* nb, const py::object& a_obj,
+                          const py::object& b_obj, const py::object& out_obj) {
+  py::array a = checked(a_obj, na, {DT::kF32}, 1, 32);
+  py::array b = checked(b_obj, nb, {DT::kF32}, 1, 32);
+  if (shape_of(a) != shape_of(b))
+    throw py::value_error(std::string(na) + " and " + nb + " must have the same shape (no broadcasting), got " +
+                          shape_str(a) + " and " + shape_str(b));
+  py::array_t<float> out = make_out(out_obj, shape_of(a));
+  float* y = out.mutable_data();
+  py::gil_scoped_release nogil;
+  f(cf32(a), cf32(b), y, a.size());
+  return out;
+}
+
+py::array_t<float> softmax(Table table, const py::object& x_obj, const py::object& out_obj) {
+  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
+  py::array_t<float> out = make_out(out_obj, shape_of(x));
+  float* y = out.mutable_data();
+  const KernelTable& t = table();
+  py::gil_scoped_release nogil;
+  t.softmax(cf32(x), y, rows, cols);
+  return out;
+}
+
+}  // namespace
+
+void register_kernels(py::module_& m, Table table, bool with_packed) {
+  using namespace pybind11::literals;
+  const py::object none = py::none();
+  m.def("matmul", [table](const py::object& x, const py::object& w, const py::object& bias, const py::object& out) {
+        return matmul(table, x, w, bias, out);
+      }, "x"_a, "w"_a, "bias"_a = none, py::kw_only(), "out"_a = none,
+      "y = x @ w.T (+ bias). x (M, K) float32; w (N, K) float32 or bfloat16, or a PackedWeight.\n\n"
+      ">>> y = matmul(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32))  # (2, 4)");
+  m.def("attention", [table](const py::object& q, const py::object& k, const py::object& v, bool causal,
+                             const py::object& scale, const py::object& out) {
+        return attention(table, q, k, v, causal, scale, out);
+      }, "q"_a, "k"_a, "v"_a, py::kw_only(), "causal"_a = true, "scale"_a = none, "out"_a = none,
+      "softmax(q k^T * scale) v, fused. q (H, T, D), k/v (Hkv, S, D), H % Hkv == 0, T <= S;\n"
+      "query t sits at position S - T + t and, when causal, sees keys 0..S-T+t. Returns (H, T, D).");
+  m.def("rms_norm", [table](const py::object& x, const py::object& w, float eps, const py::object& out) {
+        return rms_norm(table, x, w, eps, out);
+      }, "x"_a, "weight"_a, "eps"_a = 1e-6f, py::kw_only(), "out"_a = none,
+      "x / sqrt(mean(x^2) + eps) * weight over the last axis");
+  m.def("layer_norm", [table](const py::object& x, const py::object& w, const py::object& b, float eps,
+                              const py::object& out) { return layer_norm(table, x, w, b, eps, out); },
+      "x"_a, "weight"_a, "bias"_a, "eps"_a = 1e-5f, py::kw_only(), "out"_a = none,
+      "(x - mean) / sqrt(var + eps) * weight + bias over the last axis");
+  m.def("quantize_int8", [table](const py::object& w) { return quantize_int8(table, w); }, "w"_a,
+        "per-row symmetric int8: returns (qw int8 (N, K), scale float32 (N,)), w ~= qw * scale[:, None]");
+  m.def("int8_matmul", [table](const py::object& x, const py::object& qw, const py::object& scale,
+                               const py::object& bias, const py::object& out) {
+        return int8_matmul(table, x, qw, scale, bias, out);
+      }, "x"_a, "qw"_a, "scale"_a, "bias"_a = none, py::kw_only(), "out"_a = none,
+      "x (M, K) float32 quantized per row on the fly, times qw (N, K) int8 with per-row scale (N,);\n"
+      "int32 accumulation, float32 (M, N) out");
+  m.def("rope", [table](const py::object& x, const py::object& positions, double theta, const py::object& inv_freq,
+                        const py::object& rotary_dim, bool interleaved, const py::object& out) {
+        return rope(table, x, positions, theta, inv_freq, rotary_dim, interleaved, out);
+      }, "x"_a, "positions"_a = none, py::kw_only(), "theta"_a = 10000.0, "inv_freq"_a = none,
+      "rotary_dim"_a = none, "interleaved"_a = false, "out"_a = none,
+      "rotary embedding of x (T, H, D) or (T, D) at positions (T,) (default 0..T-1); Hugging Face\n"
+      "rotate-half pairs (i, i + rot/2), or GPT-J pairs (2i, 2i+1) with interleaved=True. out=x is in place.");
+  m.def("gelu_tanh", [table](const py::object& x, const py::object& out) { return unary(table().gelu_tanh, x, out); },
+        "x"_a, py::kw_only(), "out"_a = none, "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))");
+  m.def("silu_mul", [table](const py::object& g, const py::object& u, const py::object& out) {
+        return binary(table().silu_mul, "gate", "up", g, u, out);
+      }, "gate"_a, "up"_a, py::kw_only(), "out"_a = none, "silu(gate) * up (SwiGLU)");
+  m.def("softmax", [table](const py::object& x, const py::object& out) { return softmax(table, x, out); },
+        "x"_a, py::kw_only(), "out"_a = none, "softmax over the last axis");
+  m.def("add", [table](const py::object& a, const py::object& b, const py::object& out) {
+        return binary(table().add, "a", "b", a, b, out);
+      }, "a"_a, "b"_a, py::kw_only(), "out"_a = none, "a + b, same shapes");
+
+  if (!with_packed) return;
+  py::class_<PackedWeight>(m, "PackedWeight",
+                           "A weight (N, K) repacked once into the panels the current ISA's GEMM streams.\n\n"
+                           ">>> pw = pack(w); y = matmul(x, pw)")
+      .def(py::init<const py::object&>(), "w"_a)
+      .def_property_readonly("shape", [](const PackedWeight& p) { return py::make_tuple(p.N(), p.K()); })
+      .def_property_readonly("dtype", &PackedWeight::dtype)
+      .def_property_readonly("isa", &PackedWeight::isa)
+      .def_property_readonly("nbytes", &PackedWeight::nbytes)
+      .def("__repr__", [](const PackedWeight& p) {
+        return "PackedWeight(shape=(" + std::to_string(p.N()) + ", " + std::to_string(p.K()) + "), dtype=" +
+               p.dtype() + ", isa=" + p.isa() + ")";
+      });
+  m.def("pack", [](const py::object& w) { return PackedWeight(w); }, "w"_a,
+        "pack w (N, K) float32/bfloat16 for repeated matmul calls");
+}
+
+}  // namespace fastlm

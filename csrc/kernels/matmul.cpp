@@ -1,0 +1,212 @@
+// y = x @ W^T (+ b)
+// x: (M, K) row-major, W: (N, K) row-major ("linear" layout), y: (M, N); W float32 or bfloat16.
+//
+// two paths:
+//  - GEMV (M < kGemmMinRows on an unpacked W): each output is a dot product of x with one row of
+//    W, four rows at a time; W streams from memory once (decode is bandwidth-bound).
+//  - GEMM: W in panels of NR output columns, k-major (packed at load, or per call into the
+//    workspace); an MR x NR register-blocked micro-kernel broadcasts x[i, k] and FMAs it into NR
+//    columns. packed panels also serve M = 1 (the decode step of a runtime holding packed weights).
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/isa.h"
+#include "runtime/threadpool.h"
+
+namespace fastlm {
+namespace FASTLM_ISA_NS {
+namespace {
+
+constexpr int NV = 2;         // vectors per panel row
+constexpr int NR = NV * kW;   // panel width: 16 floats (avx2, scalar) or 32 (avx512)
+#if defined(FASTLM_ISA_AVX512)
+constexpr int MR = 14;  // 14x2 zmm accumulators + 2 B loads + 1 A broadcast = 31 of 32 registers
+#elif defined(FASTLM_ISA_AVX2)
+constexpr int MR = 6;   // 6x2 ymm accumulators + 2 B loads + 1 A broadcast = 15 of 16 registers
+#else
+constexpr int MR = 4;
+#endif
+constexpr int64_t kGemmMinRows = 4;  // below this, packing W per call costs more than it saves
+constexpr int64_t kMaxKC = 1024;     // K block: a (KC, NR) panel stays in L1/L2 across MR rows
+
+template <typename WT>
+FASTLM_INLINE VF load_w(const WT* p) { return vload(p); }
+
+// C[0:m, 0:n_valid] (+)= A[0:m, 0:kc] @ B-panel[0:kc, 0:NR]; bias added when not accumulating
+template <int M, typename WT>
+void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c, int64_t ldc,
+                  int n_valid, bool accumulate, const float* bias) {
+  VF acc[M][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
+  for (int64_t k = 0; k < kc; ++k) {
+    VF bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = load_w(b + k * NR + v * kW);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      VF ai = vset1(a[i * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      int n = std::min(kW, n_valid - v * kW);
+      if (n <= 0) break;
+      float* cp = c + i * ldc + v * kW;
+      VF r = acc[i][v];
+      if (accumulate) {
+        r = vadd(r, vload_n(cp, n));
+      } else if (bias) {
+        r = vadd(r, vload_n(bias + v * kW, n));
+      }
+      if (n == kW) vstore(cp, r); else vstore_part(cp, r, n);
+    }
+  }
+}
+
+template <typename WT, int M>
+FASTLM_INLINE void call_kernel(int m, int64_t kc, const float* a, int64_t lda, const WT* b,
+                               float* c, int64_t ldc, int n_valid, bool acc, const float* bias) {
+  if constexpr (M > 0) {
+    if (m == M) return micro_kernel<M, WT>(kc, a, lda, b, c, ldc, n_valid, acc, bias);
+    return call_kernel<WT, M - 1>(m, kc, a, lda, b, c, ldc, n_valid, acc, bias);
+  }
+}
+
+template <typename WT>
+void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t N,
+                 const float* bias, float* y) {
+  const int64_t n_panels = (N + NR - 1) / NR;
+  const int64_t kc_max = K <= kMaxKC ? K : 512;
+  // MC rows of x (MC x K floats) stay in L2 while the panels of a task stream past them
+  const int64_t mc = MR * 16;
+  const int64_t m_blocks = (M + mc - 1) / mc;
+  // split the panels into groups so there are a few tasks per thread to balance
+  const int64_t want = int64_t(num_threads()) * 6;
+  int64_t groups = std::max<int64_t>(1, std::min<int64_t>(n_panels, (want + m_blocks - 1) / m_blocks));
+  const int64_t panels_per_group = (n_panels + groups - 1) / groups;
+  groups = (n_panels + panels_per_group - 1) / panels_per_group;
+
+  parallel_for(m_blocks * groups, [&](int64_t task) {
+    const int64_t mb = task / groups, g = task % groups;
+    const int64_t m0 = mb * mc, m1 = std::min(M, m0 + mc);
+    const int64_t p0 = g * panels_per_group, p1 = std::min(n_panels, p0 + panels_per_group);
+    for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+      const int64_t kc = std::min(kc_max, K - k0);
+      const bool accumulate = k0 > 0;
+      for (int64_t p = p0; p < p1; ++p) {
+        const WT* panel = packed + p * K * NR + k0 * NR;
+        const int n_valid = int(std::min<int64_t>(NR, N - p * NR));
+        const float* bias_p = bias ? bias + p * NR : nullptr;
+        for (int64_t i = m0; i < m1; i += MR) {
+          const int m = int(std::min<int64_t>(MR, m1 - i));
+          call_kernel<WT, MR>(m, kc, x + i * K + k0, K, panel, y + i * N + p * NR, N, n_valid,
+                              accumulate, bias_p);
+        }
+      }
+    }
+  });
+}
+
+// y[r, n] = dot(x[r], W[n]) for r < M (M small): W is read once per row of x
+template <typename WT>
+void gemv_rows(const float* x, int64_t M, int64_t K, const WT* w, int64_t N, const float* bias,
+               float* y) {
+  const int64_t k_full = K / kW * kW;
+  const int tail = int(K - k_full);
+  parallel_range(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t r = 0; r < M; ++r) {
+      const float* xr = x + r * K;
+      float* yr = y + r * N;
+      int64_t n = n0;
+      for (; n + 4 <= n1; n += 4) {
+        const WT* w0 = w + n * K;
+        VF a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+        for (int64_t k = 0; k < k_full; k += kW) {
+          VF xv = vload(xr + k);
+          a0 = vfma(load_w(w0 + k), xv, a0);
+          a1 = vfma(load_w(w0 + K + k), xv, a1);
+          a2 = vfma(load_w(w0 + 2 * K + k), xv, a2);
+          a3 = vfma(load_w(w0 + 3 * K + k), xv, a3);
+        }
+        if (tail) {
+          VF xv = vload_part(xr + k_full, tail);
+          a0 = vfma(vload_part(w0 + k_full, tail), xv, a0);
+          a1 = vfma(vload_part(w0 + K + k_full, tail), xv, a1);
+          a2 = vfma(vload_part(w0 + 2 * K + k_full, tail), xv, a2);
+          a3 = vfma(vload_part(w0 + 3 * K + k_full, tail), xv, a3);
+        }
+        yr[n] = vsum(a0) + (bias ? bias[n] : 0.0f);
+        yr[n + 1] = vsum(a1) + (bias ? bias[n + 1] : 0.0f);
+        yr[n + 2] = vsum(a2) + (bias ? bias[n + 2] : 0.0f);
+        yr[n + 3] = vsum(a3) + (bias ? bias[n + 3] : 0.0f);
+      }
+      for (; n < n1; ++n) {
+        const WT* wn = w + n * K;
+        VF a0 = vzero();
+        for (int64_t k = 0; k < k_full; k += kW) a0 = vfma(load_w(wn + k), vload(xr + k), a0);
+        if (tail) a0 = vfma(vload_part(wn + k_full, tail), vload_part(xr + k_full, tail), a0);
+        yr[n] = vsum(a0) + (bias ? bias[n] : 0.0f);
+      }
+    }
+  });
+}
+
+template <typename WT>
+void pack_panels(const WT* w, int64_t N, int64_t K, WT* packed) {
+  const int64_t n_panels = (N + NR - 1) / NR;
+  parallel_range(n_panels, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      WT* dst = packed + p * K * NR;
+      for (int j = 0; j < NR; ++j) {
+        const int64_t n = p * NR + j;
+        if (n < N) {
+          const WT* src = w + n * K;
+          for (int64_t k = 0; k < K; ++k) dst[k * NR + j] = src[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) dst[k * NR + j] = WT(0);
+        }
+      }
+    }
+  });
+}
+
+template <typename WT>
+void matmul_typed(const MatmulArgs& a) {
+  const WT* w = static_cast<const WT*>(a.w);
+  if (a.packed) return gemm_packed(a.x, a.M, a.K, w, a.N, a.bias, a.y);
+  if (a.M < kGemmMinRows) return gemv_rows(a.x, a.M, a.K, w, a.N, a.bias, a.y);
+  WT* packed = static_cast<WT*>(a.workspace);
+  pack_panels(w, a.N, a.K, packed);
+  gemm_packed(a.x, a.M, a.K, packed, a.N, a.bias, a.y);
+}
+
+}  // namespace
+
+int matmul_pack_nr() { return NR; }
+
+size_t matmul_workspace(int64_t M, int64_t N, int64_t K, bool packed) {
+  if (packed || M < kGemmMinRows) return 0;
+  return size_t(packed_weight_elems(N, K, NR)) * sizeof(float);
+}
+
+void pack_weight(const void* w, WeightType wtype, int64_t N, int64_t K, void* packed) {
+  if (wtype == WeightType::kF32) {
+    pack_panels(static_cast<const float*>(w), N, K, static_cast<float*>(packed));
+  } else {
+    pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<uint16_t*>(packed));
+  }
+}
+
+void matmul(const MatmulArgs& a) {
+  if (a.wtype == WeightType::kF32) matmul_typed<float>(a); else matmul_typed<uint16_t>(a);
+}
+
+}  // namespace FASTLM_ISA_NS
+}  // namespace fastlm

@@ -1,0 +1,185 @@
+// scalar references: the oracles the tests hold the fast kernels to. plain loops, double
+// accumulators, no threads, no SIMD; never used on a hot path.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace fastlm {
+namespace ref {
+namespace {
+
+float load_weight(const void* w, WeightType t, int64_t i) {
+  if (t == WeightType::kF32) return static_cast<const float*>(w)[i];
+  uint32_t u = uint32_t(static_cast<const uint16_t*>(w)[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t M, int64_t K, const void* w, WeightType wtype, int64_t N,
+            const float* bias, float* y) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = bias ? bias[n] : 0.0;
+      for (int64_t k = 0; k < K; ++k) s += double(x[m * K + k]) * load_weight(w, wtype, n * K + k);
+      y[m * N + n] = float(s);
+    }
+}
+
+void attention(const AttentionArgs& a) {
+  const int64_t G = a.H / a.Hkv;
+  std::vector<double> s(size_t(a.S));
+  for (int64_t h = 0; h < a.H; ++h) {
+    const float* kh = a.k + (h / G) * a.kv_head_stride;
+    const float* vh = a.v + (h / G) * a.kv_head_stride;
+    for (int64_t t = 0; t < a.T; ++t) {
+      const float* q = a.q + h * a.q_head_stride + t * a.D;
+      const int64_t n = a.causal ? a.S - a.T + t + 1 : a.S;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        double d = 0;
+        for (int64_t i = 0; i < a.D; ++i) d += double(q[i]) * kh[j * a.D + i];
+        s[j] = d * a.scale;
+        mx = std::max(mx, s[j]);
+      }
+      double total = 0;
+      for (int64_t j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - mx));
+      float* o = a.out + h * a.out_head_stride + t * a.D;
+      for (int64_t i = 0; i < a.D; ++i) {
+        double acc = 0;
+        for (int64_t j = 0; j < n; ++j) acc += s[j] * vh[j * a.D + i];
+        o[i] = float(acc / total);
+      }
+    }
+  }
+}
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    double ss = 0;
+    for (int64_t i = 0; i < cols; ++i) ss += double(xr[i]) * xr[i];
+    double rs = 1.0 / std::sqrt(ss / double(cols) + eps);
+    for (int64_t i = 0; i < cols; ++i) y[r * cols + i] = float(xr[i] * rs * (w ? w[i] : 1.0f));
+  }
+}
+
+void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows,
+                int64_t cols, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < cols; ++i) mean += xr[i];
+    mean /= double(cols);
+    for (int64_t i = 0; i < cols; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    var /= double(cols);
+    double rs = 1.0 / std::sqrt(var + eps);
+    for (int64_t i = 0; i < cols; ++i)
+      y[r * cols + i] = float((xr[i] - mean) * rs * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f));
+  }
+}
+
+// bit-exact with the fast kernels: float32 arithmetic in the same order
+void quantize_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < cols; ++i) amax = std::max(amax, std::fabs(xr[i]));
+    const float s = amax / 127.0f;
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    scale[r] = s;
+    for (int64_t i = 0; i < cols; ++i) {
+      float v = std::nearbyint(xr[i] * inv);
+      q[r * cols + i] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
+    }
+  }
+}
+
+void int8_matmul(const Int8MatmulArgs& a) {
+  std::vector<int8_t> qx(size_t(a.M * a.K));
+  std::vector<float> sx(size_t(a.M));
+  quantize_int8(a.x, a.M, a.K, qx.data(), sx.data());
+  for (int64_t m = 0; m < a.M; ++m)
+    for (int64_t n = 0; n < a.N; ++n) {
+      int64_t acc = 0;
+      for (int64_t k = 0; k < a.K; ++k) acc += int32_t(qx[m * a.K + k]) * a.qw[n * a.K + k];
+      a.y[m * a.N + n] = float(acc) * sx[m] * a.wscale[n] + (a.bias ? a.bias[n] : 0.0f);
+    }
+}
+
+void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t rot_dim,
+          const float* inv_freq, bool interleaved) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      float* xh = x + (t * H + h) * D;
+      for (int64_t i = 0; i < half; ++i) {
+        double angle = double(float(pos[t]) * inv_freq[i]);
+        double c = std::cos(angle), s = std::sin(angle);
+        int64_t i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + half;
+        double a = xh[i0], b = xh[i1];
+        xh[i0] = float(a * c - b * s);
+        xh[i1] = float(b * c + a * s);
+      }
+    }
+}
+
+void gelu_tanh(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    double v = x[i];
+    y[i] = float(0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));
+  }
+}
+
+void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    double g = gate[i];
+    y[i] = float(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void softmax(const float* x, float* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    double mx = -INFINITY, total = 0;
+    for (int64_t i = 0; i < cols; ++i) mx = std::max(mx, double(xr[i]));
+    for (int64_t i = 0; i < cols; ++i) total += std::exp(xr[i] - mx);
+    for (int64_t i = 0; i < cols; ++i) y[r * cols + i] = float(std::exp(xr[i] - mx) / total);
+  }
+}
+
+void add(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+}
+
+}  // namespace ref
+}  // namespace fastlm
+
+namespace fastlm {
+namespace ref {
+namespace {
+
+void pack_weight_ref(const void*, WeightType, int64_t, int64_t, void*) {}
+size_t no_workspace(int64_t, int64_t, int64_t, bool) { return 0; }
+size_t no_int8_workspace(int64_t, int64_t, int64_t) { return 0; }
+void matmul_args(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N, a.bias, a.y); }
+
+}  // namespace
+
+// the references behind the same interface as an ISA's table (unpacked weights only)
+const KernelTable& kernel_table() {
+  static const KernelTable table = {
+      "ref",     16,       pack_weight_ref, no_workspace,  matmul_args,       attention,
+      rms_norm,  layer_norm, quantize_int8, no_int8_workspace, int8_matmul, rope,
+      gelu_tanh, silu_mul, softmax,         add,
+  };
+  return table;
+}
+
+}  // namespace ref
+}  // namespace fastlm

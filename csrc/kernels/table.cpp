@@ -1,0 +1,17 @@
+#include "kernels/isa.h"
+
+namespace fastlm {
+namespace FASTLM_ISA_NS {
+
+const KernelTable& kernel_table() {
+  static const KernelTable table = {
+      kIsaName,  matmul_pack_nr(), pack_weight,   matmul_workspace,      matmul,
+      attention, rms_norm,         layer_norm,    quantize_int8,         int8_matmul_workspace,
+      int8_matmul, rope,           gelu_tanh,     silu_mul,              softmax,
+      add,
+  };
+  return table;
+}
+
+}  // namespace FASTLM_ISA_NS
+}  // namespace fastlm
