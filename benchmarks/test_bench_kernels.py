@@ -1,0 +1,159 @@
+"""Every kernel against torch on SmolLM2-135M's shapes (hidden 576, MLP 1536, vocab 49152,
+9 heads / 3 KV heads, head dim 64) and a square GEMM."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastlm import kernels as K
+
+from conftest import record
+
+GEMM = [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024)]
+GEMV = [(1, 576, 49152), (1, 576, 1536), (1, 1536, 576)]
+
+
+# ---- fp32 GEMM (prefill) ----
+@pytest.mark.parametrize("M,K_,N", GEMM, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["fastlm", "fastlm-packed", "torch"])
+def test_gemm(benchmark, rng, impl, M, K_, N):
+    benchmark.group = f"gemm fp32 {M}x{K_}x{N}"
+    x = rng.standard_normal((M, K_), dtype=np.float32)
+    w = rng.standard_normal((N, K_), dtype=np.float32)
+    record(benchmark, impl, 2.0 * M * K_ * N, "GFLOP/s")
+    if impl == "torch":
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        benchmark(lambda: torch.matmul(xt, wt.T))
+    else:
+        wk = K.pack(w) if impl == "fastlm-packed" else w
+        out = np.empty((M, N), np.float32)
+        benchmark(lambda: K.matmul(x, wk, out=out))
+
+
+# ---- GEMV (decode), fp32 and bf16 weights ----
+@pytest.mark.parametrize("M,K_,N", GEMV, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("impl", ["fastlm", "fastlm-packed", "torch"])
+def test_gemv(benchmark, rng, impl, dtype, M, K_, N):
+    benchmark.group = f"gemv {dtype} {M}x{K_}x{N}"
+    x = rng.standard_normal((M, K_), dtype=np.float32)
+    w = rng.standard_normal((N, K_), dtype=np.float32)
+    if dtype == "bf16":
+        w = w.astype(ml_dtypes.bfloat16)
+    record(benchmark, impl, float(w.nbytes), "GB/s")
+    if impl == "torch":
+        xt = torch.from_numpy(x)
+        wt = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) if dtype == "bf16" else torch.from_numpy(w)
+        if dtype == "bf16":
+            xt = xt.bfloat16()
+        benchmark(lambda: F.linear(xt, wt))
+    else:
+        wk = K.pack(w) if impl == "fastlm-packed" else w
+        out = np.empty((M, N), np.float32)
+        benchmark(lambda: K.matmul(x, wk, out=out))
+
+
+# ---- int8 ----
+@pytest.mark.parametrize("M,K_,N", [(512, 576, 1536), (1, 576, 49152)], ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["fastlm-int8", "fastlm-fp32", "torch-int_mm", "torch-dynamic-int8"])
+def test_int8_matmul(benchmark, rng, impl, M, K_, N):
+    benchmark.group = f"int8 matmul {M}x{K_}x{N}"
+    x = rng.standard_normal((M, K_), dtype=np.float32)
+    w = rng.standard_normal((N, K_), dtype=np.float32)
+    record(benchmark, impl, 2.0 * M * K_ * N, "GOP/s")
+    if impl == "fastlm-int8":
+        qw, s = K.quantize_int8(w)
+        out = np.empty((M, N), np.float32)
+        benchmark(lambda: K.int8_matmul(x, qw, s, out=out))
+    elif impl == "fastlm-fp32":
+        out = np.empty((M, N), np.float32)
+        benchmark(lambda: K.matmul(x, w, out=out))
+    elif impl == "torch-int_mm":
+        if M < 17:
+            pytest.skip("torch._int_mm needs M > 16")
+        qx = torch.randint(-127, 128, (M, K_), dtype=torch.int8)
+        qw = torch.randint(-127, 128, (N, K_), dtype=torch.int8)
+        benchmark(lambda: torch._int_mm(qx, qw.T))
+    else:
+        lin = torch.nn.Linear(K_, N, bias=False)
+        lin.weight.data = torch.from_numpy(w)
+        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.no_grad():
+                return q(xt)
+        benchmark(run)
+
+
+# ---- attention ----
+ATTN = {"decode S=2048": (9, 3, 1, 2048, 64), "prefill causal S=512": (9, 3, 512, 512, 64),
+        "decode S=512": (9, 3, 1, 512, 64)}
+
+
+@pytest.mark.parametrize("case", list(ATTN))
+@pytest.mark.parametrize("impl", ["fastlm", "torch"])
+def test_attention(benchmark, rng, impl, case):
+    H, Hkv, T, S, D = ATTN[case]
+    benchmark.group = f"attention {case} ({H}/{Hkv} heads, D={D})"
+    q = rng.standard_normal((H, T, D), dtype=np.float32)
+    k = rng.standard_normal((Hkv, S, D), dtype=np.float32)
+    v = rng.standard_normal((Hkv, S, D), dtype=np.float32)
+    causal = T > 1
+    record(benchmark, impl)
+    if impl == "torch":
+        qt, kt, vt = map(torch.from_numpy, (q, k, v))
+        benchmark(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=True))
+    else:
+        out = np.empty((H, T, D), np.float32)
+        benchmark(lambda: K.attention(q, k, v, causal=causal, out=out))
+
+
+# ---- norms and the small ops ----
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "silu_mul", "gelu_tanh", "add", "softmax", "rope"])
+@pytest.mark.parametrize("impl", ["fastlm", "torch"])
+def test_small_ops(benchmark, rng, impl, op):
+    shape = {"silu_mul": (512, 1536), "gelu_tanh": (512, 1536), "softmax": (9 * 64, 512),
+             "rope": (512, 9, 64)}.get(op, (512, 576))
+    benchmark.group = f"{op} {shape}"
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y = rng.standard_normal(shape, dtype=np.float32)
+    w = rng.standard_normal(shape[-1], dtype=np.float32)
+    record(benchmark, impl, float(x.nbytes), "GB/s")
+    if impl == "fastlm":
+        out = np.empty(shape, np.float32)
+        pos = np.arange(shape[0], dtype=np.int64)
+        calls = {
+            "layer_norm": lambda: K.layer_norm(x, w, w, out=out),
+            "rms_norm": lambda: K.rms_norm(x, w, out=out),
+            "silu_mul": lambda: K.silu_mul(x, y, out=out),
+            "gelu_tanh": lambda: K.gelu_tanh(x, out=out),
+            "add": lambda: K.add(x, y, out=out),
+            "softmax": lambda: K.softmax(x, out=out),
+            "rope": lambda: K.rope(x, pos, out=out),
+        }
+        benchmark(calls[op])
+        return
+    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    if op == "rope":  # Hugging Face's apply_rotary_pos_emb on precomputed cos/sin
+        inv = 1.0 / (10000 ** (torch.arange(0, 64, 2).float() / 64))
+        f = torch.arange(shape[0]).float()[:, None] * inv[None]
+        cos = torch.cat([f.cos(), f.cos()], -1)[:, None, :]
+        sin = torch.cat([f.sin(), f.sin()], -1)[:, None, :]
+
+        def rope():
+            rot = torch.cat([-xt[..., 32:], xt[..., :32]], -1)
+            return xt * cos + rot * sin
+    calls = {
+        "layer_norm": lambda: F.layer_norm(xt, (shape[-1],), wt, wt),
+        "rms_norm": lambda: F.rms_norm(xt, (shape[-1],), wt, 1e-6),
+        "silu_mul": lambda: F.silu(xt) * yt,
+        "gelu_tanh": lambda: F.gelu(xt, approximate="tanh"),
+        "add": lambda: xt + yt,
+        "softmax": lambda: torch.softmax(xt, -1),
+        "rope": rope if op == "rope" else None,
+    }
+    benchmark(calls[op])

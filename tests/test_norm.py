@@ -1,0 +1,47 @@
+"""layer_norm and rms_norm against torch and the reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastlm import kernels as K
+
+from conftest import assert_close
+
+SHAPES = [(1,), (7,), (1, 1), (3, 7), (63, 577), (65, 1537), (2, 3, 65), (512, 576), (5, 4097)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_layer_norm(isa, rng, shape):
+    x = (rng.standard_normal(shape, dtype=np.float32) * 3 + 5).astype(np.float32)  # off-centre rows
+    n = shape[-1]
+    w = rng.standard_normal(n, dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    want = F.layer_norm(torch.from_numpy(x).double(), (n,), torch.from_numpy(w).double(),
+                        torch.from_numpy(b).double(), 1e-5).numpy()
+    assert_close(K.layer_norm(x, w, b, 1e-5), want, 1e-5, "layer_norm")
+    assert_close(K.layer_norm(x, w, b), K.ref.layer_norm(x, w, b), 1e-5, "vs reference")
+    plain = F.layer_norm(torch.from_numpy(x).double(), (n,), eps=1e-5).numpy()
+    assert_close(K.layer_norm(x, None, None), plain, 1e-5, "no affine")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_rms_norm(isa, rng, shape):
+    x = rng.standard_normal(shape, dtype=np.float32)
+    n = shape[-1]
+    w = rng.standard_normal(n, dtype=np.float32)
+    want = F.rms_norm(torch.from_numpy(x).double(), (n,), torch.from_numpy(w).double(), 1e-6).numpy()
+    assert_close(K.rms_norm(x, w, 1e-6), want, 1e-5, "rms_norm")
+    assert_close(K.rms_norm(x, w, 1e-5), K.ref.rms_norm(x, w, 1e-5), 1e-5, "vs reference")
+    assert_close(K.rms_norm(x, None), F.rms_norm(torch.from_numpy(x).double(), (n,), eps=1e-6).numpy(),
+                 1e-5, "no weight")
+
+
+def test_norm_in_place(rng):
+    x = rng.standard_normal((4, 100), dtype=np.float32)
+    w = rng.standard_normal(100, dtype=np.float32)
+    want = K.rms_norm(x, w)
+    K.rms_norm(x, w, out=x)
+    np.testing.assert_array_equal(x, want)
