@@ -45,3 +45,22 @@ def test_norm_in_place(rng):
     want = K.rms_norm(x, w)
     K.rms_norm(x, w, out=x)
     np.testing.assert_array_equal(x, want)
+
+
+def test_layer_norm_outliers_and_constant_rows(isa, rng):
+    x = rng.standard_normal((6, 768), dtype=np.float32)
+    x[0, 0] = 1e4       # an outlier where the kernel takes its shift
+    x[1, 5] = -3e3      # one elsewhere
+    x[2] += 1e3         # a row far from zero
+    x[3] = 7.0          # a constant row: zero spread
+    x[4, :] = np.linspace(-1, 1, 768)
+    w = rng.standard_normal(768, dtype=np.float32)
+    b = rng.standard_normal(768, dtype=np.float32)
+    want = F.layer_norm(torch.from_numpy(x).double(), (768,), torch.from_numpy(w).double(),
+                        torch.from_numpy(b).double(), 1e-5).numpy()
+    got = K.layer_norm(x, w, b, 1e-5)
+    torch32 = F.layer_norm(torch.from_numpy(x), (768,), torch.from_numpy(w), torch.from_numpy(b), 1e-5).numpy()
+    for r in range(6):
+        # float32 itself limits row 2 (values ~1000 carry ulp 6e-5): hold us to torch's fp32 error
+        torch_err = float(np.abs(torch32[r] - want[r]).max() / np.abs(want[r]).max())
+        assert_close(got[r], want[r], max(1e-5, 2 * torch_err), f"row {r}")
