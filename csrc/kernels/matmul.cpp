@@ -9,6 +9,8 @@
 //    columns. packed panels also serve M = 1 (the decode step of a runtime holding packed weights).
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/isa.h"
 #include "runtime/threadpool.h"
@@ -43,8 +45,13 @@ void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c
     for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
   for (int64_t k = 0; k < kc; ++k) {
     VF bv[NV];
+    if constexpr (std::is_same<WT, uint16_t>::value) {
+      static_assert(NV == 2, "bf16 panels hold one pair block per k");
+      vload_bf16x2(b + k * NR, bv[0], bv[1]);
+    } else {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = load_w(b + k * NR + v * kW);
+      for (int v = 0; v < NV; ++v) bv[v] = load_w(b + k * NR + v * kW);
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < M; ++i) {
       VF ai = vset1(a[i * lda + k]);
@@ -114,6 +121,67 @@ void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t
   });
 }
 
+// bf16 rows: blocks of 2 kW weights widen with one load + two unpacks (vload_bf16x2), which
+// hands them out in pair order; x is permuted the same way once, so the dot products line up
+void gemv_rows_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w, int64_t N,
+                    const float* bias, float* y) {
+  constexpr int B = 2 * kW;
+  const int64_t k_full = K / B * B;
+  thread_local std::vector<float> perm_buf;  // the caller's; workers use the pointer below
+  perm_buf.resize(size_t(M * k_full));
+  float* const xp = perm_buf.data();
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t k = 0; k < k_full; k += B)
+      for (int e = 0; e < B; ++e) xp[r * k_full + k + e] = x[r * K + k + bf16_pair_pos(e)];
+  parallel_range(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t r = 0; r < M; ++r) {
+      const float* xr = x + r * K;
+      const float* xpr = xp + r * k_full;
+      float* yr = y + r * N;
+      int64_t n = n0;
+      for (; n + 4 <= n1; n += 4) {
+        const uint16_t* w0 = w + n * K;
+        VF a[4] = {vzero(), vzero(), vzero(), vzero()}, c[4] = {vzero(), vzero(), vzero(), vzero()};
+        for (int64_t k = 0; k < k_full; k += B) {
+          VF xl = vload(xpr + k), xh = vload(xpr + k + kW);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            // rows are short streams the hardware prefetcher loses between blocks: fetch the
+            // next block of four rows while this one is summed
+            __builtin_prefetch(w0 + (4 + j) * K + k);
+            VF lo, hi;
+            vload_bf16x2(w0 + j * K + k, lo, hi);
+            a[j] = vfma(lo, xl, a[j]);
+            c[j] = vfma(hi, xh, c[j]);
+          }
+        }
+        for (int64_t k = k_full; k < K; k += kW) {
+          int m = int(std::min<int64_t>(kW, K - k));
+          VF xv = vload_n(xr + k, m);
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) a[j] = vfma(vload_n(w0 + j * K + k, m), xv, a[j]);
+        }
+        for (int j = 0; j < 4; ++j) yr[n + j] = vsum(vadd(a[j], c[j])) + (bias ? bias[n + j] : 0.0f);
+      }
+      for (; n < n1; ++n) {
+        const uint16_t* wn = w + n * K;
+        VF a0 = vzero(), c0 = vzero();
+        for (int64_t k = 0; k < k_full; k += B) {
+          VF lo, hi;
+          vload_bf16x2(wn + k, lo, hi);
+          a0 = vfma(lo, vload(xpr + k), a0);
+          c0 = vfma(hi, vload(xpr + k + kW), c0);
+        }
+        for (int64_t k = k_full; k < K; k += kW) {
+          int m = int(std::min<int64_t>(kW, K - k));
+          a0 = vfma(vload_n(wn + k, m), vload_n(xr + k, m), a0);
+        }
+        yr[n] = vsum(vadd(a0, c0)) + (bias ? bias[n] : 0.0f);
+      }
+    }
+  });
+}
+
 // y[r, n] = dot(x[r], W[n]) for r < M (M small): W is read once per row of x
 template <typename WT>
 void gemv_rows(const float* x, int64_t M, int64_t K, const WT* w, int64_t N, const float* bias,
@@ -130,6 +198,14 @@ void gemv_rows(const float* x, int64_t M, int64_t K, const WT* w, int64_t N, con
         VF a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
         for (int64_t k = 0; k < k_full; k += kW) {
           VF xv = vload(xr + k);
+          // rows are short streams the hardware prefetcher loses between blocks: fetch the next
+          // block of four rows while this one is summed (one line per row every 64 bytes)
+          if ((k * sizeof(WT)) % 64 == 0) {
+            __builtin_prefetch(w0 + 4 * K + k);
+            __builtin_prefetch(w0 + 5 * K + k);
+            __builtin_prefetch(w0 + 6 * K + k);
+            __builtin_prefetch(w0 + 7 * K + k);
+          }
           a0 = vfma(load_w(w0 + k), xv, a0);
           a1 = vfma(load_w(w0 + K + k), xv, a1);
           a2 = vfma(load_w(w0 + 2 * K + k), xv, a2);
@@ -166,11 +242,13 @@ void pack_panels(const WT* w, int64_t N, int64_t K, WT* packed) {
       WT* dst = packed + p * K * NR;
       for (int j = 0; j < NR; ++j) {
         const int64_t n = p * NR + j;
+        // bf16 columns go where vload_bf16x2 expects them
+        const int pos = std::is_same<WT, uint16_t>::value ? bf16_pair_pos(j) : j;
         if (n < N) {
           const WT* src = w + n * K;
-          for (int64_t k = 0; k < K; ++k) dst[k * NR + j] = src[k];
+          for (int64_t k = 0; k < K; ++k) dst[k * NR + pos] = src[k];
         } else {
-          for (int64_t k = 0; k < K; ++k) dst[k * NR + j] = WT(0);
+          for (int64_t k = 0; k < K; ++k) dst[k * NR + pos] = WT(0);
         }
       }
     }
@@ -181,7 +259,10 @@ template <typename WT>
 void matmul_typed(const MatmulArgs& a) {
   const WT* w = static_cast<const WT*>(a.w);
   if (a.packed) return gemm_packed(a.x, a.M, a.K, w, a.N, a.bias, a.y);
-  if (a.M < kGemmMinRows) return gemv_rows(a.x, a.M, a.K, w, a.N, a.bias, a.y);
+  if (a.M < kGemmMinRows) {
+    if constexpr (std::is_same<WT, uint16_t>::value) return gemv_rows_bf16(a.x, a.M, a.K, w, a.N, a.bias, a.y);
+    return gemv_rows(a.x, a.M, a.K, w, a.N, a.bias, a.y);
+  }
   WT* packed = static_cast<WT*>(a.workspace);
   pack_panels(w, a.N, a.K, packed);
   gemm_packed(a.x, a.M, a.K, packed, a.N, a.bias, a.y);

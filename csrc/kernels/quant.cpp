@@ -127,6 +127,12 @@ void gemv_int8(const int8_t* qx, const float* sx, int64_t M, int64_t K, const in
         VI a0 = vizero(), a1 = vizero(), a2 = vizero(), a3 = vizero();
         for (int64_t k = 0; k < k_full; k += kB) {
           VI xv = viload(xr + k);
+          if (k % 64 == 0) {  // the next four rows, while these are summed (see matmul.cpp)
+            __builtin_prefetch(w0 + 4 * K + k);
+            __builtin_prefetch(w0 + 5 * K + k);
+            __builtin_prefetch(w0 + 6 * K + k);
+            __builtin_prefetch(w0 + 7 * K + k);
+          }
           a0 = vdot4(a0, xv, viload(w0 + k));
           a1 = vdot4(a1, xv, viload(w0 + K + k));
           a2 = vdot4(a2, xv, viload(w0 + 2 * K + k));
