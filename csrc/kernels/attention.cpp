@@ -104,6 +104,7 @@ void attention_split_kv(const AttentionArgs& a) {
     const float* kh = a.k + hk * a.kv_head_stride;
     const float* vh = a.v + hk * a.kv_head_stride;
     float* p = scratch(size_t(k1 - k0));
+    const float scale = a.scale;  // a local: stores to p cannot alias it
     for (int64_t r = 0; r < R; ++r) {
       const int64_t g = r / T, t = r % T;
       const float* qr = a.q + (hk * G + g) * a.q_head_stride + t * D;
@@ -128,14 +129,14 @@ void attention_split_kv(const AttentionArgs& a) {
           s2 = vfma(qv, vload_n(k_j + 2 * D + d, m), s2);
           s3 = vfma(qv, vload_n(k_j + 3 * D + d, m), s3);
         }
-        p[j] = vsum(s0) * a.scale;
-        p[j + 1] = vsum(s1) * a.scale;
-        p[j + 2] = vsum(s2) * a.scale;
-        p[j + 3] = vsum(s3) * a.scale;
+        p[j] = vsum(s0) * scale;
+        p[j + 1] = vsum(s1) * scale;
+        p[j + 2] = vsum(s2) * scale;
+        p[j + 3] = vsum(s3) * scale;
         mx = std::max(mx, std::max(std::max(p[j], p[j + 1]), std::max(p[j + 2], p[j + 3])));
       }
       for (; j < n; ++j) {
-        p[j] = dot(qr, kh + (k0 + j) * D, D) * a.scale;
+        p[j] = dot(qr, kh + (k0 + j) * D, D) * scale;
         mx = std::max(mx, p[j]);
       }
       VF mv = vset1(mx), sum = vzero();

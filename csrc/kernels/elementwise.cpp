@@ -1,5 +1,6 @@
 // the small ops of a decoder: rope, gelu (tanh form), silu * mul (SwiGLU), softmax, add.
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/isa.h"
@@ -14,7 +15,15 @@ constexpr int64_t kGrain = 16384;  // elements per task: below this a thread wak
 template <typename F>
 void map_elements(int64_t n, F&& f) {  // f(i, lanes) on vector-sized pieces
   parallel_range(n, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i += kW) f(i, int(std::min<int64_t>(kW, e - i)));
+    // a local copy: the compiler then keeps f's pointers in registers instead of reloading
+    // them through the captures after every store
+    const std::decay_t<F> g = f;
+    int64_t i = b;
+    for (; i + 2 * kW <= e; i += 2 * kW) {  // full vectors: the lane count is a constant here
+      g(i, kW);
+      g(i + kW, kW);
+    }
+    for (; i < e; i += kW) g(i, int(std::min<int64_t>(kW, e - i)));
   });
 }
 
@@ -23,24 +32,25 @@ FASTLM_INLINE void store_n(float* p, VF v, int n) { if (n == kW) vstore(p, v); e
 }  // namespace
 
 void add(const float* a, const float* b, float* y, int64_t n) {
-  map_elements(n, [&](int64_t i, int m) { store_n(y + i, vadd(vload_n(a + i, m), vload_n(b + i, m)), m); });
+  map_elements(n, [=](int64_t i, int m) { store_n(y + i, vadd(vload_n(a + i, m), vload_n(b + i, m)), m); });
 }
 
 // silu(g) * u = g / (1 + e^-g) * u
 void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
-  map_elements(n, [&](int64_t i, int m) {
+  map_elements(n, [=](int64_t i, int m) {
     VF g = vload_n(gate + i, m);
-    VF s = vdiv(g, vadd(vset1(1.0f), vexp(vsub(vzero(), g))));
+    VF s = vmul(g, vsigmoid(g));
     store_n(y + i, vmul(s, vload_n(up + i, m)), m);
   });
 }
 
-// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GPT-2's "gelu_new"
+// 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3): GPT-2's "gelu_new", computed as
+// x * sigmoid(2u), the same function without the cancellation of 1 + tanh(u) for x << 0
 void gelu_tanh(const float* x, float* y, int64_t n) {
-  map_elements(n, [&](int64_t i, int m) {
+  map_elements(n, [=](int64_t i, int m) {
     VF v = vload_n(x + i, m);
-    VF inner = vmul(vset1(0.7978845608028654f), vfma(vmul(vset1(0.044715f), vmul(v, v)), v, v));
-    store_n(y + i, vmul(vmul(vset1(0.5f), v), vadd(vset1(1.0f), vtanh(inner))), m);
+    VF u2 = vmul(vset1(2.0f * 0.7978845608028654f), vfma(vmul(vset1(0.044715f), vmul(v, v)), v, v));
+    store_n(y + i, vmul(v, vsigmoid(u2)), m);
   });
 }
 
@@ -98,10 +108,10 @@ void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t
     float* sinv = cs.data() + half;
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t i = 0; i < half; ++i) {
-        // the angle in float32, as Hugging Face computes it; cos/sin of it correctly rounded
+        // the angle in float32, as Hugging Face computes it, and its float32 cos/sin
         float angle = float(pos[t]) * inv_freq[i];
-        cosv[i] = float(std::cos(double(angle)));
-        sinv[i] = float(std::sin(double(angle)));
+        cosv[i] = std::cos(angle);
+        sinv[i] = std::sin(angle);
       }
       for (int64_t h = 0; h < H; ++h) {
         float* xh = x + (t * H + h) * D;

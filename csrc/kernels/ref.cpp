@@ -131,8 +131,9 @@ void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t
 
 void gelu_tanh(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    double v = x[i];
-    y[i] = float(0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))));
+    // 0.5 v (1 + tanh(u)) == v / (1 + e^{-2u}), written without the cancellation for v << 0
+    double v = x[i], u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    y[i] = float(v / (1.0 + std::exp(-2.0 * u)));
   }
 }
 

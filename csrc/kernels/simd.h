@@ -51,6 +51,12 @@ FASTLM_INLINE void vload_bf16x2(const uint16_t* p, VF& lo, VF& hi) {
   hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, v));
 }
 FASTLM_INLINE VF vadd(VF a, VF b) { return _mm512_add_ps(a, b); }
+FASTLM_INLINE VF vzero_where_below(VF r, VF x, VF lo) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ), r); }
+// 1/a: 14-bit estimate + one Newton step (~23 bits)
+FASTLM_INLINE VF vrcp(VF a) {
+  VF r = _mm512_rcp14_ps(a);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(2.0f)));
+}
 FASTLM_INLINE VF vsub(VF a, VF b) { return _mm512_sub_ps(a, b); }
 FASTLM_INLINE VF vmul(VF a, VF b) { return _mm512_mul_ps(a, b); }
 FASTLM_INLINE VF vdiv(VF a, VF b) { return _mm512_div_ps(a, b); }
@@ -116,6 +122,12 @@ FASTLM_INLINE void vload_bf16x2(const uint16_t* p, VF& lo, VF& hi) {
   hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));
 }
 FASTLM_INLINE VF vadd(VF a, VF b) { return _mm256_add_ps(a, b); }
+FASTLM_INLINE VF vzero_where_below(VF r, VF x, VF lo) { return _mm256_and_ps(r, _mm256_cmp_ps(x, lo, _CMP_GE_OQ)); }
+// 1/a: 12-bit estimate + one Newton step (~23 bits)
+FASTLM_INLINE VF vrcp(VF a) {
+  VF r = _mm256_rcp_ps(a);
+  return _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
+}
 FASTLM_INLINE VF vsub(VF a, VF b) { return _mm256_sub_ps(a, b); }
 FASTLM_INLINE VF vmul(VF a, VF b) { return _mm256_mul_ps(a, b); }
 FASTLM_INLINE VF vdiv(VF a, VF b) { return _mm256_div_ps(a, b); }
@@ -182,6 +194,8 @@ FASTLM_INLINE VF vload(const uint16_t* p) { VF v; for (int i = 0; i < kW; ++i) v
 FASTLM_INLINE VF vload_part(const uint16_t* p, int n) { VF v{}; for (int i = 0; i < n; ++i) v[i] = bf16_to_f32(p[i]); return v; }
 FASTLM_INLINE void vload_bf16x2(const uint16_t* p, VF& lo, VF& hi) { lo = vload(p); hi = vload(p + kW); }
 FASTLM_INLINE VF vadd(VF a, VF b) { return a + b; }
+FASTLM_INLINE VF vzero_where_below(VF r, VF x, VF lo) { return x >= lo ? r : VF{}; }
+FASTLM_INLINE VF vrcp(VF a) { return 1.0f / a; }
 FASTLM_INLINE VF vsub(VF a, VF b) { return a - b; }
 FASTLM_INLINE VF vmul(VF a, VF b) { return a * b; }
 FASTLM_INLINE VF vdiv(VF a, VF b) { return a / b; }
@@ -248,18 +262,12 @@ FASTLM_INLINE VF vexp(VF x) {
   p = vfma(p, r, vset1(1.6666665459e-1f));
   p = vfma(p, r, vset1(5.0000001201e-1f));
   p = vfma(p, vmul(r, r), vadd(r, vset1(1.0f)));
-  VF result = vmul(p, vpow2i(n));
-  // below the clamp the true value underflows: return exactly 0 (keeps masked softmax exact)
-  VF zero_mask_src = vsub(x, lo);  // negative where x < lo
-  return vmul(result, vmax(vmin(vmul(zero_mask_src, vset1(1e30f)), vset1(1.0f)), vzero()));
+  // below the clamp the true value underflows: exactly 0 (keeps masked softmax exact)
+  return vzero_where_below(vmul(p, vpow2i(n)), x, lo);
 }
 
-// tanh(x) = 1 - 2 / (e^{2x} + 1), with |x| clamped where tanh is +-1 in float32
-FASTLM_INLINE VF vtanh(VF x) {
-  VF xc = vmin(vmax(x, vset1(-9.0f)), vset1(9.0f));
-  VF e = vexp(vadd(xc, xc));
-  return vsub(vset1(1.0f), vdiv(vset1(2.0f), vadd(e, vset1(1.0f))));
-}
+// 1 / (1 + e^-x): no cancellation at either end
+FASTLM_INLINE VF vsigmoid(VF x) { return vrcp(vadd(vset1(1.0f), vexp(vsub(vzero(), x)))); }
 
 }  // namespace FASTLM_ISA_NS
 }  // namespace fastlm
