@@ -11,7 +11,12 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(FASTLM_ISA_AVX512) || defined(FASTLM_ISA_AVX2)
+#if defined(FASTLM_EMULATE_ISA)
+// tests only (tests/native): the intrinsics come from SIMDe, so a CPU without AVX-512 can run
+// this ISA's code paths, slowly, and check them against the references
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+#elif defined(FASTLM_ISA_AVX512) || defined(FASTLM_ISA_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -32,8 +37,23 @@ FASTLM_INLINE VF vzero() { return _mm512_setzero_ps(); }
 FASTLM_INLINE VF vset1(float x) { return _mm512_set1_ps(x); }
 FASTLM_INLINE VF vload(const float* p) { return _mm512_loadu_ps(p); }
 FASTLM_INLINE void vstore(float* p, VF v) { _mm512_storeu_ps(p, v); }
+#if defined(FASTLM_EMULATE_ISA)
+// SIMDe emulates masked loads/stores with full-width accesses (a store is a read-modify-write of
+// all 64 bytes, which races with the thread writing the next row): go through a buffer instead
+FASTLM_INLINE VF vload_part(const float* p, int n) {
+  alignas(64) float t[16] = {};
+  std::memcpy(t, p, sizeof(float) * n);
+  return _mm512_load_ps(t);
+}
+FASTLM_INLINE void vstore_part(float* p, VF v, int n) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  std::memcpy(p, t, sizeof(float) * n);
+}
+#else
 FASTLM_INLINE VF vload_part(const float* p, int n) { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
 FASTLM_INLINE void vstore_part(float* p, VF v, int n) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+#endif
 FASTLM_INLINE VF bf16_widen(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
@@ -41,7 +61,13 @@ FASTLM_INLINE VF vload(const uint16_t* p) {  // bfloat16 -> float32: the high ha
   return bf16_widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 FASTLM_INLINE VF vload_part(const uint16_t* p, int n) {
+#if defined(FASTLM_EMULATE_ISA)
+  alignas(32) uint16_t t[16] = {};
+  std::memcpy(t, p, sizeof(uint16_t) * n);
+  return bf16_widen(_mm256_load_si256(reinterpret_cast<const __m256i*>(t)));
+#else
   return bf16_widen(_mm256_maskz_loadu_epi16(tail_mask(n), p));
+#endif
 }
 // 2*kW bf16 in "pair order" (bf16_pair_pos) -> elements [0, kW) in lo, [kW, 2kW) in hi:
 // one load and two unpacks against zero instead of two widening loads and two shifts
@@ -65,8 +91,21 @@ FASTLM_INLINE VF vmin(VF a, VF b) { return _mm512_min_ps(a, b); }
 FASTLM_INLINE VF vfma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }  // a*b + c
 FASTLM_INLINE VF vabs(VF a) { return _mm512_abs_ps(a); }
 FASTLM_INLINE VF vround(VF a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-FASTLM_INLINE float vsum(VF a) { return _mm512_reduce_add_ps(a); }
-FASTLM_INLINE float vhmax(VF a) { return _mm512_reduce_max_ps(a); }
+// horizontal reductions by halves (the _mm512_reduce_* helpers are sequences of these anyway)
+FASTLM_INLINE __m128 hsum256(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_add_ss(s, _mm_movehdup_ps(s));
+}
+FASTLM_INLINE float vsum(VF a) {
+  return _mm_cvtss_f32(hsum256(_mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1))));
+}
+FASTLM_INLINE float vhmax(VF a) {
+  __m256 h = _mm256_max_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
 // 2^n for integral n in [-126, 127]
 FASTLM_INLINE VF vpow2i(VF n) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
@@ -83,7 +122,13 @@ FASTLM_INLINE VI vdot4(VI acc, VI a, VI b) {
   return _mm512_dpbusd_epi32(acc, _mm512_abs_epi8(a), b_signed);
 }
 FASTLM_INLINE VF vcvt(VI a) { return _mm512_cvtepi32_ps(a); }
-FASTLM_INLINE int32_t visum(VI a) { return _mm512_reduce_add_epi32(a); }
+FASTLM_INLINE int32_t visum(VI a) {
+  __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
 // round to nearest even, then to int32 (matches std::nearbyint under the default rounding mode)
 FASTLM_INLINE VI vcvt_round(VF a) { return _mm512_cvtps_epi32(a); }
 // kW int32 values in [-127, 127] -> kW int8 stored at p

@@ -1,0 +1,176 @@
+// checks one ISA's kernel table against the scalar references on odd shapes, outside Python.
+// tests/test_emulated_isa.py builds it with SIMDe standing in for the intrinsics, so the AVX-512
+// paths are exercised on CPUs without AVX-512. prints "N passed, M failed".
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace fl = fastlm;
+
+static int g_pass = 0, g_fail = 0;
+static std::mt19937 g_rng(1234);
+
+static std::vector<float> randn(size_t n, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g_rng);
+  return v;
+}
+
+static void check(const std::string& what, const float* got, const float* want, size_t n, double rtol) {
+  double scale = 1e-30, err = 0;
+  for (size_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(double(want[i])));
+  for (size_t i = 0; i < n; ++i) {
+    double e = std::fabs(double(got[i]) - want[i]);
+    if (!(e <= err)) err = e;  // NaN propagates
+  }
+  bool ok = err / scale <= rtol;
+  (ok ? g_pass : g_fail)++;
+  if (!ok) std::printf("FAIL %s: max error %.3g of max |ref| %.3g\n", what.c_str(), err / scale, scale);
+}
+
+static uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t(u >> 16);
+}
+
+static void matmul_cases(const fl::KernelTable& t) {
+  const int64_t shapes[][3] = {{1, 7, 3}, {1, 577, 65}, {2, 65, 33}, {3, 63, 7}, {4, 65, 7},
+                               {7, 577, 63}, {15, 63, 1537}, {33, 1537, 40}};
+  for (auto& s : shapes) {
+    const int64_t M = s[0], K = s[1], N = s[2];
+    auto x = randn(size_t(M * K)), w = randn(size_t(N * K)), b = randn(size_t(N));
+    std::vector<uint16_t> wb(w.size());
+    for (size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]);
+    for (int bf = 0; bf < 2; ++bf) {
+      const void* wp = bf ? static_cast<const void*>(wb.data()) : w.data();
+      fl::WeightType wt = bf ? fl::WeightType::kBF16 : fl::WeightType::kF32;
+      std::vector<float> want(size_t(M * N)), got(size_t(M * N));
+      fl::ref::matmul(x.data(), M, K, wp, wt, N, b.data(), want.data());
+      std::vector<uint8_t> ws(t.matmul_workspace(M, N, K, false) + 64);
+      fl::MatmulArgs a{x.data(), M, K, N, wp, wt, false, b.data(), got.data(), ws.data()};
+      t.matmul(a);
+      std::string tag = "matmul " + std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N) + (bf ? " bf16" : " f32");
+      check(tag, got.data(), want.data(), got.size(), 1e-5);
+      std::vector<uint8_t> packed(size_t(fl::packed_weight_elems(N, K, t.pack_nr)) * fl::weight_type_size(wt));
+      t.pack_weight(wp, wt, N, K, packed.data());
+      fl::MatmulArgs p{x.data(), M, K, N, packed.data(), wt, true, b.data(), got.data(), nullptr};
+      t.matmul(p);
+      check(tag + " packed", got.data(), want.data(), got.size(), 1e-5);
+    }
+  }
+}
+
+static void attention_cases(const fl::KernelTable& t) {
+  const int64_t cases[][5] = {{9, 3, 1, 100, 64}, {1, 1, 1, 1, 64}, {4, 2, 3, 70, 64}, {4, 2, 7, 7, 16},
+                              {6, 3, 65, 65, 64}, {3, 1, 33, 100, 80}, {2, 2, 5, 12, 128}, {4, 2, 9, 9, 7}};
+  for (auto& c : cases) {
+    const int64_t H = c[0], Hkv = c[1], T = c[2], S = c[3], D = c[4];
+    auto q = randn(size_t(H * T * D)), k = randn(size_t(Hkv * S * D)), v = randn(size_t(Hkv * S * D));
+    for (int causal = 0; causal < 2; ++causal) {
+      std::vector<float> want(q.size()), got(q.size());
+      fl::AttentionArgs a{q.data(), k.data(), v.data(), want.data(), H, Hkv, T, S, D, T * D, S * D, T * D,
+                          1.0f / std::sqrt(float(D)), bool(causal)};
+      fl::ref::attention(a);
+      a.out = got.data();
+      t.attention(a);
+      check("attention " + std::to_string(H) + "/" + std::to_string(Hkv) + " T" + std::to_string(T) + " S" +
+                std::to_string(S) + " D" + std::to_string(D) + (causal ? " causal" : ""),
+            got.data(), want.data(), got.size(), 1e-4);
+    }
+  }
+}
+
+static void row_op_cases(const fl::KernelTable& t) {
+  const int64_t shapes[][2] = {{1, 1}, {3, 7}, {7, 65}, {5, 577}, {2, 1537}};
+  for (auto& s : shapes) {
+    const int64_t R = s[0], C = s[1];
+    const std::string tag = " " + std::to_string(R) + "x" + std::to_string(C);
+    auto x = randn(size_t(R * C), 3.0f), w = randn(size_t(C)), b = randn(size_t(C)), u = randn(size_t(R * C));
+    for (auto& e : x) e += 2.0f;
+    std::vector<float> want(x.size()), got(x.size());
+    fl::ref::layer_norm(x.data(), w.data(), b.data(), want.data(), R, C, 1e-5f);
+    t.layer_norm(x.data(), w.data(), b.data(), got.data(), R, C, 1e-5f);
+    check("layer_norm" + tag, got.data(), want.data(), got.size(), 1e-5);
+    fl::ref::rms_norm(x.data(), w.data(), want.data(), R, C, 1e-6f);
+    t.rms_norm(x.data(), w.data(), got.data(), R, C, 1e-6f);
+    check("rms_norm" + tag, got.data(), want.data(), got.size(), 1e-5);
+    fl::ref::softmax(x.data(), want.data(), R, C);
+    t.softmax(x.data(), got.data(), R, C);
+    check("softmax" + tag, got.data(), want.data(), got.size(), 2e-6);
+    fl::ref::gelu_tanh(x.data(), want.data(), R * C);
+    t.gelu_tanh(x.data(), got.data(), R * C);
+    check("gelu_tanh" + tag, got.data(), want.data(), got.size(), 2e-6);
+    fl::ref::silu_mul(x.data(), u.data(), want.data(), R * C);
+    t.silu_mul(x.data(), u.data(), got.data(), R * C);
+    check("silu_mul" + tag, got.data(), want.data(), got.size(), 2e-6);
+    fl::ref::add(x.data(), u.data(), want.data(), R * C);
+    t.add(x.data(), u.data(), got.data(), R * C);
+    check("add" + tag, got.data(), want.data(), got.size(), 0.0);
+
+    std::vector<int8_t> q1(x.size()), q2(x.size());
+    std::vector<float> s1(static_cast<size_t>(R)), s2(static_cast<size_t>(R));
+    fl::ref::quantize_int8(x.data(), R, C, q1.data(), s1.data());
+    t.quantize_int8(x.data(), R, C, q2.data(), s2.data());
+    bool same = q1 == q2 && s1 == s2;
+    (same ? g_pass : g_fail)++;
+    if (!same) std::printf("FAIL quantize_int8%s: not bit-exact\n", tag.c_str());
+  }
+}
+
+static void int8_cases(const fl::KernelTable& t) {
+  const int64_t shapes[][3] = {{1, 1, 1}, {1, 577, 65}, {2, 63, 7}, {3, 65, 129}, {4, 7, 3}, {9, 577, 63}, {40, 130, 33}};
+  for (auto& s : shapes) {
+    const int64_t M = s[0], K = s[1], N = s[2];
+    auto x = randn(size_t(M * K)), w = randn(size_t(N * K)), b = randn(size_t(N));
+    std::vector<int8_t> qw(w.size());
+    std::vector<float> sw(static_cast<size_t>(N)), want(static_cast<size_t>(M * N)), got(static_cast<size_t>(M * N));
+    fl::ref::quantize_int8(w.data(), N, K, qw.data(), sw.data());
+    fl::Int8MatmulArgs a{x.data(), M, K, N, qw.data(), sw.data(), b.data(), want.data(), nullptr};
+    fl::ref::int8_matmul(a);
+    std::vector<uint8_t> ws(t.int8_matmul_workspace(M, N, K) + 64);
+    a.y = got.data();
+    a.workspace = ws.data();
+    t.int8_matmul(a);
+    check("int8_matmul " + std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N), got.data(),
+          want.data(), got.size(), 1e-6);
+  }
+}
+
+static void rope_cases(const fl::KernelTable& t) {
+  const int64_t cases[][4] = {{1, 1, 2, 2}, {7, 3, 64, 64}, {5, 2, 80, 32}, {9, 4, 128, 128}, {3, 1, 14, 14}};
+  for (auto& c : cases) {
+    const int64_t T = c[0], H = c[1], D = c[2], rot = c[3];
+    std::vector<int64_t> pos(static_cast<size_t>(T));
+    for (int64_t i = 0; i < T; ++i) pos[size_t(i)] = (i * 977) % 4096;
+    std::vector<float> inv(static_cast<size_t>(rot / 2));
+    for (int64_t i = 0; i < rot / 2; ++i) inv[size_t(i)] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
+    for (int il = 0; il < 2; ++il) {
+      auto want = randn(size_t(T * H * D));
+      auto got = want;
+      fl::ref::rope(want.data(), pos.data(), T, H, D, rot, inv.data(), il);
+      t.rope(got.data(), pos.data(), T, H, D, rot, inv.data(), il);
+      check("rope T" + std::to_string(T) + " D" + std::to_string(D) + (il ? " interleaved" : ""), got.data(),
+            want.data(), got.size(), 2e-6);
+    }
+  }
+}
+
+int main() {
+  const fl::KernelTable& t = fl::FASTLM_ISA_NS::kernel_table();
+  std::printf("checking the %s kernels against the references\n", t.name);
+  matmul_cases(t);
+  attention_cases(t);
+  row_op_cases(t);
+  int8_cases(t);
+  rope_cases(t);
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}
