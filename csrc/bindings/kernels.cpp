@@ -3,6 +3,8 @@
 // themselves run with the GIL released.
 #include "bindings/kernels.h"
 
+#include "bindings/arrays.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -23,135 +25,6 @@ namespace fastlm {
 namespace {
 
 using Table = const KernelTable& (*)();
-
-// ---- argument checks ----
-
-std::string shape_str(const py::array& a) {
-  std::ostringstream s;
-  s << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i) << (a.ndim() == 1 ? "," : "");
-  s << ")";
-  return s.str();
-}
-
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-bool is_bf16(const py::array& a) {
-  return a.dtype().itemsize() == 2 && py::str(a.dtype()).cast<std::string>() == "bfloat16";
-}
-
-enum class DT { kF32, kBF16, kI8, kI32, kI64 };
-
-const char* dt_name(DT t) {
-  switch (t) {
-    case DT::kF32: return "float32";
-    case DT::kBF16: return "bfloat16";
-    case DT::kI8: return "int8";
-    case DT::kI32: return "int32";
-    case DT::kI64: return "int64";
-  }
-  return "?";
-}
-
-bool has_dt(const py::array& a, DT t) {
-  switch (t) {
-    case DT::kF32: return a.dtype().is(py::dtype::of<float>());
-    case DT::kBF16: return is_bf16(a);
-    case DT::kI8: return a.dtype().is(py::dtype::of<int8_t>());
-    case DT::kI32: return a.dtype().is(py::dtype::of<int32_t>());
-    case DT::kI64: return a.dtype().is(py::dtype::of<int64_t>());
-  }
-  return false;
-}
-
-// the array behind `obj`, checked: a NumPy array of one of `dts`, C-contiguous, non-empty, with
-// a rank in [min_ndim, max_ndim]
-py::array checked(const py::object& obj, const char* name, std::initializer_list<DT> dts, int min_ndim,
-                  int max_ndim) {
-  if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
-                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-  }
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  bool ok = false;
-  std::string want;
-  for (DT t : dts) {
-    ok = ok || has_dt(a, t);
-    want += std::string(want.empty() ? "" : " or ") + dt_name(t);
-  }
-  if (!ok) throw py::type_error(std::string(name) + " must have dtype " + want + ", got " + dtype_str(a));
-  if (a.ndim() < min_ndim || a.ndim() > max_ndim) {
-    std::ostringstream s;
-    s << name << " must have " << min_ndim;
-    if (max_ndim != min_ndim) s << (max_ndim > 8 ? " or more" : " to " + std::to_string(max_ndim));
-    s << " dimension" << (min_ndim == 1 && max_ndim == 1 ? "" : "s") << ", got shape " << shape_str(a);
-    throw py::value_error(s.str());
-  }
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error(std::string(name) + " must be C-contiguous (got a strided view of shape " +
-                          shape_str(a) + "; use numpy.ascontiguousarray)");
-  }
-  if (a.size() == 0) throw py::value_error(std::string(name) + " must not be empty, got shape " + shape_str(a));
-  return a;
-}
-
-bool overlaps(const py::array& a, const py::array& b) {
-  auto lo_a = reinterpret_cast<uintptr_t>(a.data()), lo_b = reinterpret_cast<uintptr_t>(b.data());
-  return lo_a < lo_b + size_t(b.nbytes()) && lo_b < lo_a + size_t(a.nbytes());
-}
-
-// `out` if given (checked: float32, C-contiguous, writeable, the expected shape), else a new array
-py::array_t<float> make_out(const py::object& out, const std::vector<py::ssize_t>& shape) {
-  if (out.is_none()) return py::array_t<float>(shape);
-  py::array o = checked(out, "out", {DT::kF32}, 1, 32);
-  std::vector<py::ssize_t> got(o.shape(), o.shape() + o.ndim());
-  if (got != shape) {
-    py::array_t<float> tmp(shape);
-    throw py::value_error("out must have shape " + shape_str(tmp) + ", got " + shape_str(o));
-  }
-  if (!o.writeable()) throw py::value_error("out must be writeable");
-  return py::reinterpret_borrow<py::array_t<float>>(o);
-}
-
-void no_alias(const py::array& out, const py::array& in, const char* name) {
-  if (overlaps(out, in)) throw py::value_error(std::string("out must not overlap ") + name);
-}
-
-std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
-
-float* f32(py::array& a) { return static_cast<float*>(a.mutable_data()); }
-const float* cf32(const py::array& a) { return static_cast<const float*>(a.data()); }
-
-// a per-thread scratch buffer, 64-byte aligned, that only grows
-void* workspace(size_t bytes) {
-  struct Buffer {
-    void* p = nullptr;
-    size_t n = 0;
-    ~Buffer() { std::free(p); }
-  };
-  thread_local Buffer buf;
-  if (bytes > buf.n) {
-    std::free(buf.p);
-    size_t n = (bytes + 63) / 64 * 64;
-    buf.p = std::aligned_alloc(64, n);
-    if (!buf.p) {
-      buf.n = 0;
-      throw std::bad_alloc();
-    }
-    buf.n = n;
-  }
-  return buf.p;
-}
-
-const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n, py::array& keep) {
-  if (obj.is_none()) return nullptr;
-  keep = checked(obj, name, {DT::kF32}, 1, 1);
-  if (keep.shape(0) != n) {
-    throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",), got " +
-                          shape_str(keep));
-  }
-  return cf32(keep);
-}
 
 }  // namespace
 
@@ -252,7 +125,7 @@ py::array_t<float> attention(Table table, const py::object& q_obj, const py::obj
   no_alias(out, q, "q");
   no_alias(out, k, "k");
   no_alias(out, v, "v");
-  AttentionArgs a{cf32(q), cf32(k), cf32(v), out.mutable_data(), H, Hkv, T, S, D, T * D, S * D, T * D,
+  AttentionArgs a{cf32(q), cf32(k), cf32(v), out.mutable_data(), H, Hkv, T, S, D, T * D, D, S * D, T * D, D,
                   scale, causal};
   const KernelTable& t = table();
   py::gil_scoped_release nogil;

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "bindings/kernels.h"
+#include "bindings/model.h"
 #include "runtime/cpu.h"
 #include "runtime/threadpool.h"
 
@@ -56,4 +57,5 @@ PYBIND11_MODULE(_C, m) {
   fastlm::register_kernels(k, &fastlm::kernels, true);
   py::module_ r = k.def_submodule("ref", "scalar reference kernels (the test oracles)");
   fastlm::register_kernels(r, &fastlm::ref::kernel_table, false);
+  fastlm::register_model(m);
 }

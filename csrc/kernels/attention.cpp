@@ -1,5 +1,5 @@
 // fused softmax attention over a KV cache, online softmax: no (T, S) score matrix in memory.
-// q: (H, T, D), k/v: (Hkv, S, D), out: (H, T, D); H % Hkv == 0 (grouped-query attention: query
+// q: (H, T, D), k/v: (Hkv, S, D), out: (H, T, D) (strided, see kernels.h); H % Hkv == 0 (grouped-query attention: query
 // head h reads kv head h / (H / Hkv)). query t sits at absolute position S - T + t; causal: it
 // sees keys 0 .. S - T + t.
 //
@@ -107,7 +107,7 @@ void attention_split_kv(const AttentionArgs& a) {
     const float scale = a.scale;  // a local: stores to p cannot alias it
     for (int64_t r = 0; r < R; ++r) {
       const int64_t g = r / T, t = r % T;
-      const float* qr = a.q + (hk * G + g) * a.q_head_stride + t * D;
+      const float* qr = a.q + (hk * G + g) * a.q_head_stride + t * a.q_row_stride;
       const int64_t limit = a.causal ? std::min(k1, S - T + t + 1) : k1;
       float* out = partial + ((hk * n_split + sp) * R + r) * stride;
       Partial* st = reinterpret_cast<Partial*>(out + D);
@@ -166,7 +166,7 @@ void attention_split_kv(const AttentionArgs& a) {
         const Partial* st = reinterpret_cast<const Partial*>(partial + ((hk * n_split + sp) * R + r) * stride + D);
         mx = std::max(mx, st->max);
       }
-      float* o = a.out + (hk * G + g) * a.out_head_stride + t * D;
+      float* o = a.out + (hk * G + g) * a.out_head_stride + t * a.out_row_stride;
       std::fill(o, o + D, 0.0f);
       float total = 0.0f;
       for (int64_t sp = 0; sp < n_split; ++sp) {
@@ -223,7 +223,7 @@ void attention_blocked(const AttentionArgs& a) {
           const int64_t limit = a.causal ? offset + t + 1 : S;  // keys < limit are visible
           if (limit <= kb) continue;
           const int64_t n_vis = std::min<int64_t>(nk, limit - kb);
-          const float* qr = qg + t * D;
+          const float* qr = qg + t * a.q_row_stride;
           VF sc[8];
 #pragma GCC unroll 8
           for (int u = 0; u < 8; ++u) sc[u] = vzero();
@@ -263,7 +263,7 @@ void attention_blocked(const AttentionArgs& a) {
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t ri = g * BQ + i;
         const float* ar = acc + ri * D;
-        float* o = og + (t0 + i) * D;
+        float* o = og + (t0 + i) * a.out_row_stride;
         VF inv = vset1(1.0f / row_sum[ri]);
         for (int64_t d = 0; d < D; d += kW) {
           int m = int(std::min<int64_t>(kW, D - d));

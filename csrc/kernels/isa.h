@@ -10,6 +10,7 @@ namespace FASTLM_ISA_NS {
 
 int matmul_pack_nr();
 void pack_weight(const void* w, WeightType wtype, int64_t N, int64_t K, void* packed);
+void packed_row(const void* packed, WeightType wtype, int64_t N, int64_t K, int64_t n, float* out);
 size_t matmul_workspace(int64_t M, int64_t N, int64_t K, bool packed);
 void matmul(const MatmulArgs& a);
 void attention(const AttentionArgs& a);

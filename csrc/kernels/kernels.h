@@ -27,7 +27,10 @@ struct MatmulArgs {
 };
 
 // fused attention, online softmax, no (T, S) score matrix in memory.
-// q: (H, T, D), k/v: (Hkv, S, D), out: (H, T, D); head strides in elements (rows are D apart).
+// q: (H, T, D), k/v: (Hkv, S, D), out: (H, T, D), addressed through strides in elements:
+// q[h, t] at q + h * q_head_stride + t * q_row_stride (likewise out); k/v rows are D apart, heads
+// kv_head_stride apart (a KV cache with room for more positions than S).
+// so (H, T, D) is head_stride = T * D, row_stride = D, and (T, H, D) is D and H * D.
 // query t sits at absolute position S - T + t; causal: it sees keys 0 .. S - T + t.
 struct AttentionArgs {
   const float* q;
@@ -35,7 +38,7 @@ struct AttentionArgs {
   const float* v;
   float* out;
   int64_t H, Hkv, T, S, D;
-  int64_t q_head_stride, kv_head_stride, out_head_stride;
+  int64_t q_head_stride, q_row_stride, kv_head_stride, out_head_stride, out_row_stride;
   float scale;
   bool causal;
 };
@@ -56,6 +59,8 @@ struct KernelTable {
   const char* name;
   int pack_nr;  // panel width of packed fp32/bf16 weights for this ISA
   void (*pack_weight)(const void* w, WeightType wtype, int64_t N, int64_t K, void* packed);
+  // row n of a packed weight, as float32 (embedding lookups from a tied, packed head)
+  void (*packed_row)(const void* packed, WeightType wtype, int64_t N, int64_t K, int64_t n, float* out);
   size_t (*matmul_workspace)(int64_t M, int64_t N, int64_t K, bool packed);
   void (*matmul)(const MatmulArgs& a);
   void (*attention)(const AttentionArgs& a);

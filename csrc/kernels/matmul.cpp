@@ -285,6 +285,22 @@ void pack_weight(const void* w, WeightType wtype, int64_t N, int64_t K, void* pa
   }
 }
 
+void packed_row(const void* packed, WeightType wtype, int64_t N, int64_t K, int64_t n, float* out) {
+  (void)N;
+  const int64_t p = n / NR;
+  const int j = int(n % NR);
+  if (wtype == WeightType::kF32) {
+    const float* src = static_cast<const float*>(packed) + p * K * NR + j;
+    for (int64_t k = 0; k < K; ++k) out[k] = src[k * NR];
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(packed) + p * K * NR + bf16_pair_pos(j);
+    for (int64_t k = 0; k < K; ++k) {
+      uint32_t u = uint32_t(src[k * NR]) << 16;
+      std::memcpy(out + k, &u, 4);
+    }
+  }
+}
+
 void matmul(const MatmulArgs& a) {
   if (a.wtype == WeightType::kF32) matmul_typed<float>(a); else matmul_typed<uint16_t>(a);
 }

@@ -38,7 +38,7 @@ void attention(const AttentionArgs& a) {
     const float* kh = a.k + (h / G) * a.kv_head_stride;
     const float* vh = a.v + (h / G) * a.kv_head_stride;
     for (int64_t t = 0; t < a.T; ++t) {
-      const float* q = a.q + h * a.q_head_stride + t * a.D;
+      const float* q = a.q + h * a.q_head_stride + t * a.q_row_stride;
       const int64_t n = a.causal ? a.S - a.T + t + 1 : a.S;
       double mx = -INFINITY;
       for (int64_t j = 0; j < n; ++j) {
@@ -49,7 +49,7 @@ void attention(const AttentionArgs& a) {
       }
       double total = 0;
       for (int64_t j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - mx));
-      float* o = a.out + h * a.out_head_stride + t * a.D;
+      float* o = a.out + h * a.out_head_stride + t * a.out_row_stride;
       for (int64_t i = 0; i < a.D; ++i) {
         double acc = 0;
         for (int64_t j = 0; j < n; ++j) acc += s[j] * vh[j * a.D + i];
@@ -166,6 +166,7 @@ namespace ref {
 namespace {
 
 void pack_weight_ref(const void*, WeightType, int64_t, int64_t, void*) {}
+void packed_row_ref(const void*, WeightType, int64_t, int64_t, int64_t, float*) {}
 size_t no_workspace(int64_t, int64_t, int64_t, bool) { return 0; }
 size_t no_int8_workspace(int64_t, int64_t, int64_t) { return 0; }
 void matmul_args(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N, a.bias, a.y); }
@@ -175,7 +176,7 @@ void matmul_args(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N,
 // the references behind the same interface as an ISA's table (unpacked weights only)
 const KernelTable& kernel_table() {
   static const KernelTable table = {
-      "ref",     16,       pack_weight_ref, no_workspace,  matmul_args,       attention,
+      "ref",     16,       pack_weight_ref, packed_row_ref, no_workspace,  matmul_args,       attention,
       rms_norm,  layer_norm, quantize_int8, no_int8_workspace, int8_matmul, rope,
       gelu_tanh, silu_mul, softmax,         add,
   };

@@ -5,7 +5,7 @@ namespace FASTLM_ISA_NS {
 
 const KernelTable& kernel_table() {
   static const KernelTable table = {
-      kIsaName,  matmul_pack_nr(), pack_weight,   matmul_workspace,      matmul,
+      kIsaName,  matmul_pack_nr(), pack_weight,   packed_row, matmul_workspace,      matmul,
       attention, rms_norm,         layer_norm,    quantize_int8,         int8_matmul_workspace,
       int8_matmul, rope,           gelu_tanh,     silu_mul,              softmax,
       add,

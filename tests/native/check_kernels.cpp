@@ -76,7 +76,7 @@ static void attention_cases(const fl::KernelTable& t) {
     auto q = randn(size_t(H * T * D)), k = randn(size_t(Hkv * S * D)), v = randn(size_t(Hkv * S * D));
     for (int causal = 0; causal < 2; ++causal) {
       std::vector<float> want(q.size()), got(q.size());
-      fl::AttentionArgs a{q.data(), k.data(), v.data(), want.data(), H, Hkv, T, S, D, T * D, S * D, T * D,
+      fl::AttentionArgs a{q.data(), k.data(), v.data(), want.data(), H, Hkv, T, S, D, T * D, D, S * D, T * D, D,
                           1.0f / std::sqrt(float(D)), bool(causal)};
       fl::ref::attention(a);
       a.out = got.data();

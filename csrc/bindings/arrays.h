@@ -1,0 +1,37 @@
+// NumPy argument checks shared by the bindings: each raises TypeError/ValueError naming the
+// argument, what it got and what was expected.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace fastlm {
+namespace py = pybind11;
+
+enum class DT { kF32, kBF16, kI8, kI32, kI64 };
+
+std::string shape_str(const py::array& a);
+std::string dtype_str(const py::array& a);
+bool is_bf16(const py::array& a);
+const char* dt_name(DT t);
+bool has_dt(const py::array& a, DT t);
+// the array behind `obj`, checked: a NumPy array of one of `dts`, C-contiguous, non-empty, with a
+// rank in [min_ndim, max_ndim]
+py::array checked(const py::object& obj, const char* name, std::initializer_list<DT> dts, int min_ndim,
+                  int max_ndim);
+bool overlaps(const py::array& a, const py::array& b);
+// `out` if given (checked: float32, C-contiguous, writeable, the expected shape), else a new array
+py::array_t<float> make_out(const py::object& out, const std::vector<py::ssize_t>& shape);
+void no_alias(const py::array& out, const py::array& in, const char* name);
+std::vector<py::ssize_t> shape_of(const py::array& a);
+const float* cf32(const py::array& a);
+// a per-thread scratch buffer, 64-byte aligned, that only grows
+void* workspace(size_t bytes);
+// a float32 (n,) array, or null for None; `keep` holds the array alive
+const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n, py::array& keep);
+
+}  // namespace fastlm

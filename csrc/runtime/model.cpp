@@ -1,0 +1,380 @@
+#include "runtime/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "runtime/cpu.h"
+
+namespace fastlm {
+namespace {
+
+constexpr int64_t kChunk = 256;  // prefill rows per step: buffers stay small, GEMMs stay efficient
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+std::string proj_name(Proj p) {
+  static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+  return names[int(p)];
+}
+
+}  // namespace
+
+struct Model::Linear {
+  std::unique_ptr<uint8_t, FreeDeleter> packed;
+  int64_t N = 0, K = 0;
+  WeightType wt = WeightType::kF32;
+  std::vector<float> bias;
+  bool set = false;
+};
+
+struct Model::Layer {
+  Linear proj[int(Proj::kCount)];
+  std::vector<float> norm_w[2], norm_b[2];  // before attention, before the MLP
+};
+
+struct Model::Slot {
+  std::unique_ptr<float, FreeDeleter> k, v;  // (n_layers, Hkv, max_seq, D), pages touched lazily
+  int64_t len = 0;
+};
+
+Model::Model(ModelSpec spec) : spec_(std::move(spec)), table_(&kernels()) {
+  const ModelSpec& s = spec_;
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("invalid model spec: " + what);
+  };
+  need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
+           s.vocab > 0 && s.max_seq > 0,
+       "every size must be positive");
+  need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
+  need(s.norm_eps >= 0, "norm eps must be >= 0");
+  if (s.pos == PosKind::kRope) {
+    need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
+         "rotary_dim must be even and at most head_dim");
+    need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
+  }
+  layers_.resize(size_t(s.n_layers));
+  head_.reset(new Linear());
+}
+
+Model::~Model() = default;
+
+void Model::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
+                       const float* bias) {
+  if (layer < 0 || layer >= spec_.n_layers) throw std::invalid_argument("layer index out of range");
+  const int64_t H = spec_.n_heads, Hkv = spec_.n_kv_heads, D = spec_.head_dim, C = spec_.hidden;
+  int64_t wantN = 0, wantK = C;
+  switch (proj) {
+    case Proj::kQ: wantN = H * D; break;
+    case Proj::kK: case Proj::kV: wantN = Hkv * D; break;
+    case Proj::kO: wantN = C; wantK = H * D; break;
+    case Proj::kGate: case Proj::kUp: wantN = spec_.ffn; break;
+    case Proj::kDown: wantN = C; wantK = spec_.ffn; break;
+    default: throw std::invalid_argument("unknown projection");
+  }
+  if (N != wantN || K != wantK) {
+    throw std::invalid_argument("layer " + std::to_string(layer) + " " + proj_name(proj) + " weight has shape (" +
+                                std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
+                                std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
+  }
+  Linear& l = layers_[size_t(layer)].proj[int(proj)];
+  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * weight_type_size(wt);
+  l.packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  if (!l.packed) throw std::bad_alloc();
+  table_->pack_weight(w, wt, N, K, l.packed.get());
+  l.N = N;
+  l.K = K;
+  l.wt = wt;
+  l.bias.assign(bias ? bias : nullptr, bias ? bias + N : nullptr);
+  l.set = true;
+}
+
+void Model::set_norm(int64_t layer, int which, const float* w, const float* b) {
+  const int64_t C = spec_.hidden;
+  std::vector<float>* dw;
+  std::vector<float>* db;
+  if (layer == -1) {
+    dw = &final_norm_w_;
+    db = &final_norm_b_;
+  } else {
+    if (layer < 0 || layer >= spec_.n_layers || which < 0 || which > 1)
+      throw std::invalid_argument("norm index out of range");
+    dw = &layers_[size_t(layer)].norm_w[which];
+    db = &layers_[size_t(layer)].norm_b[which];
+  }
+  dw->assign(w, w + C);
+  if (b) db->assign(b, b + C); else db->clear();
+}
+
+void Model::set_embedding(const void* w, WeightType wt) {
+  size_t bytes = size_t(spec_.vocab * spec_.hidden) * weight_type_size(wt);
+  embedding_.assign(static_cast<const uint8_t*>(w), static_cast<const uint8_t*>(w) + bytes);
+  embedding_type_ = wt;
+  has_embedding_ = true;
+}
+
+void Model::set_position_embedding(const float* w, int64_t n_positions) {
+  if (n_positions < spec_.max_seq)
+    throw std::invalid_argument("the position embedding has " + std::to_string(n_positions) +
+                                " rows, fewer than the context (" + std::to_string(spec_.max_seq) + ")");
+  position_embedding_.assign(w, w + spec_.max_seq * spec_.hidden);
+}
+
+void Model::set_lm_head(const void* w, WeightType wt) {
+  const int64_t N = spec_.vocab, K = spec_.hidden;
+  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * weight_type_size(wt);
+  head_->packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  if (!head_->packed) throw std::bad_alloc();
+  table_->pack_weight(w, wt, N, K, head_->packed.get());
+  head_->N = N;
+  head_->K = K;
+  head_->wt = wt;
+  head_->set = true;
+}
+
+void Model::tie_lm_head() {
+  if (!has_embedding_) throw std::invalid_argument("tie_lm_head needs the embedding first");
+  set_lm_head(embedding_.data(), embedding_type_);
+  std::vector<uint8_t>().swap(embedding_);  // rows now come from the packed head
+  tied_ = true;
+}
+
+std::vector<std::string> Model::missing() const {
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < spec_.n_layers; ++i) {
+    const Layer& l = layers_[size_t(i)];
+    for (int p = 0; p < int(Proj::kCount); ++p) {
+      if (spec_.mlp == MlpKind::kGelu && Proj(p) == Proj::kGate) continue;
+      if (!l.proj[p].set) out.push_back("layer " + std::to_string(i) + " " + proj_name(Proj(p)));
+    }
+    for (int w = 0; w < 2; ++w)
+      if (l.norm_w[w].empty()) out.push_back("layer " + std::to_string(i) + (w ? " mlp norm" : " attention norm"));
+  }
+  if (final_norm_w_.empty()) out.push_back("final norm");
+  if (!has_embedding_) out.push_back("embedding");
+  if (!head_->set) out.push_back("lm head");
+  if (spec_.pos == PosKind::kLearned && position_embedding_.empty()) out.push_back("position embedding");
+  return out;
+}
+
+size_t Model::weight_bytes() const {
+  size_t total = embedding_.size() + position_embedding_.size() * 4;
+  auto add = [&](const Linear& l) {
+    if (l.set) total += size_t(packed_weight_elems(l.N, l.K, table_->pack_nr)) * weight_type_size(l.wt) + l.bias.size() * 4;
+  };
+  for (const Layer& l : layers_)
+    for (const Linear& p : l.proj) add(p);
+  add(*head_);
+  return total;
+}
+
+size_t Model::kv_bytes_per_slot() const {
+  return size_t(2 * spec_.n_layers * spec_.n_kv_heads * spec_.max_seq * spec_.head_dim) * sizeof(float);
+}
+
+void Model::ensure_slots(int64_t n) {
+  while (int64_t(slots_.size()) < n) {
+    std::unique_ptr<Slot> s(new Slot());
+    size_t elems = kv_bytes_per_slot() / sizeof(float) / 2;
+    // calloc: the pages of positions never used are never touched
+    s->k.reset(static_cast<float*>(std::calloc(elems, sizeof(float))));
+    s->v.reset(static_cast<float*>(std::calloc(elems, sizeof(float))));
+    if (!s->k || !s->v) throw std::bad_alloc();
+    slots_.push_back(std::move(s));
+  }
+}
+
+void Model::check_slot(int64_t slot) const {
+  if (slot < 0 || slot >= int64_t(slots_.size()))
+    throw std::invalid_argument("slot " + std::to_string(slot) + " does not exist (" +
+                                std::to_string(slots_.size()) + " slots)");
+}
+
+int64_t Model::slot_len(int64_t slot) const {
+  check_slot(slot);
+  return slots_[size_t(slot)]->len;
+}
+
+void Model::truncate_slot(int64_t slot, int64_t len) {
+  check_slot(slot);
+  Slot& s = *slots_[size_t(slot)];
+  if (len < 0 || len > s.len)
+    throw std::invalid_argument("cannot truncate a sequence of " + std::to_string(s.len) + " positions to " +
+                                std::to_string(len));
+  s.len = len;
+}
+
+void Model::ensure_buffers(int64_t rows) {
+  if (rows <= buf_rows_) return;
+  const ModelSpec& s = spec_;
+  x_.assign(size_t(rows * s.hidden), 0.0f);
+  h_.assign(size_t(rows * s.hidden), 0.0f);
+  tmp_.assign(size_t(rows * s.hidden), 0.0f);
+  sel_.assign(size_t(rows * s.hidden), 0.0f);
+  q_.assign(size_t(rows * s.n_heads * s.head_dim), 0.0f);
+  attn_.assign(size_t(rows * s.n_heads * s.head_dim), 0.0f);
+  k_.assign(size_t(rows * s.n_kv_heads * s.head_dim), 0.0f);
+  v_.assign(size_t(rows * s.n_kv_heads * s.head_dim), 0.0f);
+  gate_.assign(size_t(rows * s.ffn), 0.0f);
+  up_.assign(size_t(rows * s.ffn), 0.0f);
+  pos_.assign(size_t(rows), 0);
+  buf_rows_ = rows;
+}
+
+void Model::linear(const Linear& l, const float* x, int64_t M, float* y) const {
+  MatmulArgs a{x, M, l.K, l.N, l.packed.get(), l.wt, true, l.bias.empty() ? nullptr : l.bias.data(), y, nullptr};
+  table_->matmul(a);
+}
+
+void Model::norm(const std::vector<float>& w, const std::vector<float>& b, const float* x, float* y,
+                 int64_t rows) const {
+  if (spec_.norm == NormKind::kRms) {
+    table_->rms_norm(x, w.data(), y, rows, spec_.hidden, spec_.norm_eps);
+  } else {
+    table_->layer_norm(x, w.data(), b.empty() ? nullptr : b.data(), y, rows, spec_.hidden, spec_.norm_eps);
+  }
+}
+
+void Model::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
+  check_slot(slot);
+  if (T <= 0) throw std::invalid_argument("prefill needs at least one token");
+  const int64_t len = slots_[size_t(slot)]->len;
+  if (len + T > spec_.max_seq)
+    throw std::invalid_argument("the sequence would hold " + std::to_string(len + T) + " tokens, more than the context (" +
+                                std::to_string(spec_.max_seq) + ")");
+  for (int64_t t0 = 0; t0 < T; t0 += kChunk) {
+    const int64_t n = std::min(kChunk, T - t0);
+    std::vector<Group> groups{{slot, 0, n}};
+    std::vector<int64_t> out_rows;
+    float* out = nullptr;
+    if (all_logits) {
+      for (int64_t i = 0; i < n; ++i) out_rows.push_back(i);
+      out = logits + t0 * spec_.vocab;
+    } else if (t0 + n == T) {
+      out_rows.push_back(n - 1);
+      out = logits;
+    }
+    step(tokens + t0, n, groups, out_rows.data(), int64_t(out_rows.size()), out);
+  }
+}
+
+void Model::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits) {
+  if (B <= 0) throw std::invalid_argument("decode needs at least one sequence");
+  std::vector<Group> groups;
+  std::vector<int64_t> out_rows;
+  for (int64_t b = 0; b < B; ++b) {
+    check_slot(slots[b]);
+    for (int64_t c = 0; c < b; ++c)
+      if (slots[c] == slots[b]) throw std::invalid_argument("decode got slot " + std::to_string(slots[b]) + " twice");
+    if (slots_[size_t(slots[b])]->len + 1 > spec_.max_seq)
+      throw std::invalid_argument("sequence in slot " + std::to_string(slots[b]) + " is full (" +
+                                  std::to_string(spec_.max_seq) + " tokens)");
+    groups.push_back({slots[b], b, 1});
+    out_rows.push_back(b);
+  }
+  for (int64_t b0 = 0; b0 < B; b0 += kChunk) {  // very large batches run in steps of kChunk rows
+    const int64_t n = std::min(kChunk, B - b0);
+    std::vector<Group> g(groups.begin() + b0, groups.begin() + b0 + n);
+    for (auto& gr : g) gr.row0 -= b0;
+    std::vector<int64_t> rows(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) rows[size_t(i)] = i;
+    step(tokens + b0, n, g, rows.data(), n, logits + b0 * spec_.vocab);
+  }
+}
+
+void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
+                 int64_t n_out, float* logits) {
+  const ModelSpec& s = spec_;
+  const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = s.ffn;
+  for (int64_t i = 0; i < T; ++i)
+    if (tokens[i] < 0 || tokens[i] >= s.vocab)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
+                                  std::to_string(s.vocab) + ")");
+  if (!complete_) {
+    auto miss = missing();
+    if (!miss.empty()) throw std::invalid_argument("the model is missing weights: " + miss.front());
+    complete_ = true;
+  }
+  ensure_buffers(T);
+  float* x = x_.data();
+  float* h = h_.data();
+
+  // positions, then the embeddings
+  for (const Group& g : groups)
+    for (int64_t i = 0; i < g.n; ++i) pos_[size_t(g.row0 + i)] = slots_[size_t(g.slot)]->len + i;
+  for (int64_t r = 0; r < T; ++r) {
+    float* xr = x + r * C;
+    if (tied_) {
+      table_->packed_row(head_->packed.get(), head_->wt, s.vocab, C, tokens[r], xr);
+    } else if (embedding_type_ == WeightType::kF32) {
+      std::memcpy(xr, embedding_.data() + size_t(tokens[r]) * C * 4, size_t(C) * 4);
+    } else {
+      const uint16_t* src = reinterpret_cast<const uint16_t*>(embedding_.data()) + size_t(tokens[r]) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        uint32_t u = uint32_t(src[c]) << 16;
+        std::memcpy(xr + c, &u, 4);
+      }
+    }
+    if (s.pos == PosKind::kLearned) {
+      const float* pe = position_embedding_.data() + pos_[size_t(r)] * C;
+      for (int64_t c = 0; c < C; ++c) xr[c] += pe[c];
+    }
+  }
+
+  const int64_t kv_head_stride = s.max_seq * D;
+  const int64_t kv_layer_stride = Hkv * kv_head_stride;
+  for (int64_t li = 0; li < s.n_layers; ++li) {
+    const Layer& L = layers_[size_t(li)];
+    // attention
+    norm(L.norm_w[0], L.norm_b[0], x, h, T);
+    linear(L.proj[int(Proj::kQ)], h, T, q_.data());
+    linear(L.proj[int(Proj::kK)], h, T, k_.data());
+    linear(L.proj[int(Proj::kV)], h, T, v_.data());
+    if (s.pos == PosKind::kRope) {
+      table_->rope(q_.data(), pos_.data(), T, H, D, s.rotary_dim, s.rope_inv_freq.data(), s.rope_interleaved);
+      table_->rope(k_.data(), pos_.data(), T, Hkv, D, s.rotary_dim, s.rope_inv_freq.data(), s.rope_interleaved);
+    }
+    for (const Group& g : groups) {
+      Slot& sl = *slots_[size_t(g.slot)];
+      float* kc = sl.k.get() + li * kv_layer_stride;
+      float* vc = sl.v.get() + li * kv_layer_stride;
+      for (int64_t i = 0; i < g.n; ++i) {  // (T, Hkv, D) rows into the (Hkv, max_seq, D) cache
+        const int64_t r = g.row0 + i, p = sl.len + i;
+        for (int64_t hk = 0; hk < Hkv; ++hk) {
+          std::memcpy(kc + hk * kv_head_stride + p * D, k_.data() + (r * Hkv + hk) * D, size_t(D) * 4);
+          std::memcpy(vc + hk * kv_head_stride + p * D, v_.data() + (r * Hkv + hk) * D, size_t(D) * 4);
+        }
+      }
+      AttentionArgs a{q_.data() + g.row0 * H * D, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
+                      D, H * D, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
+      table_->attention(a);
+    }
+    linear(L.proj[int(Proj::kO)], attn_.data(), T, tmp_.data());
+    table_->add(x, tmp_.data(), x, T * C);
+
+    // mlp
+    norm(L.norm_w[1], L.norm_b[1], x, h, T);
+    if (s.mlp == MlpKind::kSwiGLU) {
+      linear(L.proj[int(Proj::kGate)], h, T, gate_.data());
+      linear(L.proj[int(Proj::kUp)], h, T, up_.data());
+      table_->silu_mul(gate_.data(), up_.data(), up_.data(), T * F);
+    } else {
+      linear(L.proj[int(Proj::kUp)], h, T, up_.data());
+      table_->gelu_tanh(up_.data(), up_.data(), T * F);
+    }
+    linear(L.proj[int(Proj::kDown)], up_.data(), T, tmp_.data());
+    table_->add(x, tmp_.data(), x, T * C);
+  }
+  for (const Group& g : groups) slots_[size_t(g.slot)]->len += g.n;
+
+  if (n_out == 0) return;
+  // the head only for the rows whose logits are wanted
+  for (int64_t i = 0; i < n_out; ++i) std::memcpy(sel_.data() + i * C, x + out_rows[i] * C, size_t(C) * 4);
+  norm(final_norm_w_, final_norm_b_, sel_.data(), h, n_out);
+  linear(*head_, h, n_out, logits);
+}
+
+}  // namespace fastlm

@@ -1,0 +1,103 @@
+// the model executor: a decoder described by a small spec, its weights packed once at load, a KV
+// cache per sequence slot and preallocated activation buffers. one call runs a whole forward step
+// for a chunk of one sequence (prefill) or one token of each of several sequences (decode); the
+// caller (Python, GIL released) touches each token, never each layer.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace fastlm {
+
+enum class NormKind { kRms = 0, kLayer = 1 };
+enum class MlpKind { kSwiGLU = 0, kGelu = 1 };  // gate/up/down, or up(fc)/down(proj)
+enum class PosKind { kRope = 0, kLearned = 1 };
+
+struct ModelSpec {
+  int64_t n_layers = 0, hidden = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0, vocab = 0;
+  int64_t max_seq = 0;  // KV cache capacity per sequence (positions)
+  NormKind norm = NormKind::kRms;
+  float norm_eps = 1e-5f;
+  MlpKind mlp = MlpKind::kSwiGLU;
+  PosKind pos = PosKind::kRope;
+  std::vector<float> rope_inv_freq;  // rotary_dim / 2 frequencies
+  int64_t rotary_dim = 0;
+  bool rope_interleaved = false;
+};
+
+// the linear layers of one decoder layer, by name
+enum class Proj { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kCount };
+
+class Model {
+ public:
+  explicit Model(ModelSpec spec);  // validates the spec (std::invalid_argument)
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelSpec& spec() const { return spec_; }
+  const char* isa() const { return table_->name; }
+
+  // weights: copied (and linear ones packed) into the model's own memory
+  void set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
+                  const float* bias);
+  void set_norm(int64_t layer, int which, const float* w, const float* b);  // layer -1: final
+  void set_embedding(const void* w, WeightType wt);                          // (vocab, hidden)
+  void set_position_embedding(const float* w, int64_t n_positions);          // (n, hidden)
+  void set_lm_head(const void* w, WeightType wt);                            // (vocab, hidden)
+  void tie_lm_head();  // the head is the embedding: packed once, rows looked up from the panels
+  std::vector<std::string> missing() const;  // weights never set
+  size_t weight_bytes() const;
+
+  // sequence slots, each with its own KV cache of spec.max_seq positions
+  int64_t n_slots() const { return int64_t(slots_.size()); }
+  void ensure_slots(int64_t n);
+  int64_t slot_len(int64_t slot) const;
+  void truncate_slot(int64_t slot, int64_t len);  // keep the first len positions (prompt reuse)
+  size_t kv_bytes_per_slot() const;
+
+  // tokens[0:T] of one sequence at positions len .. len + T - 1; logits of every position
+  // (all_logits, (T, vocab)) or of the last only ((1, vocab)). T may exceed the step buffers:
+  // it runs in chunks.
+  void prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits);
+  // one token for each of B sequences (distinct slots); logits (B, vocab)
+  void decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits);
+
+ private:
+  struct Linear;
+  struct Layer;
+  struct Slot;
+  struct Group {  // rows [row0, row0 + n) of a step belong to `slot`, at positions len .. len + n - 1
+    int64_t slot, row0, n;
+  };
+
+  void step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
+            int64_t n_out, float* logits);
+  void linear(const Linear& l, const float* x, int64_t M, float* y) const;
+  void norm(const std::vector<float>& w, const std::vector<float>& b, const float* x, float* y, int64_t rows) const;
+  void ensure_buffers(int64_t rows);
+  void check_slot(int64_t slot) const;
+
+  ModelSpec spec_;
+  const KernelTable* table_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<Linear> head_;
+  std::vector<float> final_norm_w_, final_norm_b_;
+  std::vector<uint8_t> embedding_;  // (vocab, hidden) f32 or bf16 when not tied
+  WeightType embedding_type_ = WeightType::kF32;
+  bool tied_ = false, has_embedding_ = false;
+  bool complete_ = false;  // every weight set (checked once, at the first step)
+  std::vector<float> position_embedding_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  // activation buffers, (rows, width) each
+  int64_t buf_rows_ = 0;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, tmp_, gate_, up_, sel_;
+  std::vector<int64_t> pos_;
+};
+
+}  // namespace fastlm

@@ -1,0 +1,221 @@
+"""The engine: load a model, tokenize, run prefill/decode in the native executor, sample.
+
+>>> from fastlm import Engine
+>>> engine = Engine.from_pretrained("path/to/hf-model-folder")      # doctest: +SKIP
+>>> engine.generate("The capital of France is", max_tokens=8).text  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from fastlm import _C, _runtime
+from fastlm.models import build
+from fastlm.tokenizer import Tokenizer
+from fastlm.weights import open_checkpoint
+
+Prompt = Union[str, Sequence[int]]
+
+
+@dataclass
+class Completion:
+    """One generated continuation."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS) or "length" (max_tokens or the context)
+    prompt_tokens: int = 0
+    timings: dict = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _eos_ids(*configs: dict) -> list[int]:
+    for cfg in configs:
+        eos = cfg.get("eos_token_id")
+        if eos is None:
+            continue
+        return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return []
+
+
+class Engine:
+    """A loaded model with its tokenizer, ready to generate."""
+
+    def __init__(self, model: _C.Model, tokenizer: Tokenizer | None, config: dict, info: dict,
+                 eos_token_ids: list[int], source: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.info = info
+        self.eos_token_ids = eos_token_ids
+        self.source = source
+
+    # ---- loading ----
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, *, dtype: str = "auto", threads: int | None = None,
+                        max_seq_len: int | None = None, device: str = "cpu", progress: bool = False) -> "Engine":
+        """Loads a Hugging Face model folder (config.json + safetensors, tokenizer.json if present).
+
+        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 run as float32), "float32" or
+        "bfloat16". threads: kernel threads (default: physical cores). max_seq_len: the KV cache
+        capacity per sequence (default: the model's own context).
+        """
+        if device != "cpu":
+            raise ValueError(f"device {device!r} is not available: this build runs on 'cpu'")
+        if threads is not None:
+            _runtime.set_num_threads(threads)
+        if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
+                                        or max_seq_len < 1):
+            raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+        folder = Path(model)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model {str(model)!r} is not a model folder (config.json + safetensors)")
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder} has no config.json")
+        config = _read_json(folder / "config.json")
+        gen_cfg = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").exists() else {}
+        store = open_checkpoint(folder)
+        report = None
+        if progress:
+            def report(done: int, total: int) -> None:
+                print(f"\rloading {folder.name}: layer {done}/{total}", end="" if done < total else "\n",
+                      file=sys.stderr, flush=True)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report)
+        tok = Tokenizer(folder / "tokenizer.json") if (folder / "tokenizer.json").exists() else None
+        return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(folder))
+
+    # ---- text ----
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.source} has no tokenizer.json: pass token ids instead of text")
+        return self.tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._need_tokenizer().encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._need_tokenizer().decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab
+
+    @property
+    def context_length(self) -> int:
+        return self.model.max_seq
+
+    def _ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt)
+        else:
+            try:
+                ids = [int(t) for t in prompt]
+            except (TypeError, ValueError):
+                raise TypeError("a prompt is a str or a list of token ids") from None
+        if not ids:
+            raise ValueError("the prompt is empty")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        if len(ids) >= self.context_length:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.context_length} "
+                             f"(room is needed for at least one generated token)")
+        return ids
+
+    # ---- forward ----
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits (len(ids), vocab) of a full forward pass from an empty cache."""
+        ids = self._ids(ids)
+        self.model.ensure_slots(1)
+        self.model.truncate_slot(0, 0)
+        try:
+            return self.model.prefill(0, np.asarray(ids, dtype=np.int32), all_logits=True)
+        finally:
+            self.model.truncate_slot(0, 0)
+
+    def generate(self, prompt: Prompt | Sequence[Prompt], max_tokens: int | None = None, temperature: float = 0.0,
+                 ignore_eos: bool = False, seed: int | None = None) -> Completion | list[Completion]:
+        """Generates a continuation of each prompt (str or token ids; a list of them is a batch).
+
+        max_tokens: default until EOS or the context fills. temperature 0 is greedy.
+        """
+        batch = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], (int, np.integer))
+        prompts = list(prompt) if batch else [prompt]
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and temperature >= 0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        ids = [self._ids(p) for p in prompts]
+        results = self._generate_ids(ids, max_tokens, float(temperature), ignore_eos, seed)
+        return results if batch else results[0]
+
+    def _generate_ids(self, prompts: list[list[int]], max_tokens: int | None, temperature: float,
+                      ignore_eos: bool, seed: int | None) -> list[Completion]:
+        m = self.model
+        B = len(prompts)
+        m.ensure_slots(B)
+        rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(B)]
+        eos = set() if ignore_eos else set(self.eos_token_ids)
+        out: list[list[int]] = [[] for _ in range(B)]
+        finish: list[str | None] = [None] * B
+        limits = [min(max_tokens or self.context_length, self.context_length - len(p)) for p in prompts]
+
+        t0 = time.perf_counter()
+        last = np.empty((B, m.vocab), np.float32)
+        for b, p in enumerate(prompts):  # prefill each prompt in its own slot
+            m.truncate_slot(b, 0)
+            last[b] = m.prefill(b, np.asarray(p, dtype=np.int32))[0]
+        t1 = time.perf_counter()
+        active = list(range(B))
+        n_decoded = 0
+        while True:
+            nxt = []
+            for b in active:
+                tok = self._sample(last[b], temperature, rngs[b])
+                out[b].append(tok)
+                if tok in eos:
+                    finish[b] = "stop"
+                elif len(out[b]) >= limits[b]:
+                    finish[b] = "length"
+                else:
+                    nxt.append(b)
+            active = nxt
+            if not active:
+                break
+            logits = m.decode(np.asarray(active, dtype=np.int64), np.asarray([out[b][-1] for b in active], np.int32))
+            n_decoded += len(active)
+            for i, b in enumerate(active):
+                last[b] = logits[i]
+        t2 = time.perf_counter()
+        results = []
+        for b in range(B):
+            toks = out[b][:-1] if finish[b] == "stop" else out[b]
+            text = self.detokenize(toks) if self.tokenizer is not None else ""
+            results.append(Completion(text=text, token_ids=toks, finish_reason=finish[b] or "length",
+                                      prompt_tokens=len(prompts[b]),
+                                      timings={"prefill_s": t1 - t0, "decode_s": t2 - t1,
+                                               "prefill_tokens": sum(map(len, prompts)), "decode_tokens": n_decoded}))
+        return results
+
+    @staticmethod
+    def _sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+        if temperature == 0.0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / temperature
+        z -= z.max()
+        p = np.exp(z)
+        p /= p.sum()
+        return int(rng.choice(len(p), p=p))

@@ -1,0 +1,57 @@
+"""GPT-2: learned positions, LayerNorm, Conv1D weights stored (in, out), gelu_new, tied head."""
+from __future__ import annotations
+
+from typing import Callable
+
+from fastlm import _C
+from fastlm.models import Loader, resolve_dtype
+from fastlm.weights import TensorStore
+
+
+def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
+          progress: Callable[[int, int], None] | None) -> tuple[_C.Model, dict]:
+    C = int(config["n_embd"])
+    L = int(config["n_layer"])
+    H = int(config["n_head"])
+    F = int(config.get("n_inner") or 4 * C)
+    V = int(config["vocab_size"])
+    P = int(config.get("n_positions", 1024))
+    act = config.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"GPT-2 activation {act!r} is not supported (gelu_new is)")
+    max_seq = int(max_seq_len or P)
+    if not 1 <= max_seq <= P:
+        raise ValueError(f"max_seq_len must be in [1, {P}] (GPT-2 has {P} learned positions), got {max_seq}")
+    prefix = "transformer." if "transformer.wte.weight" in store else ""
+    wdtype = resolve_dtype(dtype, store, [prefix + "wte.weight"])
+    spec = {"n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": H, "head_dim": C // H, "ffn": F, "vocab": V,
+            "max_seq": max_seq, "norm": "layer", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
+            "mlp": "gelu", "pos": "learned"}
+    model = _C.Model(spec)
+    ld = Loader(store, wdtype)
+    for i in range(L):
+        p = f"{prefix}h.{i}."
+        # c_attn is a Conv1D: weight (C, 3C) = [q | k | v] along its output axis
+        w = ld.raw(p + "attn.c_attn.weight", (C, 3 * C))
+        b = ld.f32(p + "attn.c_attn.bias", (3 * C,))
+        for j, name in enumerate("qkv"):
+            model.set_linear(i, name, ld.convert(w[:, j * C:(j + 1) * C].T), b[j * C:(j + 1) * C].copy())
+        model.set_linear(i, "o", ld.weight(p + "attn.c_proj.weight", (C, C), transpose=True),
+                         ld.f32(p + "attn.c_proj.bias", (C,)))
+        model.set_linear(i, "up", ld.weight(p + "mlp.c_fc.weight", (C, F), transpose=True),
+                         ld.f32(p + "mlp.c_fc.bias", (F,)))
+        model.set_linear(i, "down", ld.weight(p + "mlp.c_proj.weight", (F, C), transpose=True),
+                         ld.f32(p + "mlp.c_proj.bias", (C,)))
+        model.set_norm(i, 0, ld.f32(p + "ln_1.weight", (C,)), ld.f32(p + "ln_1.bias", (C,)))
+        model.set_norm(i, 1, ld.f32(p + "ln_2.weight", (C,)), ld.f32(p + "ln_2.bias", (C,)))
+        if progress:
+            progress(i + 1, L)
+    model.set_norm(-1, 0, ld.f32(prefix + "ln_f.weight", (C,)), ld.f32(prefix + "ln_f.bias", (C,)))
+    model.set_embedding(ld.weight(prefix + "wte.weight", (V, C)))
+    model.set_position_embedding(ld.f32(prefix + "wpe.weight", (P, C)))
+    model.tie_lm_head()
+    missing = model.missing()
+    if missing:
+        raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
+    return model, {"architecture": "GPT2LMHeadModel", "dtype": wdtype, "context": max_seq, "tied": True}
+

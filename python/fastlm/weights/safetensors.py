@@ -1,0 +1,142 @@
+"""safetensors, memory-mapped: tensors are NumPy views of the file (zero-copy for F32, BF16, F16,
+I8 ...). A sharded checkpoint (``model.safetensors.index.json``) opens every shard it names.
+
+The format: an 8-byte little-endian header length N, N bytes of JSON mapping each tensor name to
+``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets from the end of the header), then the
+data. Every field is checked; a malformed file raises SafetensorsError naming the file and tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file that cannot be read as one."""
+
+
+class SafetensorsFile:
+    """One .safetensors file: its header, and tensors as read-only views of a memory map."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        if size < 8:
+            raise SafetensorsError(f"{self.path}: {size} bytes is too short for a safetensors file")
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(size - 8, MAX_HEADER):
+                raise SafetensorsError(f"{self.path}: header length {n} does not fit in a file of {size} bytes")
+            raw = f.read(n)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{self.path}: the header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{self.path}: the header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            try:
+                dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            except (TypeError, KeyError, ValueError):
+                raise SafetensorsError(f"{self.path}: tensor {name!r} has a malformed entry {info!r}") from None
+            if dtype_name not in DTYPES:
+                raise SafetensorsError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise SafetensorsError(f"{self.path}: tensor {name!r} has a bad shape {shape!r}")
+            dtype = DTYPES[dtype_name]
+            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_len):
+                raise SafetensorsError(f"{self.path}: tensor {name!r} has offsets [{begin}, {end}] outside the "
+                                       f"{data_len} bytes of data")
+            want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if end - begin != want:
+                raise SafetensorsError(f"{self.path}: tensor {name!r} of shape {shape} and dtype {dtype_name} needs "
+                                       f"{want} bytes, its offsets span {end - begin}")
+            self.entries[name] = (dtype, tuple(shape), begin, end)
+        self._map: np.memmap | None = None
+
+    def _data(self) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._map
+
+    def get(self, name: str) -> np.ndarray:
+        dtype, shape, begin, end = self.entries[name]
+        start = self.data_start + begin
+        raw = self._data()[start:start + (end - begin)]
+        if (start % dtype.itemsize) != 0:  # unaligned data: copy rather than hand out a misaligned view
+            raw = np.array(raw)
+        return raw.view(dtype).reshape(shape)
+
+
+class TensorStore:
+    """Tensors of a checkpoint by name, from one file or several shards."""
+
+    def __init__(self, files: list[SafetensorsFile]):
+        self.files = files
+        self._where: dict[str, SafetensorsFile] = {}
+        for f in files:
+            for name in f.entries:
+                self._where[name] = f
+        self.metadata: dict = {}
+        for f in files:
+            self.metadata.update(f.metadata)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].entries[name][1]
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._where:
+            raise KeyError(f"tensor {name!r} is not in the checkpoint ({', '.join(str(f.path) for f in self.files)})")
+        return self._where[name].get(name)
+
+
+def open_checkpoint(folder: str | os.PathLike) -> TensorStore:
+    """The safetensors weights of a Hugging Face model folder (single file or sharded)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SafetensorsError(f"{index}: not a safetensors index ({e})") from None
+        shards = sorted(set(weight_map.values()))
+        files = []
+        for shard in shards:
+            p = folder / shard
+            if not p.exists():
+                raise FileNotFoundError(f"{index} names shard {shard}, which is not in {folder}")
+            files.append(SafetensorsFile(p))
+        return TensorStore(files)
+    single = folder / "model.safetensors"
+    if single.exists():
+        return TensorStore([SafetensorsFile(single)])
+    found = sorted(folder.glob("*.safetensors"))
+    if found:
+        return TensorStore([SafetensorsFile(p) for p in found])
+    raise FileNotFoundError(f"no safetensors weights in {folder} (model.safetensors or model.safetensors.index.json)")
