@@ -90,14 +90,13 @@ void register_model(py::module_& m) {
       .def_property_readonly("max_seq", [](const Model& md) { return md.spec().max_seq; })
       .def("set_linear", [](Model& md, int64_t layer, const std::string& name, const py::object& w_obj,
                             const py::object& b_obj) {
-             const ModelSpec& s = md.spec();
              py::array w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
              py::array b;
              const float* bp = optional_vec(b_obj, "bias", w.shape(0), b);
              Proj p = proj_from(name);
-             (void)s;
+             const WeightType wt = wtype_of(w);  // asks Python: before the GIL goes
              py::gil_scoped_release nogil;
-             md.set_linear(layer, p, w.data(), wtype_of(w), w.shape(0), w.shape(1), bp);
+             md.set_linear(layer, p, w.data(), wt, w.shape(0), w.shape(1), bp);
            }, "layer"_a, "name"_a, "w"_a, "bias"_a = py::none())
       .def("set_norm", [](Model& md, int64_t layer, int which, const py::object& w_obj, const py::object& b_obj) {
              py::array w, b;
@@ -119,8 +118,9 @@ void register_model(py::module_& m) {
            }, "w"_a)
       .def("set_lm_head", [](Model& md, const py::object& w_obj) {
              py::array w = weight_2d(w_obj, "lm_head", md.spec().vocab, md.spec().hidden);
+             const WeightType wt = wtype_of(w);
              py::gil_scoped_release nogil;
-             md.set_lm_head(w.data(), wtype_of(w));
+             md.set_lm_head(w.data(), wt);
            }, "w"_a)
       .def("tie_lm_head", [](Model& md) {
              py::gil_scoped_release nogil;

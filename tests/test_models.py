@@ -1,0 +1,132 @@
+"""The runtime against transformers on tiny random models: logits at every position, greedy
+tokens, batches, chunked prefill, bf16 weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from fastlm import Engine
+
+from conftest import assert_close
+from tiny_models import build
+
+KINDS = ["llama", "gpt2", "qwen2", "mistral", "llama3", "sharded"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            made[kind] = build(kind, tmp_path_factory.mktemp(kind))
+        return made[kind]
+    return get
+
+
+def hf_model(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def hf_greedy(model, ids, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0, attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    return out[0, len(ids):].tolist()
+
+
+def prompt(n, seed=0, vocab=320):
+    return np.random.default_rng(seed).integers(3, vocab, size=n).tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_match_transformers(tiny, kind):
+    path = tiny(kind)
+    ids = prompt(45, seed=1)
+    got = Engine.from_pretrained(path).logits(ids)
+    want = hf_logits(hf_model(path), ids)
+    assert got.shape == want.shape
+    assert_close(got, want, 1e-4, f"{kind} logits")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_match_transformers(tiny, kind):
+    path = tiny(kind)
+    ids = prompt(7, seed=2)
+    got = Engine.from_pretrained(path).generate(ids, max_tokens=32, ignore_eos=True)
+    assert got.token_ids == hf_greedy(hf_model(path), ids, 32)
+    assert got.finish_reason == "length" and len(got.token_ids) == 32
+
+
+def test_long_prompt_runs_in_chunks(tiny):
+    path = tiny("llama")
+    ids = prompt(600, seed=3)  # more than the executor's 256-row step
+    got = Engine.from_pretrained(path).logits(ids)
+    assert_close(got, hf_logits(hf_model(path), ids), 1e-4, "chunked prefill")
+
+
+def test_batched_decode_equals_one_by_one(tiny):
+    eng = Engine.from_pretrained(tiny("qwen2"))
+    prompts = [prompt(n, seed=10 + n) for n in (3, 17, 9, 30)]
+    batched = eng.generate(prompts, max_tokens=20, ignore_eos=True)
+    for p, b in zip(prompts, batched):
+        single = eng.generate(p, max_tokens=20, ignore_eos=True)
+        assert b.token_ids == single.token_ids
+
+
+def test_bf16_checkpoint_runs_in_bf16(tiny, tmp_path):
+    path = build("bf16", tmp_path / "bf16")
+    eng = Engine.from_pretrained(path)
+    assert eng.info["dtype"] == "bfloat16"
+    ids = prompt(20, seed=4)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()  # exact upcast
+    assert_close(eng.logits(ids), hf_logits(ref, ids), 1e-4, "bf16 weights, fp32 activations")
+    f32 = Engine.from_pretrained(path, dtype="float32")
+    assert f32.info["dtype"] == "float32"
+    assert_close(f32.logits(ids), hf_logits(ref, ids), 1e-4, "upcast to fp32")
+
+
+def test_float32_checkpoint_as_bf16_is_close(tiny):
+    path = tiny("llama")
+    ids = prompt(20, seed=5)
+    got = Engine.from_pretrained(path, dtype="bfloat16").logits(ids)
+    assert_close(got, hf_logits(hf_model(path), ids), 0.05, "bf16-rounded weights")
+
+
+def test_eos_stops_and_sampling_is_seeded(tiny):
+    eng = Engine.from_pretrained(tiny("llama"))
+    ids = prompt(5, seed=6)
+    greedy = eng.generate(ids, max_tokens=10, ignore_eos=True).token_ids
+    eng.eos_token_ids = [greedy[3]]
+    stopped = eng.generate(ids, max_tokens=10)
+    assert stopped.finish_reason == "stop" and stopped.token_ids == greedy[:3]
+    a = eng.generate(ids, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True).token_ids
+    b = eng.generate(ids, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True).token_ids
+    assert a == b
+
+
+def test_context_defaults_and_limits(tiny):
+    eng = Engine.from_pretrained(tiny("llama"))
+    assert eng.context_length == 640  # the model's own, not 512
+    small = Engine.from_pretrained(tiny("llama"), max_seq_len=16)
+    with pytest.raises(ValueError, match="context holds 16"):
+        small.generate(prompt(16), max_tokens=1)
+    out = small.generate(prompt(10), ignore_eos=True)  # no max_tokens: runs to the context
+    assert out.finish_reason == "length" and len(out.token_ids) == 6
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eng.generate([5, 320], max_tokens=1)
+    with pytest.raises(ValueError, match="empty"):
+        eng.generate([], max_tokens=1)
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        eng.generate("hello", max_tokens=1)
+    with pytest.raises(ValueError, match="max_tokens"):
+        eng.generate([5], max_tokens=0)
+    with pytest.raises(ValueError, match="device"):
+        Engine.from_pretrained(tiny("llama"), device="cuda")

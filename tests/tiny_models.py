@@ -1,0 +1,45 @@
+"""Tiny random Hugging Face models, built with transformers and saved as safetensors: the
+reference implementations the runtime is held to."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+
+def save(model, path: Path, **kw) -> Path:
+    model.save_pretrained(str(path), safe_serialization=True, **kw)
+    return path
+
+
+def build(kind: str, path: Path) -> Path:
+    torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7}[kind])
+    common = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=640, bos_token_id=1, eos_token_id=2)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False, **common)
+        return save(transformers.LlamaForCausalLM(cfg).eval(), path)
+    if kind == "llama3":  # Llama 3 rope scaling, no GQA, tied
+        cfg = transformers.LlamaConfig(num_key_value_heads=4, tie_word_embeddings=True, rope_theta=500000.0,
+                                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                                       **common)
+        return save(transformers.LlamaForCausalLM(cfg).eval(), path)
+    if kind == "qwen2":
+        cfg = transformers.Qwen2Config(num_key_value_heads=1, tie_word_embeddings=True, **common)
+        return save(transformers.Qwen2ForCausalLM(cfg).eval(), path)
+    if kind == "mistral":
+        cfg = transformers.MistralConfig(num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False, **common)
+        return save(transformers.MistralForCausalLM(cfg).eval(), path)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=320, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                      bos_token_id=1, eos_token_id=2)
+        return save(transformers.GPT2LMHeadModel(cfg).eval(), path)
+    if kind == "sharded":
+        cfg = transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
+        return save(transformers.LlamaForCausalLM(cfg).eval(), path, max_shard_size="60KB")
+    if kind == "bf16":
+        cfg = transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
+        return save(transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval(), path)
+    raise ValueError(kind)
