@@ -108,8 +108,11 @@ def test_truncated_checkpoint(tmp_path, llama_dir):
 
 
 def test_folder_errors(tmp_path, llama_dir):
-    with pytest.raises(FileNotFoundError, match="not a model folder"):
+    with pytest.raises(FileNotFoundError, match="neither a local path nor a known alias"):
         Engine.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        Engine.from_pretrained(tmp_path / "empty")
     d = copy_model(llama_dir, tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
     cfg["architectures"] = ["FalconForCausalLM"]
