@@ -1,24 +1,26 @@
-"""The ``fastlm`` command line."""
+"""The ``fastlm`` command line: generate, bench, convert, info."""
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import sys
+import time
+
+DTYPES = ["auto", "float32", "bfloat16"]
 
 
 def info_dict() -> dict:
     import fastlm
     from fastlm import _C
 
-    build = _C.build_info()
-    cpu = _C.cpu_info()
     return {
         "version": fastlm.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "build": build,
-        "cpu": cpu,
+        "build": _C.build_info(),
+        "cpu": _C.cpu_info(),
         "isa": _C.get_isa(),
         "threads": _C.get_num_threads(),
     }
@@ -41,12 +43,157 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    from fastlm import Engine
+
+    return Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads,
+                                  max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty())
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    engine = _load(args)
+    prompt = args.prompt
+    if args.chat and engine.tokenizer is not None and engine.tokenizer.config.get("chat_template"):
+        prompt = engine.apply_chat_template([{"role": "user", "content": prompt}])
+    ids = engine.tokenize(prompt)
+    ids = engine._ids(ids)
+    out: list[int] = []
+    shown = ""
+    t0 = time.perf_counter()
+    t_first = None
+    reason = "length"
+    for _, tok, finish in engine._steps([ids], args.max_tokens, args.temperature, args.ignore_eos, args.seed):
+        t_first = t_first or time.perf_counter()
+        if finish == "stop":
+            reason = "stop"
+            break
+        out.append(tok)
+        text = engine.detokenize(out)
+        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        if finish:
+            reason = finish
+    text = engine.detokenize(out)
+    sys.stdout.write(text[len(shown):] + "\n")
+    t1 = time.perf_counter()
+    if args.verbose:
+        dec = (len(out) - 1) / max(t1 - (t_first or t1), 1e-9) if len(out) > 1 else 0.0
+        print(f"[{len(ids)} prompt tokens, {len(out)} generated ({reason}); first token after "
+              f"{(t_first or t1) - t0:.3f} s; decode {dec:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fastlm import _C
+
+    engine = _load(args)
+    m = engine.model
+    m.ensure_slots(1)
+    rng = np.random.default_rng(0)
+    vocab = engine.vocab_size
+    rows = []
+
+    def run(test: str, fn) -> None:
+        fn()  # warm-up
+        rates = [fn() for _ in range(args.repetitions)]
+        mean, std = statistics.mean(rates), statistics.stdev(rates) if len(rates) > 1 else 0.0
+        row = {"model": engine.source, "dtype": engine.info["dtype"], "isa": m.isa, "threads": _C.get_num_threads(),
+               "test": test, "tokens_per_s": mean, "std": std, "samples": rates}
+        if test.startswith("tg"):
+            row["weight_bytes"] = m.weight_bytes
+            row["GB_per_s"] = m.weight_bytes * mean / 1e9
+        rows.append(row)
+
+    def prefill() -> float:
+        toks = rng.integers(0, vocab, size=args.n_prompt).astype(np.int32)
+        m.truncate_slot(0, 0)
+        t = time.perf_counter()
+        m.prefill(0, toks)
+        return args.n_prompt / (time.perf_counter() - t)
+
+    def decode() -> float:
+        m.truncate_slot(0, 0)
+        m.prefill(0, np.asarray([1], np.int32))
+        slot = np.zeros(1, np.int64)
+        tok = np.asarray([int(rng.integers(0, vocab))], np.int32)
+        t = time.perf_counter()
+        for _ in range(args.n_gen):
+            logits = m.decode(slot, tok)
+            tok[0] = int(np.argmax(logits[0]))
+        return args.n_gen / (time.perf_counter() - t)
+
+    if args.n_prompt > 0:
+        run(f"pp{args.n_prompt}", prefill)
+    if args.n_gen > 0:
+        run(f"tg{args.n_gen}", decode)
+    m.truncate_slot(0, 0)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"| model | dtype | isa | threads | test | t/s | weights GB/s |")
+    print(f"|---|---|---|---:|---|---:|---:|")
+    for r in rows:
+        gbs = f"{r['GB_per_s']:.1f}" if "GB_per_s" in r else ""
+        print(f"| {r['model']} | {r['dtype']} | {r['isa']} | {r['threads']} | {r['test']} | "
+              f"{r['tokens_per_s']:.1f} ± {r['std']:.1f} | {gbs} |")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from fastlm.convert import convert_gguf
+
+    out = convert_gguf(args.src, args.out, dtype=args.dtype)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from fastlm.hub import DEFAULT_MODEL
+
     p = argparse.ArgumentParser(prog="fastlm", description="Fast LLM inference on CPUs.")
     sub = p.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="version, build, CPU features, kernel ISA and threads")
-    info.add_argument("--json", action="store_true", help="print as JSON")
-    info.set_defaults(func=cmd_info)
+
+    def model_args(s):
+        s.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                       help=f"a Hugging Face folder, a .gguf file or an alias (default: {DEFAULT_MODEL})")
+        s.add_argument("--dtype", default="auto", choices=DTYPES, help="weight precision (default: auto)")
+        s.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+
+    g = sub.add_parser("generate", help="generate text from a prompt, streamed")
+    model_args(g)
+    g.add_argument("prompt")
+    g.add_argument("-n", "--max-tokens", type=int, default=None, help="default: until EOS or the context")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                   help="wrap the prompt in the model's chat template when it has one (default: on)")
+    g.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+    g.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, like llama-bench")
+    model_args(b)
+    b.add_argument("-p", "--n-prompt", type=int, default=512)
+    b.add_argument("-n", "--n-gen", type=int, default=128)
+    b.add_argument("-r", "--repetitions", type=int, default=5)
+    b.add_argument("--ctx", type=int, default=2048, help="KV cache capacity for the run")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("convert", help="a GGUF file into a Hugging Face folder")
+    c.add_argument("src")
+    c.add_argument("out")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("info", help="version, build, CPU features, kernel ISA and threads")
+    i.add_argument("--json", action="store_true", help="print as JSON")
+    i.set_defaults(func=cmd_info)
     return p
 
 
@@ -54,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"fastlm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

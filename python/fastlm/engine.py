@@ -124,6 +124,17 @@ class Engine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._need_tokenizer().decode(list(ids), skip_special_tokens=True)
 
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The model's own chat template applied to messages (as transformers does)."""
+        from fastlm.chat import render
+
+        tok = self._need_tokenizer()
+        template = tok.config.get("chat_template")
+        if not template:
+            raise ValueError(f"{self.source} has no chat template")
+        return render(template, messages, add_generation_prompt,
+                      bos_token=tok.config.get("bos_token") or "", eos_token=tok.config.get("eos_token") or "")
+
     @property
     def vocab_size(self) -> int:
         return self.model.vocab
@@ -179,51 +190,67 @@ class Engine:
 
     def _generate_ids(self, prompts: list[list[int]], max_tokens: int | None, temperature: float,
                       ignore_eos: bool, seed: int | None) -> list[Completion]:
+        B = len(prompts)
+        out: list[list[int]] = [[] for _ in range(B)]
+        finish: list[str] = ["length"] * B
+        t0 = time.perf_counter()
+        t_first = None
+        for b, tok, reason in self._steps(prompts, max_tokens, temperature, ignore_eos, seed):
+            if t_first is None:
+                t_first = time.perf_counter()
+            if reason == "stop":
+                finish[b] = "stop"
+            else:
+                out[b].append(tok)
+                if reason:
+                    finish[b] = reason
+        t2 = time.perf_counter()
+        t_first = t_first or t2
+        n_out = sum(map(len, out))
+        results = []
+        for b in range(B):
+            text = self.detokenize(out[b]) if self.tokenizer is not None else ""
+            results.append(Completion(text=text, token_ids=out[b], finish_reason=finish[b],
+                                      prompt_tokens=len(prompts[b]),
+                                      timings={"time_to_first_token_s": t_first - t0, "total_s": t2 - t0,
+                                               "prefill_tokens_per_s": sum(map(len, prompts)) / max(t_first - t0, 1e-9),
+                                               "decode_tokens_per_s": max(n_out - B, 0) / max(t2 - t_first, 1e-9)}))
+        return results
+
+    def _steps(self, prompts: list[list[int]], max_tokens: int | None, temperature: float, ignore_eos: bool,
+               seed: int | None):
+        """Yields (sequence, token, finish) as tokens are chosen: finish is None while a sequence
+        goes on, "length" with its last token, or "stop" with the EOS token (not part of the text)."""
         m = self.model
         B = len(prompts)
         m.ensure_slots(B)
         rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(B)]
         eos = set() if ignore_eos else set(self.eos_token_ids)
-        out: list[list[int]] = [[] for _ in range(B)]
-        finish: list[str | None] = [None] * B
+        counts = [0] * B
         limits = [min(max_tokens or self.context_length, self.context_length - len(p)) for p in prompts]
-
-        t0 = time.perf_counter()
         last = np.empty((B, m.vocab), np.float32)
         for b, p in enumerate(prompts):  # prefill each prompt in its own slot
             m.truncate_slot(b, 0)
             last[b] = m.prefill(b, np.asarray(p, dtype=np.int32))[0]
-        t1 = time.perf_counter()
         active = list(range(B))
-        n_decoded = 0
-        while True:
-            nxt = []
+        while active:
+            nxt, fed = [], []
             for b in active:
                 tok = self._sample(last[b], temperature, rngs[b])
-                out[b].append(tok)
+                counts[b] += 1
                 if tok in eos:
-                    finish[b] = "stop"
-                elif len(out[b]) >= limits[b]:
-                    finish[b] = "length"
+                    yield b, tok, "stop"
+                elif counts[b] >= limits[b]:
+                    yield b, tok, "length"
                 else:
+                    yield b, tok, None
                     nxt.append(b)
+                    fed.append(tok)
             active = nxt
-            if not active:
-                break
-            logits = m.decode(np.asarray(active, dtype=np.int64), np.asarray([out[b][-1] for b in active], np.int32))
-            n_decoded += len(active)
-            for i, b in enumerate(active):
-                last[b] = logits[i]
-        t2 = time.perf_counter()
-        results = []
-        for b in range(B):
-            toks = out[b][:-1] if finish[b] == "stop" else out[b]
-            text = self.detokenize(toks) if self.tokenizer is not None else ""
-            results.append(Completion(text=text, token_ids=toks, finish_reason=finish[b] or "length",
-                                      prompt_tokens=len(prompts[b]),
-                                      timings={"prefill_s": t1 - t0, "decode_s": t2 - t1,
-                                               "prefill_tokens": sum(map(len, prompts)), "decode_tokens": n_decoded}))
-        return results
+            if active:
+                logits = m.decode(np.asarray(active, dtype=np.int64), np.asarray(fed, np.int32))
+                for i, b in enumerate(active):
+                    last[b] = logits[i]
 
     @staticmethod
     def _sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
