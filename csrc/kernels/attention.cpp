@@ -44,28 +44,39 @@ FASTLM_INLINE float dot(const float* a, const float* b, int64_t D) {
   return vsum(vadd(s0, s1));
 }
 
-// acc[0:D] = acc * c + sum_j p[j] * V[j], V rows D apart; 4 vectors of D in flight
+// acc[0:D] = acc * c + sum_j p[j] * V[j], V rows D apart. 8 vectors of D in flight: each is an
+// FMA chain across j, and 8 chains cover the FMA latency (4 would leave half the units idle)
+constexpr int kPV = 8;
 FASTLM_INLINE void scale_acc_pv(float* acc, float c, const float* p, const float* v, int64_t n_keys,
                                 int64_t D) {
   VF cv = vset1(c);
-  for (int64_t d = 0; d < D; d += 4 * kW) {
-    int m[4];
-    VF a[4];
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) {
+  for (int64_t d = 0; d < D; d += kPV * kW) {
+    int m[kPV];
+    VF a[kPV];
+#pragma GCC unroll 8
+    for (int u = 0; u < kPV; ++u) {
       int64_t rem = D - d - u * kW;
       m[u] = int(rem <= 0 ? 0 : std::min<int64_t>(kW, rem));
       a[u] = m[u] ? vmul(vload_n(acc + d + u * kW, m[u]), cv) : vzero();
     }
-    for (int64_t j = 0; j < n_keys; ++j) {
-      VF pj = vset1(p[j]);
-      const float* vj = v + j * D + d;
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        if (m[u]) a[u] = vfma(pj, vload_n(vj + u * kW, m[u]), a[u]);
+    if (m[kPV - 1] == kW) {  // the common case: all 8 vectors full (D = 64 with avx2, 128 with avx512)
+      for (int64_t j = 0; j < n_keys; ++j) {
+        VF pj = vset1(p[j]);
+        const float* vj = v + j * D + d;
+#pragma GCC unroll 8
+        for (int u = 0; u < kPV; ++u) a[u] = vfma(pj, vload(vj + u * kW), a[u]);
+      }
+    } else {
+      for (int64_t j = 0; j < n_keys; ++j) {
+        VF pj = vset1(p[j]);
+        const float* vj = v + j * D + d;
+#pragma GCC unroll 8
+        for (int u = 0; u < kPV; ++u)
+          if (m[u]) a[u] = vfma(pj, vload_n(vj + u * kW, m[u]), a[u]);
+      }
     }
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 8
+    for (int u = 0; u < kPV; ++u)
       if (m[u]) store_n(acc + d + u * kW, a[u], m[u]);
   }
 }
