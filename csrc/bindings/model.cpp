@@ -127,6 +127,9 @@ void register_model(py::module_& m) {
              md.tie_lm_head();
            })
       .def("missing", &Model::missing)
+      .def("set_profiling", &Model::set_profiling, "on"_a)
+      .def("profile", &Model::profile, "seconds per kind of op since reset_profile()")
+      .def("reset_profile", &Model::reset_profile)
       .def_property_readonly("weight_bytes", &Model::weight_bytes)
       .def_property_readonly("kv_bytes_per_slot", &Model::kv_bytes_per_slot)
       .def_property_readonly("n_slots", &Model::n_slots)

@@ -1,6 +1,7 @@
 #include "runtime/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -14,6 +15,28 @@ constexpr int64_t kChunk = 256;  // prefill rows per step: buffers stay small, G
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
+};
+
+enum Op { kOpEmbed, kOpNorm, kOpLinear, kOpRope, kOpKV, kOpAttention, kOpPointwise, kOpHead, kOpCount };
+const char* kOpNames[kOpCount] = {"embed", "norm", "linear", "rope", "kv_copy", "attention", "pointwise", "head"};
+
+// adds the time since the last mark to an op's total, when profiling
+class Stopwatch {
+ public:
+  Stopwatch(bool on, double* totals) : on_(on), totals_(totals) {
+    if (on_) t_ = std::chrono::steady_clock::now();
+  }
+  void mark(Op op) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    totals_[op] += std::chrono::duration<double>(now - t_).count();
+    t_ = now;
+  }
+
+ private:
+  bool on_;
+  double* totals_;
+  std::chrono::steady_clock::time_point t_;
 };
 
 std::string proj_name(Proj p) {
@@ -238,6 +261,16 @@ void Model::norm(const std::vector<float>& w, const std::vector<float>& b, const
   }
 }
 
+std::vector<std::pair<std::string, double>> Model::profile() const {
+  std::vector<std::pair<std::string, double>> out;
+  for (int i = 0; i < kOpCount; ++i) out.emplace_back(kOpNames[i], prof_[i]);
+  return out;
+}
+
+void Model::reset_profile() {
+  for (double& t : prof_) t = 0.0;
+}
+
 void Model::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
   check_slot(slot);
   if (T <= 0) throw std::invalid_argument("prefill needs at least one token");
@@ -301,6 +334,7 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
   ensure_buffers(T);
   float* x = x_.data();
   float* h = h_.data();
+  Stopwatch sw(profiling_, prof_);
 
   // positions, then the embeddings
   for (const Group& g : groups)
@@ -324,18 +358,22 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
     }
   }
 
+  sw.mark(kOpEmbed);
   const int64_t kv_head_stride = s.max_seq * D;
   const int64_t kv_layer_stride = Hkv * kv_head_stride;
   for (int64_t li = 0; li < s.n_layers; ++li) {
     const Layer& L = layers_[size_t(li)];
     // attention
     norm(L.norm_w[0], L.norm_b[0], x, h, T);
+    sw.mark(kOpNorm);
     linear(L.proj[int(Proj::kQ)], h, T, q_.data());
     linear(L.proj[int(Proj::kK)], h, T, k_.data());
     linear(L.proj[int(Proj::kV)], h, T, v_.data());
+    sw.mark(kOpLinear);
     if (s.pos == PosKind::kRope) {
       table_->rope(q_.data(), pos_.data(), T, H, D, s.rotary_dim, s.rope_inv_freq.data(), s.rope_interleaved);
       table_->rope(k_.data(), pos_.data(), T, Hkv, D, s.rotary_dim, s.rope_inv_freq.data(), s.rope_interleaved);
+      sw.mark(kOpRope);
     }
     for (const Group& g : groups) {
       Slot& sl = *slots_[size_t(g.slot)];
@@ -348,25 +386,35 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
           std::memcpy(vc + hk * kv_head_stride + p * D, v_.data() + (r * Hkv + hk) * D, size_t(D) * 4);
         }
       }
+      sw.mark(kOpKV);
       AttentionArgs a{q_.data() + g.row0 * H * D, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
                       D, H * D, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
       table_->attention(a);
+      sw.mark(kOpAttention);
     }
     linear(L.proj[int(Proj::kO)], attn_.data(), T, tmp_.data());
+    sw.mark(kOpLinear);
     table_->add(x, tmp_.data(), x, T * C);
+    sw.mark(kOpPointwise);
 
     // mlp
     norm(L.norm_w[1], L.norm_b[1], x, h, T);
+    sw.mark(kOpNorm);
     if (s.mlp == MlpKind::kSwiGLU) {
       linear(L.proj[int(Proj::kGate)], h, T, gate_.data());
       linear(L.proj[int(Proj::kUp)], h, T, up_.data());
+      sw.mark(kOpLinear);
       table_->silu_mul(gate_.data(), up_.data(), up_.data(), T * F);
     } else {
       linear(L.proj[int(Proj::kUp)], h, T, up_.data());
+      sw.mark(kOpLinear);
       table_->gelu_tanh(up_.data(), up_.data(), T * F);
     }
+    sw.mark(kOpPointwise);
     linear(L.proj[int(Proj::kDown)], up_.data(), T, tmp_.data());
+    sw.mark(kOpLinear);
     table_->add(x, tmp_.data(), x, T * C);
+    sw.mark(kOpPointwise);
   }
   for (const Group& g : groups) slots_[size_t(g.slot)]->len += g.n;
 
@@ -375,6 +423,7 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
   for (int64_t i = 0; i < n_out; ++i) std::memcpy(sel_.data() + i * C, x + out_rows[i] * C, size_t(C) * 4);
   norm(final_norm_w_, final_norm_b_, sel_.data(), h, n_out);
   linear(*head_, h, n_out, logits);
+  sw.mark(kOpHead);
 }
 
 }  // namespace fastlm

@@ -68,6 +68,11 @@ class Model {
   // one token for each of B sequences (distinct slots); logits (B, vocab)
   void decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits);
 
+  // time spent per kind of op since the last reset, when profiling is on (fastlm bench --profile)
+  void set_profiling(bool on) { profiling_ = on; }
+  std::vector<std::pair<std::string, double>> profile() const;
+  void reset_profile();
+
  private:
   struct Linear;
   struct Layer;
@@ -98,6 +103,8 @@ class Model {
   int64_t buf_rows_ = 0;
   std::vector<float> x_, h_, q_, k_, v_, attn_, tmp_, gate_, up_, sel_;
   std::vector<int64_t> pos_;
+  bool profiling_ = false;
+  double prof_[8] = {};  // seconds per Op
 };
 
 }  // namespace fastlm

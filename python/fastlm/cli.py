@@ -126,10 +126,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             tok[0] = int(np.argmax(logits[0]))
         return args.n_gen / (time.perf_counter() - t)
 
+    m.set_profiling(args.profile)
     if args.n_prompt > 0:
+        m.reset_profile()
         run(f"pp{args.n_prompt}", prefill)
+        rows[-1]["profile_s"] = dict(m.profile())
     if args.n_gen > 0:
+        m.reset_profile()
         run(f"tg{args.n_gen}", decode)
+        rows[-1]["profile_s"] = dict(m.profile())
+    m.set_profiling(False)
     m.truncate_slot(0, 0)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -140,6 +146,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         gbs = f"{r['GB_per_s']:.1f}" if "GB_per_s" in r else ""
         print(f"| {r['model']} | {r['dtype']} | {r['isa']} | {r['threads']} | {r['test']} | "
               f"{r['tokens_per_s']:.1f} ± {r['std']:.1f} | {gbs} |")
+    if args.profile:
+        for r in rows:
+            total = sum(r["profile_s"].values()) or 1.0
+            parts = ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(r["profile_s"].items(), key=lambda kv: -kv[1]) if v)
+            print(f"{r['test']} time by op: {parts}")
     return 0
 
 
@@ -183,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-r", "--repetitions", type=int, default=5)
     b.add_argument("--ctx", type=int, default=2048, help="KV cache capacity for the run")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--profile", action="store_true", help="time each kind of op (adds a little overhead)")
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("convert", help="a GGUF file into a Hugging Face folder")
