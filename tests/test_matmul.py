@@ -101,4 +101,4 @@ def test_matmul_random_shapes(M, K_, N, bf16):
     w = rng.standard_normal((N, K_), dtype=np.float32)
     if bf16:
         w = w.astype(ml_dtypes.bfloat16)
-    assert_close(K.matmul(x, w), K.ref.matmul(x, w), 1e-5, "random shape")
+    assert_close(K.matmul(x, w), K.ref.matmul(x, w), 1e-4, "random shape")  # the fp32 bar

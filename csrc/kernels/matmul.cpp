@@ -21,14 +21,19 @@ namespace {
 
 constexpr int NV = 2;         // vectors per panel row
 constexpr int NR = NV * kW;   // panel width: 16 floats (avx2, scalar) or 32 (avx512)
+// the micro-kernel keeps two sets of accumulators, for even and odd k, and adds them at the end:
+// four or more independent FMA chains even for one row (decode), and the same summation order for
+// every row count, so a row's result never depends on how many rows share the call
+constexpr int KU = 2;
 #if defined(FASTLM_ISA_AVX512)
-constexpr int MR = 14;  // 14x2 zmm accumulators + 2 B loads + 1 A broadcast = 31 of 32 registers
+constexpr int MR = 7;   // 2 x 7x2 zmm accumulators + 2 B loads + 1 A broadcast = 31 of 32 registers
 #elif defined(FASTLM_ISA_AVX2)
-constexpr int MR = 6;   // 6x2 ymm accumulators + 2 B loads + 1 A broadcast = 15 of 16 registers
+constexpr int MR = 3;   // 2 x 3x2 ymm accumulators + 2 B loads + 1 A broadcast = 15 of 16 registers
 #else
-constexpr int MR = 4;
+constexpr int MR = 2;
 #endif
-constexpr int64_t kGemmMinRows = 4;  // below this, packing W per call costs more than it saves
+constexpr int64_t kGemmMinRows = 4;
+constexpr int kPrefetchBytes = 1024;  // bf16 decode: measured 65-77 tok/s with, 58-60 without  // below this, packing W per call costs more than it saves
 constexpr int64_t kMaxKC = 1024;     // K block: a (KC, NR) panel stays in L1/L2 across MR rows
 
 template <typename WT>
@@ -36,29 +41,47 @@ FASTLM_INLINE VF load_w(const WT* p) { return vload(p); }
 
 // C[0:m, 0:n_valid] (+)= A[0:m, 0:kc] @ B-panel[0:kc, 0:NR]; bias added when not accumulating
 template <int M, typename WT>
+FASTLM_INLINE void kernel_step(const float* a, int64_t lda, const WT* b, int64_t k, VF (&acc)[M][NV]) {
+  VF bv[NV];
+  if constexpr (std::is_same<WT, uint16_t>::value) {
+    static_assert(NV == 2, "bf16 panels hold one pair block per k");
+    vload_bf16x2(b + k * NR, bv[0], bv[1]);
+  } else {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = load_w(b + k * NR + v * kW);
+      FASTLM_IN_REGISTER(bv[v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    VF ai = vset1(a[i * lda + k]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
+  }
+}
+
+// C[0:m, 0:n_valid] (+)= A[0:m, 0:kc] @ B-panel[0:kc, 0:NR]; bias added when not accumulating
+template <int M, typename WT>
 void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c, int64_t ldc,
                   int n_valid, bool accumulate, const float* bias) {
-  VF acc[M][NV];
+  VF even[M][NV], odd[M][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = vzero();
-  for (int64_t k = 0; k < kc; ++k) {
-    VF bv[NV];
-    if constexpr (std::is_same<WT, uint16_t>::value) {
-      static_assert(NV == 2, "bf16 panels hold one pair block per k");
-      vload_bf16x2(b + k * NR, bv[0], bv[1]);
-    } else {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = load_w(b + k * NR + v * kW);
+    for (int v = 0; v < NV; ++v) even[i][v] = odd[i][v] = vzero();
+  int64_t k = 0;
+  for (; k + KU <= kc; k += KU) {
+    // bf16 decode streams the panels from memory at half the bytes per FMA of fp32, and the
+    // hardware prefetcher falls behind: ask for them ahead (fp32 measured no better with it)
+    if (M <= 2 && std::is_same<WT, uint16_t>::value) {
+      __builtin_prefetch(reinterpret_cast<const char*>(b + k * NR) + kPrefetchBytes);
+      __builtin_prefetch(reinterpret_cast<const char*>(b + k * NR) + kPrefetchBytes + 64);
     }
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i) {
-      VF ai = vset1(a[i * lda + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = vfma(ai, bv[v], acc[i][v]);
-    }
+    kernel_step<M>(a, lda, b, k, even);
+    kernel_step<M>(a, lda, b, k + 1, odd);
   }
+  if (k < kc) kernel_step<M>(a, lda, b, k, even);
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i) {
 #pragma GCC unroll 4
@@ -66,7 +89,7 @@ void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c
       int n = std::min(kW, n_valid - v * kW);
       if (n <= 0) break;
       float* cp = c + i * ldc + v * kW;
-      VF r = acc[i][v];
+      VF r = vadd(even[i][v], odd[i][v]);
       if (accumulate) {
         r = vadd(r, vload_n(cp, n));
       } else if (bias) {
@@ -92,7 +115,7 @@ void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t
   const int64_t n_panels = (N + NR - 1) / NR;
   const int64_t kc_max = K <= kMaxKC ? K : 512;
   // MC rows of x (MC x K floats) stay in L2 while the panels of a task stream past them
-  const int64_t mc = MR * 16;
+  const int64_t mc = MR * 32;
   const int64_t m_blocks = (M + mc - 1) / mc;
   // split the panels into groups so there are a few tasks per thread to balance
   const int64_t want = int64_t(num_threads()) * 6;
