@@ -1,0 +1,122 @@
+"""GGUF import against transformers (which loads the same GGUF) and llama.cpp's own gguf-py:
+dequantization bit-exact, logits and greedy tokens, tokenizer ids, chat template, convert."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from fastlm import Engine, cli
+from fastlm.convert import convert_gguf
+from fastlm.weights.gguf import GGUFError, GGUFFile, dequantize
+
+from conftest import assert_close
+from tiny_gguf import build
+
+gguf = pytest.importorskip("gguf")
+
+TEXTS = ["hello world", "def f(x):\n    return x ** 2  # square", "日本語のテキスト and Ελληνικά, русский",
+         "emoji 🚀🎉 mixed with ascii", "  leading spaces\t\ttabs\n\nnew lines", "<s>special</s> tokens<|endoftext|>"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("gguf"))
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16"])
+def test_dequantize_bit_exact_with_gguf_py(qtype):
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((6, 128)) * rng.uniform(0.01, 3, (6, 1))).astype(np.float32)
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    raw = gguf.quants.quantize(a, qt)
+    ours = dequantize(np.ascontiguousarray(raw).view(np.uint8).reshape(-1), int(qt), a.shape)
+    np.testing.assert_array_equal(ours, gguf.quants.dequantize(raw, qt).reshape(a.shape))
+
+
+def test_logits_and_greedy_match_transformers(tiny):
+    eng = Engine.from_pretrained(tiny)
+    assert eng.info["gguf_types"] == ["F16", "F32", "Q4_0", "Q4_1", "Q8_0"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tiny.parent), gguf_file=tiny.name,
+                                                           dtype=torch.float32).eval()
+    ids = list(range(3, 60))
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+        want = hf.generate(torch.tensor([ids[:6]]), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                           pad_token_id=0, attention_mask=torch.ones(1, 6, dtype=torch.long))[0, 6:].tolist()
+    assert_close(eng.logits(ids), ref, 1e-4, "gguf logits")
+    assert eng.generate(ids[:6], max_tokens=24, ignore_eos=True).token_ids == want
+
+
+def test_tokenizer_matches_autotokenizer(tiny):
+    eng = Engine.from_pretrained(tiny)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny.parent), gguf_file=tiny.name)
+    for text in TEXTS:
+        assert eng.tokenize(text) == tok(text)["input_ids"], text
+        ids = eng.tokenize(text)
+        assert eng.detokenize(ids) == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_chat_template_from_metadata(tiny):
+    eng = Engine.from_pretrained(tiny)
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny.parent), gguf_file=tiny.name)
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi 🚀"}]
+    assert eng.apply_chat_template(msgs) == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+
+def test_convert_writes_a_folder_that_loads_without_the_gguf(tiny, tmp_path):
+    out = convert_gguf(tiny, tmp_path / "hf")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / name).exists(), name
+    ids = list(range(3, 40))
+    direct = Engine.from_pretrained(tiny).logits(ids)
+    folder = Engine.from_pretrained(out)
+    assert_close(folder.logits(ids), direct, 1e-6, "converted folder")
+    assert folder.tokenize(TEXTS[2]) == Engine.from_pretrained(tiny).tokenize(TEXTS[2])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert_close(hf(torch.tensor([ids])).logits[0].numpy(), direct, 1e-4, "transformers on the converted folder")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert cli.main(["convert", str(tiny), str(tmp_path / "cli"), "--dtype", "bfloat16"]) == 0
+    assert Engine.from_pretrained(tmp_path / "cli").info["dtype"] == "bfloat16"
+
+
+def test_cli_generate_and_bench(tiny, capsys):
+    assert cli.main(["generate", "-m", str(tiny), "-n", "5", "--no-chat", "hello world"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and len(out) > 1
+    assert cli.main(["bench", "-m", str(tiny), "-p", "16", "-n", "4", "-r", "2", "--json", "--profile"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["test"] for r in rows] == ["pp16", "tg4"]
+    assert all(r["tokens_per_s"] > 0 for r in rows) and rows[1]["GB_per_s"] > 0
+    assert cli.main(["generate", "-m", str(tiny / "nope.gguf"), "x"]) == 2
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("magic", "bad magic"),
+    ("truncate", "truncated|beyond"),
+    ("version", "version"),
+])
+def test_malformed_gguf(tiny, tmp_path, damage, match):
+    blob = bytearray(tiny.read_bytes())
+    p = tmp_path / "bad.gguf"
+    if damage == "magic":
+        blob[:4] = b"GGUX"
+    elif damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif damage == "version":
+        blob[4:8] = (99).to_bytes(4, "little")
+    p.write_bytes(bytes(blob))
+    with pytest.raises(GGUFError, match=match):
+        GGUFFile(p)
+    with pytest.raises(GGUFError):
+        Engine.from_pretrained(p)
+
+
+def test_unsupported_tensor_type(tmp_path):
+    p = build(tmp_path / "k", types={"ffn_down": "Q5_0"})
+    with pytest.raises(GGUFError, match="ffn_down.weight' has ggml type 6"):
+        Engine.from_pretrained(p)
