@@ -99,6 +99,17 @@ def test_missing_and_misshaped_tensors(tmp_path, llama_dir):
         Engine.from_pretrained(d)
 
 
+def test_tensor_of_the_wrong_dtype(tmp_path, llama_dir):
+    from safetensors.numpy import load_file
+
+    d = copy_model(llama_dir, tmp_path / "m")
+    tensors = load_file(str(d / "model.safetensors"))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int32)
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(ValueError, match="model.norm.weight' has dtype int32"):
+        Engine.from_pretrained(d)
+
+
 def test_truncated_checkpoint(tmp_path, llama_dir):
     d = copy_model(llama_dir, tmp_path / "m")
     blob = (d / "model.safetensors").read_bytes()
