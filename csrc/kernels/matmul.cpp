@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/isa.h"
+#include "kernels/tiling.h"
 #include "runtime/threadpool.h"
 
 namespace fastlm {
@@ -114,19 +115,11 @@ void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t
                  const float* bias, float* y) {
   const int64_t n_panels = (N + NR - 1) / NR;
   const int64_t kc_max = K <= kMaxKC ? K : 512;
-  // MC rows of x (MC x K floats) stay in L2 while the panels of a task stream past them
-  const int64_t mc = MR * 32;
-  const int64_t m_blocks = (M + mc - 1) / mc;
-  // split the panels into groups so there are a few tasks per thread to balance
-  const int64_t want = int64_t(num_threads()) * 6;
-  int64_t groups = std::max<int64_t>(1, std::min<int64_t>(n_panels, (want + m_blocks - 1) / m_blocks));
-  const int64_t panels_per_group = (n_panels + groups - 1) / groups;
-  groups = (n_panels + panels_per_group - 1) / panels_per_group;
-
-  parallel_for(m_blocks * groups, [&](int64_t task) {
-    const int64_t mb = task / groups, g = task % groups;
-    const int64_t m0 = mb * mc, m1 = std::min(M, m0 + mc);
-    const int64_t p0 = g * panels_per_group, p1 = std::min(n_panels, p0 + panels_per_group);
+  // MR * 32 rows of x (about 100 x K floats) stay in L2 while the panels of a task stream past
+  const GemmTasks tasks(M, n_panels, MR * 32, num_threads());
+  parallel_for(tasks.count(), [&](int64_t task) {
+    int64_t m0, m1, p0, p1;
+    tasks.range(task, M, m0, m1, p0, p1);
     for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
       const int64_t kc = std::min(kc_max, K - k0);
       const bool accumulate = k0 > 0;

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "kernels/isa.h"
+#include "kernels/tiling.h"
 #include "runtime/threadpool.h"
 
 namespace fastlm {
@@ -207,16 +208,10 @@ void int8_matmul(const Int8MatmulArgs& a) {
 
   const int64_t k4 = K4p / 4;
   const int64_t n_panels = (N + NRI - 1) / NRI;
-  const int64_t mc = MRI * 16;
-  const int64_t m_blocks = (M + mc - 1) / mc;
-  const int64_t want = int64_t(num_threads()) * 6;
-  int64_t groups = std::max<int64_t>(1, std::min<int64_t>(n_panels, (want + m_blocks - 1) / m_blocks));
-  const int64_t per_group = (n_panels + groups - 1) / groups;
-  groups = (n_panels + per_group - 1) / per_group;
-  parallel_for(m_blocks * groups, [&](int64_t task) {
-    const int64_t mb = task / groups, g = task % groups;
-    const int64_t m0 = mb * mc, m1 = std::min(M, m0 + mc);
-    const int64_t p0 = g * per_group, p1 = std::min(n_panels, p0 + per_group);
+  const GemmTasks tasks(M, n_panels, MRI * 16, num_threads());
+  parallel_for(tasks.count(), [&](int64_t task) {
+    int64_t m0, m1, p0, p1;
+    tasks.range(task, M, m0, m1, p0, p1);
     for (int64_t p = p0; p < p1; ++p) {
       const int8_t* panel = ws.packed + p * K4p * NRI;
       const int n_valid = int(std::min<int64_t>(NRI, N - p * NRI));
