@@ -29,3 +29,29 @@ def record(benchmark, impl: str, work: float | None = None, unit: str | None = N
     if work is not None:
         benchmark.extra_info["work"] = work
         benchmark.extra_info["unit"] = unit
+
+
+def interleaved(calls: dict, rounds: int = 9, block_s: float = 0.05) -> dict:
+    """Median seconds per call of each implementation, measured in alternating blocks (each impl
+    runs ~block_s, then the next, for `rounds` rounds): the machine's noise then hits all of them
+    alike, so their ratio is taken in one run even when a burst slows one block."""
+    import time
+
+    import numpy as np
+
+    per_call = {}
+    for name, fn in calls.items():  # warm-up, and how many calls fill a block
+        fn()
+        t = time.perf_counter()
+        fn()
+        per_call[name] = max(1, int(block_s / max(time.perf_counter() - t, 1e-7)))
+    samples = {name: [] for name in calls}
+    for r in range(rounds):
+        order = list(calls) if r % 2 == 0 else list(reversed(list(calls)))
+        for name in order:
+            n = per_call[name]
+            t = time.perf_counter()
+            for _ in range(n):
+                calls[name]()
+            samples[name].append((time.perf_counter() - t) / n)
+    return {name: float(np.median(s)) for name, s in samples.items()}

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from fastlm import kernels as K
 
-from conftest import record
+from conftest import interleaved, record
+
+
+def run(benchmark, impl: str, calls: dict) -> None:
+    """pytest-benchmark times `impl`; the group's last test also times every impl interleaved
+    (conftest.interleaved) and records those medians, from which report.py takes the ratios."""
+    benchmark(calls[impl])
+    if impl == list(calls)[-1] or (impl == "torch-dynamic-int8" and "torch-int_mm" not in calls):
+        benchmark.extra_info["interleaved_s"] = interleaved(calls)
 
 GEMM = [(512, 576, 1536), (512, 1536, 576), (1024, 1024, 1024)]
 GEMV = [(1, 576, 49152), (1, 576, 1536), (1, 1536, 576)]
@@ -24,13 +32,11 @@ def test_gemm(benchmark, rng, impl, M, K_, N):
     x = rng.standard_normal((M, K_), dtype=np.float32)
     w = rng.standard_normal((N, K_), dtype=np.float32)
     record(benchmark, impl, 2.0 * M * K_ * N, "GFLOP/s")
-    if impl == "torch":
-        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-        benchmark(lambda: torch.matmul(xt, wt.T))
-    else:
-        wk = K.pack(w) if impl == "fastlm-packed" else w
-        out = np.empty((M, N), np.float32)
-        benchmark(lambda: K.matmul(x, wk, out=out))
+    xt, wt, pw = torch.from_numpy(x), torch.from_numpy(w), K.pack(w)
+    out = np.empty((M, N), np.float32)
+    calls = {"fastlm": lambda: K.matmul(x, w, out=out), "fastlm-packed": lambda: K.matmul(x, pw, out=out),
+             "torch": lambda: torch.matmul(xt, wt.T)}
+    run(benchmark, impl, calls)
 
 
 # ---- GEMV (decode), fp32 and bf16 weights ----
@@ -44,16 +50,15 @@ def test_gemv(benchmark, rng, impl, dtype, M, K_, N):
     if dtype == "bf16":
         w = w.astype(ml_dtypes.bfloat16)
     record(benchmark, impl, float(w.nbytes), "GB/s")
-    if impl == "torch":
-        xt = torch.from_numpy(x)
-        wt = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) if dtype == "bf16" else torch.from_numpy(w)
-        if dtype == "bf16":
-            xt = xt.bfloat16()
-        benchmark(lambda: F.linear(xt, wt))
-    else:
-        wk = K.pack(w) if impl == "fastlm-packed" else w
-        out = np.empty((M, N), np.float32)
-        benchmark(lambda: K.matmul(x, wk, out=out))
+    xt = torch.from_numpy(x)
+    wt = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) if dtype == "bf16" else torch.from_numpy(w)
+    if dtype == "bf16":
+        xt = xt.bfloat16()
+    pw = K.pack(w)
+    out = np.empty((M, N), np.float32)
+    calls = {"fastlm": lambda: K.matmul(x, w, out=out), "fastlm-packed": lambda: K.matmul(x, pw, out=out),
+             "torch": lambda: F.linear(xt, wt)}
+    run(benchmark, impl, calls)
 
 
 # ---- int8 ----
@@ -64,29 +69,25 @@ def test_int8_matmul(benchmark, rng, impl, M, K_, N):
     x = rng.standard_normal((M, K_), dtype=np.float32)
     w = rng.standard_normal((N, K_), dtype=np.float32)
     record(benchmark, impl, 2.0 * M * K_ * N, "GOP/s")
-    if impl == "fastlm-int8":
-        qw, s = K.quantize_int8(w)
-        out = np.empty((M, N), np.float32)
-        benchmark(lambda: K.int8_matmul(x, qw, s, out=out))
-    elif impl == "fastlm-fp32":
-        out = np.empty((M, N), np.float32)
-        benchmark(lambda: K.matmul(x, w, out=out))
-    elif impl == "torch-int_mm":
-        if M < 17:
-            pytest.skip("torch._int_mm needs M > 16")
-        qx = torch.randint(-127, 128, (M, K_), dtype=torch.int8)
-        qw = torch.randint(-127, 128, (N, K_), dtype=torch.int8)
-        benchmark(lambda: torch._int_mm(qx, qw.T))
-    else:
-        lin = torch.nn.Linear(K_, N, bias=False)
-        lin.weight.data = torch.from_numpy(w)
-        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-        xt = torch.from_numpy(x)
+    qw, s = K.quantize_int8(w)
+    out = np.empty((M, N), np.float32)
+    lin = torch.nn.Linear(K_, N, bias=False)
+    lin.weight.data = torch.from_numpy(w)
+    q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    xt = torch.from_numpy(x)
 
-        def run():
-            with torch.no_grad():
-                return q(xt)
-        benchmark(run)
+    def dynamic():
+        with torch.no_grad():
+            return q(xt)
+    calls = {"fastlm-int8": lambda: K.int8_matmul(x, qw, s, out=out), "fastlm-fp32": lambda: K.matmul(x, w, out=out),
+             "torch-dynamic-int8": dynamic}
+    if M > 16:
+        qx = torch.randint(-127, 128, (M, K_), dtype=torch.int8)
+        qwt = torch.randint(-127, 128, (N, K_), dtype=torch.int8)
+        calls["torch-int_mm"] = lambda: torch._int_mm(qx, qwt.T)
+    elif impl == "torch-int_mm":
+        pytest.skip("torch._int_mm needs M > 16")
+    run(benchmark, impl, calls)
 
 
 # ---- attention ----
@@ -104,12 +105,11 @@ def test_attention(benchmark, rng, impl, case):
     v = rng.standard_normal((Hkv, S, D), dtype=np.float32)
     causal = T > 1
     record(benchmark, impl)
-    if impl == "torch":
-        qt, kt, vt = map(torch.from_numpy, (q, k, v))
-        benchmark(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=True))
-    else:
-        out = np.empty((H, T, D), np.float32)
-        benchmark(lambda: K.attention(q, k, v, causal=causal, out=out))
+    qt, kt, vt = map(torch.from_numpy, (q, k, v))
+    out = np.empty((H, T, D), np.float32)
+    calls = {"fastlm": lambda: K.attention(q, k, v, causal=causal, out=out),
+             "torch": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=True)}
+    run(benchmark, impl, calls)
 
 
 # ---- norms and the small ops ----
@@ -124,37 +124,33 @@ def test_small_ops(benchmark, rng, impl, op):
     w = rng.standard_normal(shape[-1], dtype=np.float32)
     moved = {"silu_mul": 3, "add": 3}.get(op, 2) * x.nbytes  # arrays read + written
     record(benchmark, impl, float(moved), "GB/s")
-    if impl == "fastlm":
-        out = np.empty(shape, np.float32)
-        pos = np.arange(shape[0], dtype=np.int64)
-        calls = {
-            "layer_norm": lambda: K.layer_norm(x, w, w, out=out),
-            "rms_norm": lambda: K.rms_norm(x, w, out=out),
-            "silu_mul": lambda: K.silu_mul(x, y, out=out),
-            "gelu_tanh": lambda: K.gelu_tanh(x, out=out),
-            "add": lambda: K.add(x, y, out=out),
-            "softmax": lambda: K.softmax(x, out=out),
-            "rope": lambda: K.rope(x, pos, out=out),
-        }
-        benchmark(calls[op])
-        return
+    out = np.empty(shape, np.float32)
+    pos = np.arange(shape[0], dtype=np.int64)
+    ours = {
+        "layer_norm": lambda: K.layer_norm(x, w, w, out=out),
+        "rms_norm": lambda: K.rms_norm(x, w, out=out),
+        "silu_mul": lambda: K.silu_mul(x, y, out=out),
+        "gelu_tanh": lambda: K.gelu_tanh(x, out=out),
+        "add": lambda: K.add(x, y, out=out),
+        "softmax": lambda: K.softmax(x, out=out),
+        "rope": lambda: K.rope(x, pos, out=out),
+    }
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
-    if op == "rope":  # Hugging Face's apply_rotary_pos_emb on precomputed cos/sin
-        inv = 1.0 / (10000 ** (torch.arange(0, 64, 2).float() / 64))
-        f = torch.arange(shape[0]).float()[:, None] * inv[None]
-        cos = torch.cat([f.cos(), f.cos()], -1)[:, None, :]
-        sin = torch.cat([f.sin(), f.sin()], -1)[:, None, :]
+    inv = 1.0 / (10000 ** (torch.arange(0, 64, 2).float() / 64))
+    f = torch.arange(shape[0]).float()[:, None] * inv[None]
+    cos = torch.cat([f.cos(), f.cos()], -1)[:, None, :]
+    sin = torch.cat([f.sin(), f.sin()], -1)[:, None, :]
 
-        def rope():
-            rot = torch.cat([-xt[..., 32:], xt[..., :32]], -1)
-            return xt * cos + rot * sin
-    calls = {
+    def rope():  # Hugging Face's apply_rotary_pos_emb on precomputed cos/sin
+        rot = torch.cat([-xt[..., 32:], xt[..., :32]], -1)
+        return xt * cos + rot * sin
+    theirs = {
         "layer_norm": lambda: F.layer_norm(xt, (shape[-1],), wt, wt),
         "rms_norm": lambda: F.rms_norm(xt, (shape[-1],), wt, 1e-6),
         "silu_mul": lambda: F.silu(xt) * yt,
         "gelu_tanh": lambda: F.gelu(xt, approximate="tanh"),
         "add": lambda: xt + yt,
         "softmax": lambda: torch.softmax(xt, -1),
-        "rope": rope if op == "rope" else None,
+        "rope": rope,
     }
-    benchmark(calls[op])
+    run(benchmark, impl, {"fastlm": ours[op], "torch": theirs[op]})
