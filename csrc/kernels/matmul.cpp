@@ -22,19 +22,23 @@ namespace {
 
 constexpr int NV = 2;         // vectors per panel row
 constexpr int NR = NV * kW;   // panel width: 16 floats (avx2, scalar) or 32 (avx512)
-// the micro-kernel keeps two sets of accumulators, for even and odd k, and adds them at the end:
-// four or more independent FMA chains even for one row (decode), and the same summation order for
-// every row count, so a row's result never depends on how many rows share the call
-constexpr int KU = 2;
+// two micro-kernels. up to kFewRows rows (decode, small batches): two sets of accumulators, for
+// even and odd k, added at the end, which gives four or more independent FMA chains even for one
+// row, and the same summation order for any row count up to kFewRows, so a sequence decodes to the
+// same bits alone or in a batch. more rows (prefill): one set, taller (more reuse of each B load).
+constexpr int64_t kFewRows = 16;
 #if defined(FASTLM_ISA_AVX512)
-constexpr int MR = 7;   // 2 x 7x2 zmm accumulators + 2 B loads + 1 A broadcast = 31 of 32 registers
+constexpr int MR_FEW = 7;   // 2 x 7x2 zmm accumulators + 2 B loads + 1 A broadcast = 31 of 32 registers
+constexpr int MR = 14;      // 14x2 zmm accumulators + 2 B loads + 1 A broadcast = 31 of 32 registers
 #elif defined(FASTLM_ISA_AVX2)
-constexpr int MR = 3;   // 2 x 3x2 ymm accumulators + 2 B loads + 1 A broadcast = 15 of 16 registers
+constexpr int MR_FEW = 3;   // 2 x 3x2 ymm accumulators + 2 B loads + 1 A broadcast = 15 of 16 registers
+constexpr int MR = 6;       // 6x2 ymm accumulators + 2 B loads + 1 A broadcast = 15 of 16 registers
 #else
-constexpr int MR = 2;
+constexpr int MR_FEW = 2;
+constexpr int MR = 4;
 #endif
-constexpr int64_t kGemmMinRows = 4;
-constexpr int kPrefetchBytes = 1024;  // bf16 decode: measured 65-77 tok/s with, 58-60 without  // below this, packing W per call costs more than it saves
+constexpr int64_t kGemmMinRows = 4;    // below this, packing W per call costs more than it saves
+constexpr int kPrefetchBytes = 1024;   // bf16 decode prefetch distance: 65-77 tok/s with, 58-60 without
 constexpr int64_t kMaxKC = 1024;     // K block: a (KC, NR) panel stays in L1/L2 across MR rows
 
 template <typename WT>
@@ -62,8 +66,9 @@ FASTLM_INLINE void kernel_step(const float* a, int64_t lda, const WT* b, int64_t
   }
 }
 
-// C[0:m, 0:n_valid] (+)= A[0:m, 0:kc] @ B-panel[0:kc, 0:NR]; bias added when not accumulating
-template <int M, typename WT>
+// C[0:m, 0:n_valid] (+)= A[0:m, 0:kc] @ B-panel[0:kc, 0:NR]; bias added when not accumulating.
+// KU = 2: even and odd k in separate accumulators (see kFewRows)
+template <int M, int KU, typename WT>
 void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c, int64_t ldc,
                   int n_valid, bool accumulate, const float* bias) {
   VF even[M][NV], odd[M][NV];
@@ -72,17 +77,19 @@ void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) even[i][v] = odd[i][v] = vzero();
   int64_t k = 0;
-  for (; k + KU <= kc; k += KU) {
-    // bf16 decode streams the panels from memory at half the bytes per FMA of fp32, and the
-    // hardware prefetcher falls behind: ask for them ahead (fp32 measured no better with it)
-    if (M <= 2 && std::is_same<WT, uint16_t>::value) {
-      __builtin_prefetch(reinterpret_cast<const char*>(b + k * NR) + kPrefetchBytes);
-      __builtin_prefetch(reinterpret_cast<const char*>(b + k * NR) + kPrefetchBytes + 64);
+  if constexpr (KU == 2) {
+    for (; k + 2 <= kc; k += 2) {
+      // bf16 decode streams the panels from memory at half the bytes per FMA of fp32, and the
+      // hardware prefetcher falls behind: ask for them ahead (fp32 measured no better with it)
+      if (M <= 2 && std::is_same<WT, uint16_t>::value) {
+        __builtin_prefetch(reinterpret_cast<const char*>(b + k * NR) + kPrefetchBytes);
+        __builtin_prefetch(reinterpret_cast<const char*>(b + k * NR) + kPrefetchBytes + 64);
+      }
+      kernel_step<M>(a, lda, b, k, even);
+      kernel_step<M>(a, lda, b, k + 1, odd);
     }
-    kernel_step<M>(a, lda, b, k, even);
-    kernel_step<M>(a, lda, b, k + 1, odd);
   }
-  if (k < kc) kernel_step<M>(a, lda, b, k, even);
+  for (; k < kc; ++k) kernel_step<M>(a, lda, b, k, even);
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i) {
 #pragma GCC unroll 4
@@ -90,7 +97,7 @@ void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c
       int n = std::min(kW, n_valid - v * kW);
       if (n <= 0) break;
       float* cp = c + i * ldc + v * kW;
-      VF r = vadd(even[i][v], odd[i][v]);
+      VF r = KU == 2 ? vadd(even[i][v], odd[i][v]) : even[i][v];
       if (accumulate) {
         r = vadd(r, vload_n(cp, n));
       } else if (bias) {
@@ -101,22 +108,22 @@ void micro_kernel(int64_t kc, const float* a, int64_t lda, const WT* b, float* c
   }
 }
 
-template <typename WT, int M>
+template <typename WT, int KU, int M>
 FASTLM_INLINE void call_kernel(int m, int64_t kc, const float* a, int64_t lda, const WT* b,
                                float* c, int64_t ldc, int n_valid, bool acc, const float* bias) {
   if constexpr (M > 0) {
-    if (m == M) return micro_kernel<M, WT>(kc, a, lda, b, c, ldc, n_valid, acc, bias);
-    return call_kernel<WT, M - 1>(m, kc, a, lda, b, c, ldc, n_valid, acc, bias);
+    if (m == M) return micro_kernel<M, KU, WT>(kc, a, lda, b, c, ldc, n_valid, acc, bias);
+    return call_kernel<WT, KU, M - 1>(m, kc, a, lda, b, c, ldc, n_valid, acc, bias);
   }
 }
 
-template <typename WT>
-void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t N,
-                 const float* bias, float* y) {
+template <typename WT, int KU, int MRK>
+void gemm_packed_with(const float* x, int64_t M, int64_t K, const WT* packed, int64_t N,
+                      const float* bias, float* y) {
   const int64_t n_panels = (N + NR - 1) / NR;
   const int64_t kc_max = K <= kMaxKC ? K : 512;
-  // MR * 32 rows of x (about 100 x K floats) stay in L2 while the panels of a task stream past
-  const GemmTasks tasks(M, n_panels, MR * 32, num_threads());
+  // about 100 rows of x (x K floats) stay in L2 while the panels of a task stream past them
+  const GemmTasks tasks(M, n_panels, MRK * (96 / MRK), num_threads());
   parallel_for(tasks.count(), [&](int64_t task) {
     int64_t m0, m1, p0, p1;
     tasks.range(task, M, m0, m1, p0, p1);
@@ -127,14 +134,21 @@ void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t
         const WT* panel = packed + p * K * NR + k0 * NR;
         const int n_valid = int(std::min<int64_t>(NR, N - p * NR));
         const float* bias_p = bias ? bias + p * NR : nullptr;
-        for (int64_t i = m0; i < m1; i += MR) {
-          const int m = int(std::min<int64_t>(MR, m1 - i));
-          call_kernel<WT, MR>(m, kc, x + i * K + k0, K, panel, y + i * N + p * NR, N, n_valid,
-                              accumulate, bias_p);
+        for (int64_t i = m0; i < m1; i += MRK) {
+          const int m = int(std::min<int64_t>(MRK, m1 - i));
+          call_kernel<WT, KU, MRK>(m, kc, x + i * K + k0, K, panel, y + i * N + p * NR, N, n_valid,
+                                   accumulate, bias_p);
         }
       }
     }
   });
+}
+
+template <typename WT>
+void gemm_packed(const float* x, int64_t M, int64_t K, const WT* packed, int64_t N,
+                 const float* bias, float* y) {
+  if (M <= kFewRows) return gemm_packed_with<WT, 2, MR_FEW>(x, M, K, packed, N, bias, y);
+  gemm_packed_with<WT, 1, MR>(x, M, K, packed, N, bias, y);
 }
 
 // bf16 rows: blocks of 2 kW weights widen with one load + two unpacks (vload_bf16x2), which
