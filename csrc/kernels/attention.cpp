@@ -200,17 +200,37 @@ void attention_blocked(const AttentionArgs& a) {
   const int64_t q_blocks = (T + BQ - 1) / BQ;
   const int64_t offset = S - T;  // absolute position of query 0
 
+  // K transposed once per call to (Hkv, D, Sp), zero past S: every query block then reads a key
+  // block's scores as rows of BK contiguous floats (transposing per block per task cost as much
+  // as a third of the kernel)
+  // rows padded by one cache line: a power-of-two row stride would put every row of a key block
+  // in the same few L1 sets
+  const int64_t Sp = (S + BK - 1) / BK * BK + 16;
+  thread_local std::vector<float> kt_buf;  // the caller's; workers reach it through `kt_all`
+  kt_buf.resize(size_t(a.Hkv * D * Sp));
+  float* const kt_all = kt_buf.data();
+  const int64_t key_blocks = (S + BK - 1) / BK;
+  parallel_for(a.Hkv * key_blocks, [&](int64_t task) {
+    const int64_t hk = task / key_blocks, kb = (task % key_blocks) * BK;
+    const int64_t nk = std::min<int64_t>(BK, S - kb);
+    const float* kh = a.k + hk * a.kv_head_stride;
+    float* dst = kt_all + hk * D * Sp + kb;
+    for (int64_t d = 0; d < D; ++d) {
+      float* row = dst + d * Sp;
+      for (int64_t j = 0; j < nk; ++j) row[j] = kh[(kb + j) * D + d];
+      for (int64_t j = nk; j < BK; ++j) row[j] = 0.0f;
+    }
+  });
+
   parallel_for(a.Hkv * q_blocks, [&](int64_t task) {
     // the last query blocks see the most keys: run them first
     const int64_t hk = task % a.Hkv, qb = q_blocks - 1 - task / a.Hkv;
     const int64_t t0 = qb * BQ, t1 = std::min(T, t0 + BQ), nq = t1 - t0;
     const int64_t key_end = a.causal ? offset + t1 : S;  // exclusive, for the last row
-    const float* kh = a.k + hk * a.kv_head_stride;
     const float* vh = a.v + hk * a.kv_head_stride;
 
-    // scratch: kt (D, BK) | s (BK) | acc (G, BQ, D) | max, sum (G, BQ)
-    float* kt = scratch(size_t(D * BK + BK + G * BQ * D + 2 * G * BQ));
-    float* s = kt + D * BK;
+    // scratch: s (BK) | acc (G, BQ, D) | max, sum (G, BQ)
+    float* s = scratch(size_t(BK + G * BQ * D + 2 * G * BQ));
     float* acc = s + BK;
     float* row_max = acc + G * BQ * D;
     float* row_sum = row_max + G * BQ;
@@ -220,12 +240,7 @@ void attention_blocked(const AttentionArgs& a) {
 
     for (int64_t kb = 0; kb < key_end; kb += BK) {
       const int64_t nk = std::min<int64_t>(BK, key_end - kb);
-      // transpose keys kb..kb+nk into (D, BK), zero past nk
-      for (int64_t d = 0; d < D; ++d) {
-        float* row = kt + d * BK;
-        for (int64_t j = 0; j < nk; ++j) row[j] = kh[(kb + j) * D + d];
-        for (int64_t j = nk; j < BK; ++j) row[j] = 0.0f;
-      }
+      const float* kt = kt_all + hk * D * Sp + kb;  // (D, BK) with rows Sp apart
       const float* vb = vh + kb * D;
       for (int64_t g = 0; g < G; ++g) {
         const float* qg = a.q + (hk * G + g) * a.q_head_stride;
@@ -240,7 +255,7 @@ void attention_blocked(const AttentionArgs& a) {
           for (int u = 0; u < 8; ++u) sc[u] = vzero();
           for (int64_t d = 0; d < D; ++d) {
             VF qd = vset1(qr[d]);
-            const float* kr = kt + d * BK;
+            const float* kr = kt + d * Sp;
 #pragma GCC unroll 8
             for (int u = 0; u < 8; ++u) sc[u] = vfma(qd, vload(kr + u * kW), sc[u]);
           }
