@@ -90,3 +90,17 @@ def test_bf16_stays_close(gguf_path, engine):
     a, b = engine.logits(ids)[-1], bf.logits(ids)[-1]
     assert int(np.argmax(a)) == int(np.argmax(b))
     assert_close(b, a, 0.05, "bf16 vs fp32 logits")
+
+
+def test_readme_command_generates_paris(gguf_path):
+    """The README's first command, on the default model (already fetched by the fixture)."""
+    import os
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "fastlm")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "fastlm.cli"]
+    r = subprocess.run(cmd + ["generate", "What is the capital of France?"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
