@@ -118,6 +118,9 @@ def test_context_defaults_and_limits(tiny):
     small = Engine.from_pretrained(tiny("llama"), max_seq_len=16)
     with pytest.raises(ValueError, match="context holds 16"):
         small.generate(prompt(16), max_tokens=1)
+    assert small.logits(prompt(16)).shape == (16, 320)  # a full window scores, no room needed
+    with pytest.raises(ValueError, match="context holds 16"):
+        small.logits(prompt(17))
     out = small.generate(prompt(10), ignore_eos=True)  # no max_tokens: runs to the context
     assert out.finish_reason == "length" and len(out.token_ids) == 6
     with pytest.raises(ValueError, match="outside the vocabulary"):

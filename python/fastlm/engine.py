@@ -143,7 +143,8 @@ class Engine:
     def context_length(self) -> int:
         return self.model.max_seq
 
-    def _ids(self, prompt: Prompt) -> list[int]:
+    def _ids(self, prompt: Prompt, room: int = 1) -> list[int]:
+        """Token ids of a prompt, checked; `room` positions must stay free in the context."""
         if isinstance(prompt, str):
             ids = self.tokenize(prompt)
         else:
@@ -156,15 +157,15 @@ class Engine:
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        if len(ids) >= self.context_length:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.context_length} "
-                             f"(room is needed for at least one generated token)")
+        if len(ids) + room > self.context_length:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.context_length}"
+                             + (" (room is needed for at least one generated token)" if room else ""))
         return ids
 
     # ---- forward ----
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (len(ids), vocab) of a full forward pass from an empty cache."""
-        ids = self._ids(ids)
+        ids = self._ids(ids, room=0)
         self.model.ensure_slots(1)
         self.model.truncate_slot(0, 0)
         try:
