@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "runtime/cpu.h"
+#include "runtime/threadpool.h"
 
 namespace fastlm {
 namespace {
@@ -57,6 +58,9 @@ struct Model::Linear {
 struct Model::Layer {
   Linear proj[int(Proj::kCount)];
   std::vector<float> norm_w[2], norm_b[2];  // before attention, before the MLP
+  // q|k|v and gate|up packed as one weight each (their panels back to back), when every part's
+  // width is a whole number of panels: one pass over the input and one GEMV call instead of 3 / 2
+  Linear qkv, gate_up;
 };
 
 struct Model::Slot {
@@ -88,6 +92,7 @@ Model::~Model() = default;
 void Model::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
                        const float* bias) {
   if (layer < 0 || layer >= spec_.n_layers) throw std::invalid_argument("layer index out of range");
+  if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
   const int64_t H = spec_.n_heads, Hkv = spec_.n_kv_heads, D = spec_.head_dim, C = spec_.hidden;
   int64_t wantN = 0, wantK = C;
   switch (proj) {
@@ -185,11 +190,15 @@ std::vector<std::string> Model::missing() const {
 
 size_t Model::weight_bytes() const {
   size_t total = embedding_.size() + position_embedding_.size() * 4;
-  auto add = [&](const Linear& l) {
-    if (l.set) total += size_t(packed_weight_elems(l.N, l.K, table_->pack_nr)) * weight_type_size(l.wt) + l.bias.size() * 4;
+  auto add = [&](const Linear& l) {  // parts folded into a fused weight hold no memory of their own
+    if (l.set && l.packed)
+      total += size_t(packed_weight_elems(l.N, l.K, table_->pack_nr)) * weight_type_size(l.wt) + l.bias.size() * 4;
   };
-  for (const Layer& l : layers_)
+  for (const Layer& l : layers_) {
     for (const Linear& p : l.proj) add(p);
+    add(l.qkv);
+    add(l.gate_up);
+  }
   add(*head_);
   return total;
 }
@@ -230,6 +239,46 @@ void Model::truncate_slot(int64_t slot, int64_t len) {
   s.len = len;
 }
 
+void Model::fuse_projections() {
+  const int nr = table_->pack_nr;
+  auto fuse = [&](Linear& out, std::initializer_list<Linear*> parts) {
+    int64_t N = 0;
+    for (Linear* l : parts) {
+      if (!l->set || l->N % nr != 0 || l->wt != (*parts.begin())->wt || l->K != (*parts.begin())->K) return;
+      N += l->N;
+    }
+    const Linear& first = **parts.begin();
+    const size_t esz = weight_type_size(first.wt);
+    size_t bytes = size_t(N * first.K) * esz;
+    out.packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+    if (!out.packed) throw std::bad_alloc();
+    bool any_bias = false;
+    for (Linear* l : parts) any_bias = any_bias || !l->bias.empty();
+    size_t off = 0;
+    for (Linear* l : parts) {
+      const size_t n = size_t(l->N * l->K) * esz;
+      std::memcpy(out.packed.get() + off, l->packed.get(), n);
+      off += n;
+      if (any_bias) {
+        if (l->bias.empty()) out.bias.insert(out.bias.end(), size_t(l->N), 0.0f);
+        else out.bias.insert(out.bias.end(), l->bias.begin(), l->bias.end());
+      }
+    }
+    out.N = N;
+    out.K = first.K;
+    out.wt = first.wt;
+    out.set = true;
+    for (Linear* l : parts) {  // the parts are no longer read
+      l->packed.reset();
+      l->bias.clear();
+    }
+  };
+  for (Layer& L : layers_) {
+    fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
+    if (spec_.mlp == MlpKind::kSwiGLU) fuse(L.gate_up, {&L.proj[int(Proj::kGate)], &L.proj[int(Proj::kUp)]});
+  }
+}
+
 void Model::ensure_buffers(int64_t rows) {
   if (rows <= buf_rows_) return;
   const ModelSpec& s = spec_;
@@ -243,6 +292,8 @@ void Model::ensure_buffers(int64_t rows) {
   v_.assign(size_t(rows * s.n_kv_heads * s.head_dim), 0.0f);
   gate_.assign(size_t(rows * s.ffn), 0.0f);
   up_.assign(size_t(rows * s.ffn), 0.0f);
+  qkv_.assign(size_t(rows * (s.n_heads + 2 * s.n_kv_heads) * s.head_dim), 0.0f);
+  gu_.assign(size_t(rows * 2 * s.ffn), 0.0f);
   pos_.assign(size_t(rows), 0);
   buf_rows_ = rows;
 }
@@ -329,6 +380,7 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
   if (!complete_) {
     auto miss = missing();
     if (!miss.empty()) throw std::invalid_argument("the model is missing weights: " + miss.front());
+    fuse_projections();
     complete_ = true;
   }
   ensure_buffers(T);
@@ -366,13 +418,34 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
     // attention
     norm(L.norm_w[0], L.norm_b[0], x, h, T);
     sw.mark(kOpNorm);
-    linear(L.proj[int(Proj::kQ)], h, T, q_.data());
-    linear(L.proj[int(Proj::kK)], h, T, k_.data());
-    linear(L.proj[int(Proj::kV)], h, T, v_.data());
+    // q, k, v rows: (T, H*D), (T, Hkv*D), (T, Hkv*D), in one fused buffer or three
+    float *qp, *kp, *vp;
+    int64_t qs, ks, vs;
+    if (L.qkv.set) {
+      linear(L.qkv, h, T, qkv_.data());
+      qs = ks = vs = (H + 2 * Hkv) * D;
+      qp = qkv_.data();
+      kp = qp + H * D;
+      vp = kp + Hkv * D;
+    } else {
+      linear(L.proj[int(Proj::kQ)], h, T, q_.data());
+      linear(L.proj[int(Proj::kK)], h, T, k_.data());
+      linear(L.proj[int(Proj::kV)], h, T, v_.data());
+      qp = q_.data(), kp = k_.data(), vp = v_.data();
+      qs = H * D, ks = vs = Hkv * D;
+    }
     sw.mark(kOpLinear);
     if (s.pos == PosKind::kRope) {
-      table_->rope(q_.data(), pos_.data(), T, H, D, s.rotary_dim, s.rope_inv_freq.data(), s.rope_interleaved);
-      table_->rope(k_.data(), pos_.data(), T, Hkv, D, s.rotary_dim, s.rope_inv_freq.data(), s.rope_interleaved);
+      const float* inv = s.rope_inv_freq.data();
+      if (qs == H * D && ks == Hkv * D) {
+        table_->rope(qp, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
+        table_->rope(kp, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
+      } else {  // strided rows: one row per call (nested calls run serially inside the tasks)
+        parallel_for(T, [&](int64_t r) {
+          table_->rope(qp + r * qs, pos_.data() + r, 1, H, D, s.rotary_dim, inv, s.rope_interleaved);
+          table_->rope(kp + r * ks, pos_.data() + r, 1, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
+        });
+      }
       sw.mark(kOpRope);
     }
     for (const Group& g : groups) {
@@ -382,13 +455,13 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
       for (int64_t i = 0; i < g.n; ++i) {  // (T, Hkv, D) rows into the (Hkv, max_seq, D) cache
         const int64_t r = g.row0 + i, p = sl.len + i;
         for (int64_t hk = 0; hk < Hkv; ++hk) {
-          std::memcpy(kc + hk * kv_head_stride + p * D, k_.data() + (r * Hkv + hk) * D, size_t(D) * 4);
-          std::memcpy(vc + hk * kv_head_stride + p * D, v_.data() + (r * Hkv + hk) * D, size_t(D) * 4);
+          std::memcpy(kc + hk * kv_head_stride + p * D, kp + r * ks + hk * D, size_t(D) * 4);
+          std::memcpy(vc + hk * kv_head_stride + p * D, vp + r * vs + hk * D, size_t(D) * 4);
         }
       }
       sw.mark(kOpKV);
-      AttentionArgs a{q_.data() + g.row0 * H * D, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
-                      D, H * D, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
+      AttentionArgs a{qp + g.row0 * qs, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
+                      D, qs, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
       table_->attention(a);
       sw.mark(kOpAttention);
     }
@@ -400,7 +473,17 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
     // mlp
     norm(L.norm_w[1], L.norm_b[1], x, h, T);
     sw.mark(kOpNorm);
-    if (s.mlp == MlpKind::kSwiGLU) {
+    if (s.mlp == MlpKind::kSwiGLU && L.gate_up.set) {
+      linear(L.gate_up, h, T, gu_.data());  // rows [gate | up]
+      sw.mark(kOpLinear);
+      float* gu = gu_.data();
+      float* act = up_.data();
+      if (T == 1) {
+        table_->silu_mul(gu, gu + F, act, F);
+      } else {
+        parallel_for(T, [&](int64_t r) { table_->silu_mul(gu + r * 2 * F, gu + r * 2 * F + F, act + r * F, F); });
+      }
+    } else if (s.mlp == MlpKind::kSwiGLU) {
       linear(L.proj[int(Proj::kGate)], h, T, gate_.data());
       linear(L.proj[int(Proj::kUp)], h, T, up_.data());
       sw.mark(kOpLinear);

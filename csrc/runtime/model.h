@@ -86,6 +86,7 @@ class Model {
   void linear(const Linear& l, const float* x, int64_t M, float* y) const;
   void norm(const std::vector<float>& w, const std::vector<float>& b, const float* x, float* y, int64_t rows) const;
   void ensure_buffers(int64_t rows);
+  void fuse_projections();
   void check_slot(int64_t slot) const;
 
   ModelSpec spec_;
@@ -101,7 +102,7 @@ class Model {
   std::vector<std::unique_ptr<Slot>> slots_;
   // activation buffers, (rows, width) each
   int64_t buf_rows_ = 0;
-  std::vector<float> x_, h_, q_, k_, v_, attn_, tmp_, gate_, up_, sel_;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, tmp_, gate_, up_, sel_, qkv_, gu_;
   std::vector<int64_t> pos_;
   bool profiling_ = false;
   double prof_[8] = {};  // seconds per Op
