@@ -242,7 +242,7 @@ py::array_t<float> rope(Table table, const py::object& x_obj, const py::object& 
   const KernelTable& t = table();
   py::gil_scoped_release nogil;
   if (y != cf32(x)) std::memcpy(y, cf32(x), size_t(T * H * D) * sizeof(float));
-  t.rope(y, pos.data(), T, H, D, rot, inv_freq.data(), interleaved);
+  t.rope(y, H * D, pos.data(), T, H, D, rot, inv_freq.data(), interleaved);
   return out;
 }
 

@@ -96,9 +96,10 @@ void softmax(const float* x, float* y, int64_t rows, int64_t cols) {
   });
 }
 
-// x: (T, H, D), rotated in place by angle pos[t] * inv_freq[i], i < rot_dim / 2.
+// x: (T, H, D) with rows row_stride apart, rotated in place by angle pos[t] * inv_freq[i], i < rot_dim / 2.
 // rotate-half (Hugging Face): pairs (i, i + rot_dim/2); interleaved (GPT-J): pairs (2i, 2i + 1)
-void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t rot_dim,
+void rope(float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D,
+          int64_t rot_dim,
           const float* inv_freq, bool interleaved) {
   const int64_t half = rot_dim / 2;
   parallel_range(T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t t0, int64_t t1) {
@@ -114,7 +115,7 @@ void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t
         sinv[i] = std::sin(angle);
       }
       for (int64_t h = 0; h < H; ++h) {
-        float* xh = x + (t * H + h) * D;
+        float* xh = x + t * row_stride + h * D;
         if (interleaved) {
           for (int64_t i = 0; i < half; ++i) {
             float a = xh[2 * i], b = xh[2 * i + 1];

@@ -20,7 +20,8 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
 void quantize_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale);
 size_t int8_matmul_workspace(int64_t M, int64_t N, int64_t K);
 void int8_matmul(const Int8MatmulArgs& a);
-void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t rot_dim,
+void rope(float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D,
+          int64_t rot_dim,
           const float* inv_freq, bool interleaved);
 void gelu_tanh(const float* x, float* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* y, int64_t n);

@@ -112,12 +112,13 @@ void int8_matmul(const Int8MatmulArgs& a) {
     }
 }
 
-void rope(float* x, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t rot_dim,
+void rope(float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D,
+          int64_t rot_dim,
           const float* inv_freq, bool interleaved) {
   const int64_t half = rot_dim / 2;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
-      float* xh = x + (t * H + h) * D;
+      float* xh = x + t * row_stride + h * D;
       for (int64_t i = 0; i < half; ++i) {
         double angle = double(float(pos[t]) * inv_freq[i]);
         double c = std::cos(angle), s = std::sin(angle);

@@ -437,15 +437,8 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
     sw.mark(kOpLinear);
     if (s.pos == PosKind::kRope) {
       const float* inv = s.rope_inv_freq.data();
-      if (qs == H * D && ks == Hkv * D) {
-        table_->rope(qp, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
-        table_->rope(kp, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
-      } else {  // strided rows: one row per call (nested calls run serially inside the tasks)
-        parallel_for(T, [&](int64_t r) {
-          table_->rope(qp + r * qs, pos_.data() + r, 1, H, D, s.rotary_dim, inv, s.rope_interleaved);
-          table_->rope(kp + r * ks, pos_.data() + r, 1, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
-        });
-      }
+      table_->rope(qp, qs, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
+      table_->rope(kp, ks, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
       sw.mark(kOpRope);
     }
     for (const Group& g : groups) {

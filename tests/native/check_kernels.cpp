@@ -155,10 +155,18 @@ static void rope_cases(const fl::KernelTable& t) {
     for (int il = 0; il < 2; ++il) {
       auto want = randn(size_t(T * H * D));
       auto got = want;
-      fl::ref::rope(want.data(), pos.data(), T, H, D, rot, inv.data(), il);
-      t.rope(got.data(), pos.data(), T, H, D, rot, inv.data(), il);
+      fl::ref::rope(want.data(), H * D, pos.data(), T, H, D, rot, inv.data(), il);
+      t.rope(got.data(), H * D, pos.data(), T, H, D, rot, inv.data(), il);
       check("rope T" + std::to_string(T) + " D" + std::to_string(D) + (il ? " interleaved" : ""), got.data(),
             want.data(), got.size(), 2e-6);
+      // rows inside wider rows (a fused q|k|v output): the padding must stay untouched
+      const int64_t stride = H * D + 5;
+      auto swant = randn(size_t(T * stride));
+      auto sgot = swant;
+      fl::ref::rope(swant.data(), stride, pos.data(), T, H, D, rot, inv.data(), il);
+      t.rope(sgot.data(), stride, pos.data(), T, H, D, rot, inv.data(), il);
+      check("rope strided T" + std::to_string(T) + " D" + std::to_string(D), sgot.data(), swant.data(), sgot.size(),
+            2e-6);
     }
   }
 }
