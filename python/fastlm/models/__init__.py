@@ -40,8 +40,7 @@ class Loader:
         return a
 
     def f32(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        a = self.raw(name, shape)
-        return np.ascontiguousarray(a, dtype=np.float32) if a.dtype != np.float32 else np.ascontiguousarray(a)
+        return np.ascontiguousarray(self.raw(name, shape), dtype=np.float32)
 
     def weight(self, name: str, shape: tuple[int, ...], transpose: bool = False) -> np.ndarray:
         """A linear weight (out, in) in the weight dtype; transpose=True for Conv1D's (in, out)."""
@@ -55,24 +54,26 @@ class Loader:
         return np.ascontiguousarray(a, dtype=np.float32)
 
 
+# architecture -> (its config's model_type, the module that builds it)
+ARCHITECTURES = {"LlamaForCausalLM": ("llama", "llama"), "MistralForCausalLM": ("mistral", "llama"),
+                 "Qwen2ForCausalLM": ("qwen2", "llama"), "GPT2LMHeadModel": ("gpt2", "gpt2")}
+
+
 def architecture_of(config: dict) -> str:
     archs = config.get("architectures") or []
     if archs:
         return archs[0]
     model_type = config.get("model_type")
-    return {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-            "gpt2": "GPT2LMHeadModel"}.get(model_type, str(model_type))
+    return next((a for a, (mt, _) in ARCHITECTURES.items() if mt == model_type), str(model_type))
 
 
 def build(config: dict, store: TensorStore, dtype: str = "auto", max_seq_len: int | None = None,
           progress: Callable[[int, int], None] | None = None) -> tuple[_C.Model, dict]:
     """The executor for a Hugging Face config and checkpoint; returns (model, facts about it)."""
-    from fastlm.models import gpt2, llama
+    import importlib
 
     arch = architecture_of(config)
-    family = {"LlamaForCausalLM": llama, "MistralForCausalLM": llama, "Qwen2ForCausalLM": llama,
-              "GPT2LMHeadModel": gpt2}.get(arch)
-    if family is None:
-        raise ValueError(f"unsupported architecture {arch!r}: fastlm runs LlamaForCausalLM, MistralForCausalLM, "
-                         f"Qwen2ForCausalLM and GPT2LMHeadModel")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {arch!r}: fastlm runs {', '.join(ARCHITECTURES)}")
+    family = importlib.import_module(f"fastlm.models.{ARCHITECTURES[arch][1]}")
     return family.build(config, store, dtype, max_seq_len, progress)

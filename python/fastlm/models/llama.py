@@ -69,7 +69,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
     max_seq = int(max_seq_len or context)
     if max_seq < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq}")
-    linear_names = [f"model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
+    linear_names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
     wdtype = resolve_dtype(dtype, store, linear_names)
     spec = {
         "n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": Hkv, "head_dim": D, "ffn": F, "vocab": V,
