@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -37,10 +36,7 @@ def float_gguf(src: Path, kind: str) -> Path:
         if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
             continue
         if isinstance(value, list):
-            if key == "tokenizer.ggml.tokens" or key == "tokenizer.ggml.merges":
-                w.add_array(key, value)
-            else:
-                w.add_array(key, value)
+            w.add_array(key, value)
         elif isinstance(value, bool):
             w.add_bool(key, value)
         elif isinstance(value, int):

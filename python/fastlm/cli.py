@@ -140,8 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"| model | dtype | isa | threads | test | t/s | weights GB/s |")
-    print(f"|---|---|---|---:|---|---:|---:|")
+    print("| model | dtype | isa | threads | test | t/s | weights GB/s |")
+    print("|---|---|---|---:|---|---:|---:|")
     for r in rows:
         gbs = f"{r['GB_per_s']:.1f}" if "GB_per_s" in r else ""
         print(f"| {r['model']} | {r['dtype']} | {r['isa']} | {r['threads']} | {r['test']} | "
