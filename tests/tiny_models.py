@@ -14,7 +14,8 @@ def save(model, path: Path, **kw) -> Path:
 
 
 def build(kind: str, path: Path) -> Path:
-    torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7}[kind])
+    torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7,
+                       "odd": 8}[kind])
     common = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=640, bos_token_id=1, eos_token_id=2)
     if kind == "llama":
@@ -36,6 +37,11 @@ def build(kind: str, path: Path) -> Path:
         cfg = transformers.GPT2Config(vocab_size=320, n_embd=64, n_layer=2, n_head=4, n_positions=128,
                                       bos_token_id=1, eos_token_id=2)
         return save(transformers.GPT2LMHeadModel(cfg).eval(), path)
+    if kind == "odd":  # widths that are not whole GEMM panels: q/k/v and gate/up stay separate weights
+        cfg = transformers.LlamaConfig(vocab_size=320, hidden_size=60, intermediate_size=100, num_hidden_layers=2,
+                                       num_attention_heads=6, num_key_value_heads=2, head_dim=10,
+                                       max_position_embeddings=640, tie_word_embeddings=False)
+        return save(transformers.LlamaForCausalLM(cfg).eval(), path)
     if kind == "sharded":
         cfg = transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
         return save(transformers.LlamaForCausalLM(cfg).eval(), path, max_shard_size="60KB")
