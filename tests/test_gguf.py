@@ -85,7 +85,7 @@ def test_convert_writes_a_folder_that_loads_without_the_gguf(tiny, tmp_path):
 
 
 def test_cli_generate_and_bench(tiny, capsys):
-    assert cli.main(["generate", "-m", str(tiny), "-n", "5", "--no-chat", "hello world"]) == 0
+    assert cli.main(["generate", "-m", str(tiny), "--max-tokens", "5", "--no-chat", "hello world"]) == 0
     out = capsys.readouterr().out
     assert out.endswith("\n") and len(out) > 1
     assert cli.main(["bench", "-m", str(tiny), "-p", "16", "-n", "4", "-r", "2", "--json", "--profile"]) == 0

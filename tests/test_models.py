@@ -106,7 +106,7 @@ def test_eos_stops_and_sampling_is_seeded(tiny):
     greedy = eng.generate(ids, max_tokens=10, ignore_eos=True).token_ids
     eng.eos_token_ids = [greedy[3]]
     stopped = eng.generate(ids, max_tokens=10)
-    assert stopped.finish_reason == "stop" and stopped.token_ids == greedy[:greedy.index(greedy[3])]
+    assert stopped.finish_reason == "stop" and stopped.token_ids == greedy[:greedy.index(greedy[3]) + 1]  # the EOS token included, as vLLM returns it
     a = eng.generate(ids, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True).token_ids
     b = eng.generate(ids, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True).token_ids
     assert a == b

@@ -104,3 +104,49 @@ def test_readme_command_generates_paris(gguf_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+# ---- the generation API on the real model ----
+
+def test_chat_ids_match_transformers_and_answer(engine, hf):
+    tok, _ = hf
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    want = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    assert engine._chat_ids(msgs) == list(want)
+    out = engine.chat(msgs, max_tokens=20)
+    assert "Paris" in out.text and out.finish_reason == "stop" and out.token_ids[-1] in engine.eos_token_ids
+
+
+def test_second_chat_turn_reuses_the_cache_and_equals_a_cold_run(engine):
+    msgs = [{"role": "user", "content": "Name three fruits."}]
+    one = engine.chat(msgs, max_tokens=40)
+    msgs += [{"role": "assistant", "content": one.text}, {"role": "user", "content": "And three vegetables?"}]
+    two = engine.chat(msgs, max_tokens=40)
+    assert two.usage.cached_tokens >= one.usage.prompt_tokens + len(one.token_ids) - 2
+    engine.reset()
+    cold = engine.chat(msgs, max_tokens=40)
+    assert cold.usage.cached_tokens == 0
+    assert cold.token_ids == two.token_ids and cold.text == two.text
+
+
+def test_stream_equals_generate_with_stops_and_unicode(engine):
+    msgs = [{"role": "user", "content": "Reply with three emoji and a Japanese word."}]
+    full = engine.chat(msgs, max_tokens=40, ignore_eos=True)
+    chunks = list(engine.chat_stream(msgs, max_tokens=40, ignore_eos=True))
+    assert "".join(c.text for c in chunks) == full.text == engine.detokenize(full.token_ids)
+    assert all("\ufffd" not in c.text for c in chunks)
+    text = engine.generate("Once upon a time", max_tokens=40).text
+    stop = text[10:16]
+    cut = list(engine.stream("Once upon a time", max_tokens=40, stop=[stop]))
+    assert "".join(c.text for c in cut) == text[:text.index(stop)] and cut[-1].finish_reason == "stop"
+
+
+def test_batch_and_seeds_on_the_real_model(engine):
+    prompts = ["The three primary colors are", "def add(a, b):", "Paris is"]
+    batch = engine.generate(prompts, max_tokens=16, ignore_eos=True)
+    for p, b in zip(prompts, batch):
+        assert b.token_ids == engine.generate(p, max_tokens=16, ignore_eos=True).token_ids
+    kw = dict(max_tokens=16, temperature=0.8, top_p=0.95, seed=42, n=3)
+    a, b = engine.generate(prompts[0], **kw), engine.generate(prompts, **kw)[0]
+    assert [c.token_ids for c in a.choices] == [c.token_ids for c in b.choices]

@@ -139,6 +139,8 @@ void register_model(py::module_& m) {
            }, "n"_a)
       .def("slot_len", &Model::slot_len, "slot"_a)
       .def("truncate_slot", &Model::truncate_slot, "slot"_a, "length"_a)
+      .def("copy_slot", &Model::copy_slot, "src"_a, "dst"_a, "length"_a,
+           "the first `length` cached positions of slot src into slot dst")
       .def("prefill", [](Model& md, int64_t slot, const py::object& tok_obj, bool all_logits) {
              std::vector<int32_t> toks = token_ids(tok_obj, "tokens");
              const int64_t T = int64_t(toks.size()), V = md.spec().vocab;

@@ -239,6 +239,26 @@ void Model::truncate_slot(int64_t slot, int64_t len) {
   s.len = len;
 }
 
+void Model::copy_slot(int64_t src, int64_t dst, int64_t len) {
+  check_slot(src);
+  check_slot(dst);
+  const Slot& a = *slots_[size_t(src)];
+  Slot& b = *slots_[size_t(dst)];
+  if (len < 0 || len > a.len)
+    throw std::invalid_argument("cannot copy " + std::to_string(len) + " positions of a sequence of " +
+                                std::to_string(a.len));
+  if (src == dst) {
+    b.len = len;
+    return;
+  }
+  const int64_t D = spec_.head_dim, S = spec_.max_seq, rows = spec_.n_layers * spec_.n_kv_heads;
+  for (int64_t r = 0; r < rows; ++r) {  // each (layer, kv head) holds its positions contiguously
+    std::memcpy(b.k.get() + r * S * D, a.k.get() + r * S * D, size_t(len * D) * sizeof(float));
+    std::memcpy(b.v.get() + r * S * D, a.v.get() + r * S * D, size_t(len * D) * sizeof(float));
+  }
+  b.len = len;
+}
+
 void Model::fuse_projections() {
   const int nr = table_->pack_nr;
   auto fuse = [&](Linear& out, std::initializer_list<Linear*> parts) {

@@ -59,6 +59,8 @@ class Model {
   void ensure_slots(int64_t n);
   int64_t slot_len(int64_t slot) const;
   void truncate_slot(int64_t slot, int64_t len);  // keep the first len positions (prompt reuse)
+  // dst holds the first len positions of src afterwards (n samples of one prompt share its prefill)
+  void copy_slot(int64_t src, int64_t dst, int64_t len);
   size_t kv_bytes_per_slot() const;
 
   // tokens[0:T] of one sequence at positions len .. len + T - 1; logits of every position

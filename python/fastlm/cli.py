@@ -1,4 +1,4 @@
-"""The ``fastlm`` command line: generate, bench, convert, info."""
+"""The ``fastlm`` command line: generate, chat, bench, convert, info."""
 from __future__ import annotations
 
 import argparse
@@ -50,38 +50,84 @@ def _load(args: argparse.Namespace):
                                   max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty())
 
 
+def _params(args: argparse.Namespace):
+    from fastlm import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          seed=args.seed, stop=tuple(args.stop or ()), n=getattr(args, "n", 1),
+                          ignore_eos=args.ignore_eos)
+
+
+def _print_stream(stream) -> None:
+    for chunk in stream:
+        if chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _report(c) -> None:
+    t, u = c.timings, c.usage
+    print(f"[{u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), {u.completion_tokens} generated "
+          f"({', '.join(ch.finish_reason for ch in c.choices)}); first token after {t.time_to_first_token_s:.3f} s; "
+          f"prefill {t.prefill_tokens_per_s:.1f} tok/s; decode {t.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     engine = _load(args)
-    prompt = args.prompt
-    if args.chat and engine.tokenizer is not None and engine.tokenizer.config.get("chat_template"):
-        prompt = engine.apply_chat_template([{"role": "user", "content": prompt}])
-    ids = engine.tokenize(prompt)
-    ids = engine._ids(ids)
-    out: list[int] = []
-    shown = ""
-    t0 = time.perf_counter()
-    t_first = None
-    reason = "length"
-    for _, tok, finish in engine._steps([ids], args.max_tokens, args.temperature, args.ignore_eos, args.seed):
-        t_first = t_first or time.perf_counter()
-        if finish == "stop":
-            reason = "stop"
+    params = _params(args)
+    chat = args.chat and engine.tokenizer is not None and bool(engine.tokenizer.config.get("chat_template"))
+    messages = [{"role": "user", "content": args.prompt}]
+    if params.n == 1:
+        stream = engine.chat_stream(messages, params) if chat else engine.stream(args.prompt, params)
+        _print_stream(stream)
+        c = stream.completion
+    else:
+        c = engine.chat(messages, params) if chat else engine.generate(args.prompt, params)
+        for ch in c.choices:
+            print(f"--- sample {ch.index} ({ch.finish_reason}) ---\n{ch.text}")
+    if args.verbose and c is not None:
+        _report(c)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    engine = _load(args)
+    if engine.tokenizer is None or not engine.tokenizer.config.get("chat_template"):
+        raise ValueError(f"{engine.source} has no chat template")
+    params = _params(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    tty = sys.stdin.isatty()
+    if tty:
+        print("fastlm chat: /reset starts over, /exit (or Ctrl-D) leaves", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if tty else "")
+        except EOFError:
             break
-        out.append(tok)
-        text = engine.detokenize(out)
-        if not text.endswith("\ufffd"):  # hold back half a UTF-8 character
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
-        if finish:
-            reason = finish
-    text = engine.detokenize(out)
-    sys.stdout.write(text[len(shown):] + "\n")
-    t1 = time.perf_counter()
-    if args.verbose:
-        dec = (len(out) - 1) / max(t1 - (t_first or t1), 1e-9) if len(out) > 1 else 0.0
-        print(f"[{len(ids)} prompt tokens, {len(out)} generated ({reason}); first token after "
-              f"{(t_first or t1) - t0:.3f} s; decode {dec:.1f} tok/s]", file=sys.stderr)
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd in ("/exit", "/quit"):
+            break
+        if cmd == "/reset":
+            messages = list(system)
+            print("[conversation reset]", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": line})
+        stream = engine.chat_stream(messages, params)
+        try:
+            _print_stream(stream)
+        except KeyboardInterrupt:  # stop this reply, keep the conversation
+            stream.close()
+            print("\n[interrupted]", file=sys.stderr)
+        reply = stream.completion.text if stream.completion is not None else ""
+        messages.append({"role": "assistant", "content": reply})
+        if args.verbose and stream.completion is not None:
+            _report(stream.completion)
     return 0
 
 
@@ -174,18 +220,33 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--dtype", default="auto", choices=DTYPES, help="weight precision (default: auto)")
         s.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
 
+    def sampling_args(s):
+        s.add_argument("--max-tokens", type=int, default=None, help="default: until EOS or the context")
+        s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+        s.add_argument("--top-p", type=float, default=1.0)
+        s.add_argument("--top-k", type=int, default=0, help="0 is off")
+        s.add_argument("--min-p", type=float, default=0.0)
+        s.add_argument("--repetition-penalty", type=float, default=1.0)
+        s.add_argument("--seed", type=int, default=None)
+        s.add_argument("--stop", action="append", metavar="STRING", help="stop before this text (repeatable)")
+        s.add_argument("--ignore-eos", action="store_true")
+        s.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+        s.add_argument("-v", "--verbose", action="store_true", help="print token counts and timings to stderr")
+
     g = sub.add_parser("generate", help="generate text from a prompt, streamed")
     model_args(g)
     g.add_argument("prompt")
-    g.add_argument("-n", "--max-tokens", type=int, default=None, help="default: until EOS or the context")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--ignore-eos", action="store_true")
+    sampling_args(g)
+    g.add_argument("-n", type=int, default=1, help="samples to generate (decoded as one batch)")
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                    help="wrap the prompt in the model's chat template when it has one (default: on)")
-    g.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
-    g.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
     g.set_defaults(func=cmd_generate)
+
+    ch = sub.add_parser("chat", help="a multi-turn chat in the terminal (/reset, /exit)")
+    model_args(ch)
+    ch.add_argument("-s", "--system", default=None, help="a system prompt")
+    sampling_args(ch)
+    ch.set_defaults(func=cmd_chat)
 
     b = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, like llama-bench")
     model_args(b)

@@ -10,31 +10,24 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
 from fastlm import _C, _runtime, hub
+from fastlm.generation import Generation, Stream
 from fastlm.hub import DEFAULT_MODEL
 from fastlm.models import build
+from fastlm.outputs import Completion
+from fastlm.sampling import SamplingParams
 from fastlm.tokenizer import Tokenizer
 from fastlm.weights import open_checkpoint
 from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
 
 Prompt = Union[str, Sequence[int]]
-
-
-@dataclass
-class Completion:
-    """One generated continuation."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (EOS) or "length" (max_tokens or the context)
-    prompt_tokens: int = 0
-    timings: dict = field(default_factory=dict)
+Messages = list  # [{"role": ..., "content": ...}, ...]
 
 
 def _read_json(path: Path) -> dict:
@@ -64,6 +57,8 @@ class Engine:
         self.info = info
         self.eos_token_ids = eos_token_ids
         self.source = source
+        self._slot_tokens: list[list[int]] = []  # the token ids each KV cache slot holds
+        self._active: Generation | None = None
 
     # ---- loading ----
     @classmethod
@@ -166,99 +161,106 @@ class Engine:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (len(ids), vocab) of a full forward pass from an empty cache."""
         ids = self._ids(ids, room=0)
+        self._take_over()
         self.model.ensure_slots(1)
         self.model.truncate_slot(0, 0)
+        if self._slot_tokens:
+            self._slot_tokens[0] = []
         try:
             return self.model.prefill(0, np.asarray(ids, dtype=np.int32), all_logits=True)
         finally:
             self.model.truncate_slot(0, 0)
 
-    def generate(self, prompt: Prompt | Sequence[Prompt], max_tokens: int | None = None, temperature: float = 0.0,
-                 ignore_eos: bool = False, seed: int | None = None) -> Completion | list[Completion]:
-        """Generates a continuation of each prompt (str or token ids; a list of them is a batch).
 
-        max_tokens: default until EOS or the context fills. temperature 0 is greedy.
-        """
-        batch = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], (int, np.integer))
-        prompts = list(prompt) if batch else [prompt]
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0 and np.isfinite(temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        ids = [self._ids(p) for p in prompts]
-        results = self._generate_ids(ids, max_tokens, float(temperature), ignore_eos, seed)
-        return results if batch else results[0]
-
-    def _generate_ids(self, prompts: list[list[int]], max_tokens: int | None, temperature: float,
-                      ignore_eos: bool, seed: int | None) -> list[Completion]:
-        B = len(prompts)
-        out: list[list[int]] = [[] for _ in range(B)]
-        finish: list[str] = ["length"] * B
-        t0 = time.perf_counter()
-        t_first = None
-        for b, tok, reason in self._steps(prompts, max_tokens, temperature, ignore_eos, seed):
-            if t_first is None:
-                t_first = time.perf_counter()
-            if reason == "stop":
-                finish[b] = "stop"
-            else:
-                out[b].append(tok)
-                if reason:
-                    finish[b] = reason
-        t2 = time.perf_counter()
-        t_first = t_first or t2
-        n_out = sum(map(len, out))
-        results = []
-        for b in range(B):
-            text = self.detokenize(out[b]) if self.tokenizer is not None else ""
-            results.append(Completion(text=text, token_ids=out[b], finish_reason=finish[b],
-                                      prompt_tokens=len(prompts[b]),
-                                      timings={"time_to_first_token_s": t_first - t0, "total_s": t2 - t0,
-                                               "prefill_tokens_per_s": sum(map(len, prompts)) / max(t_first - t0, 1e-9),
-                                               "decode_tokens_per_s": max(n_out - B, 0) / max(t2 - t_first, 1e-9)}))
-        return results
-
-    def _steps(self, prompts: list[list[int]], max_tokens: int | None, temperature: float, ignore_eos: bool,
-               seed: int | None):
-        """Yields (sequence, token, finish) as tokens are chosen: finish is None while a sequence
-        goes on, "length" with its last token, or "stop" with the EOS token (not part of the text)."""
-        m = self.model
-        B = len(prompts)
-        m.ensure_slots(B)
-        rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(B)]
-        eos = set() if ignore_eos else set(self.eos_token_ids)
-        counts = [0] * B
-        limits = [min(max_tokens or self.context_length, self.context_length - len(p)) for p in prompts]
-        last = np.empty((B, m.vocab), np.float32)
-        for b, p in enumerate(prompts):  # prefill each prompt in its own slot
-            m.truncate_slot(b, 0)
-            last[b] = m.prefill(b, np.asarray(p, dtype=np.int32))[0]
-        active = list(range(B))
-        while active:
-            nxt, fed = [], []
-            for b in active:
-                tok = self._sample(last[b], temperature, rngs[b])
-                counts[b] += 1
-                if tok in eos:
-                    yield b, tok, "stop"
-                elif counts[b] >= limits[b]:
-                    yield b, tok, "length"
-                else:
-                    yield b, tok, None
-                    nxt.append(b)
-                    fed.append(tok)
-            active = nxt
-            if active:
-                logits = m.decode(np.asarray(active, dtype=np.int64), np.asarray(fed, np.int32))
-                for i, b in enumerate(active):
-                    last[b] = logits[i]
+    # ---- generation ----
+    @staticmethod
+    def _params(params: SamplingParams | None, overrides: dict) -> SamplingParams:
+        if params is None:
+            params = SamplingParams()
+        elif not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if not overrides:
+            return params
+        unknown = sorted(set(overrides) - set(SamplingParams.names()))
+        if unknown:
+            raise TypeError(f"unknown sampling parameter {unknown[0]!r} (known: {', '.join(SamplingParams.names())})")
+        return dataclasses.replace(params, **overrides)
 
     @staticmethod
-    def _sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-        if temperature == 0.0:
-            return int(np.argmax(logits))
-        z = logits.astype(np.float64) / temperature
-        z -= z.max()
-        p = np.exp(z)
-        p /= p.sum()
-        return int(rng.choice(len(p), p=p))
+    def _is_batch(prompt) -> bool:
+        if isinstance(prompt, np.ndarray):
+            return prompt.ndim == 2
+        return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
+                and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
+
+    def _take_over(self) -> None:
+        """A new call owns the KV cache: a stream still open on this engine stops."""
+        if self._active is not None and not self._active.done:
+            self._active.stale = True
+        self._active = None
+
+    def _start(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> Generation:
+        self._take_over()
+        gen = Generation(self, prompts, params, chat)
+        self._active = gen
+        return gen
+
+    def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
+                 **overrides) -> Completion | list[Completion]:
+        """Continues a prompt (text or token ids), or each prompt of a list, which decode as one batch.
+
+        params: a SamplingParams; keyword overrides replace its fields (max_tokens=32, ...).
+        Defaults: greedy, until EOS or the context is full. Returns a Completion per prompt, each with
+        params.n choices.
+
+        >>> engine.generate("The capital of France is", max_tokens=8).text  # doctest: +SKIP
+        """
+        p = self._params(params, overrides)
+        batch = self._is_batch(prompt)
+        prompts = [self._ids(x) for x in (prompt if batch else [prompt])]
+        out = self._start(prompts, p, chat=False).run()
+        return out if batch else out[0]
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> Stream:
+        """Chunks of the continuation of one prompt as they are generated (see Chunk); n > 1 samples
+        interleave, told apart by chunk.index. Leaving the loop stops decoding."""
+        p = self._params(params, overrides)
+        if self._is_batch(prompt):
+            raise TypeError("stream() takes one prompt; use generate() for a batch")
+        return Stream(self._start([self._ids(prompt)], p, chat=False))
+
+    def _chat_ids(self, messages: Messages) -> list[int]:
+        text = self.apply_chat_template(messages, add_generation_prompt=True)
+        return self._ids(self._need_tokenizer().encode(text, add_special_tokens=False))
+
+    @staticmethod
+    def _is_conversation_batch(messages) -> bool:
+        return isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
+
+    def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None,
+             **overrides) -> Completion | list[Completion]:
+        """The assistant's reply to a conversation, through the model's own chat template; a list of
+        conversations decodes as one batch. A conversation that extends the previous one reuses its
+        KV cache (usage.cached_tokens).
+
+        >>> engine.chat([{"role": "user", "content": "What is the capital of France?"}]).text  # doctest: +SKIP
+        """
+        p = self._params(params, overrides)
+        batch = self._is_conversation_batch(messages)
+        prompts = [self._chat_ids(m) for m in (messages if batch else [messages])]
+        out = self._start(prompts, p, chat=True).run()
+        return out if batch else out[0]
+
+    def chat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Stream:
+        """chat(), streamed as Chunks."""
+        p = self._params(params, overrides)
+        if self._is_conversation_batch(messages):
+            raise TypeError("chat_stream() takes one conversation; use chat() for a batch")
+        return Stream(self._start([self._chat_ids(messages)], p, chat=True))
+
+    def reset(self) -> None:
+        """Forgets the cached prompts (the next call computes its whole prompt)."""
+        self._take_over()
+        for s in range(len(self._slot_tokens)):
+            self.model.truncate_slot(s, 0)
+            self._slot_tokens[s] = []

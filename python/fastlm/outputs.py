@@ -1,0 +1,143 @@
+"""What generation returns: Completion (the OpenAI shape in Python), its choices, usage and
+timings, and the Chunk a stream yields."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Logprob:
+    """A generated token's log-probability, with the most likely alternatives at that step."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (token id, text, logprob)
+
+
+@dataclass
+class Choice:
+    """One sample: its text (cut before a stop string), token ids (an EOS or stop token that
+    ended it included, as vLLM returns them; its text is not), and why it ended: "stop" (EOS, a
+    stop token or a stop string) or "length" (max_tokens or the context)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    logprobs: list[Logprob] | None = None
+    stop_reason: str | int | None = None  # the stop string or token that ended it, if any
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused, not computed
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of one call (shared by the completions of a batch)."""
+
+    time_to_first_token_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    prefill_tokens: int = 0   # prompt tokens actually computed (cached ones excluded)
+    decode_tokens: int = 0    # tokens fed back through the model after the first
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    def as_dict(self) -> dict:
+        return {"time_to_first_token_s": self.time_to_first_token_s, "prefill_s": self.prefill_s,
+                "decode_s": self.decode_s, "prefill_tokens_per_s": self.prefill_tokens_per_s,
+                "decode_tokens_per_s": self.decode_tokens_per_s}
+
+
+@dataclass
+class Completion:
+    """The result for one prompt (or one conversation): n choices, usage and timings."""
+
+    choices: list[Choice]
+    usage: Usage
+    timings: Timings
+    model: str = ""
+    chat: bool = False
+    id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.choices[0].token_ids
+
+    @property
+    def finish_reason(self) -> str:
+        return self.choices[0].finish_reason
+
+    @property
+    def logprobs(self) -> list[Logprob] | None:
+        return self.choices[0].logprobs
+
+    def to_openai(self) -> dict:
+        """The dict an OpenAI client expects: a chat.completion for chat(), else a text_completion."""
+        usage = {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
+                 "total_tokens": self.usage.total_tokens,
+                 "prompt_tokens_details": {"cached_tokens": self.usage.cached_tokens}}
+        choices = []
+        for c in self.choices:
+            if self.chat:
+                lp = None if c.logprobs is None else {"content": [
+                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8")),
+                     "top_logprobs": [{"token": s, "logprob": v, "bytes": list(s.encode("utf-8"))}
+                                      for _, s, v in t.top]}
+                    for t in c.logprobs]}
+                choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                                "logprobs": lp, "finish_reason": c.finish_reason})
+            else:
+                lp = None
+                if c.logprobs is not None:
+                    offsets, pos = [], 0
+                    for t in c.logprobs:
+                        offsets.append(pos)
+                        pos += len(t.token)
+                    lp = {"tokens": [t.token for t in c.logprobs],
+                          "token_logprobs": [t.logprob for t in c.logprobs],
+                          "top_logprobs": [{s: v for _, s, v in t.top} for t in c.logprobs],
+                          "text_offset": offsets}
+                choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, "usage": usage}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One generated token as a stream delivers it. text is the new text it releases: never half a
+    UTF-8 character, never part of a stop string (held back until it cannot become one, so it may
+    be ""). finish_reason is set on the last chunk of a sample; index is the sample (0..n-1)."""
+
+    text: str
+    token_id: int
+    index: int = 0
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, str, float]] | None = None
+    finish_reason: str | None = None
