@@ -25,6 +25,7 @@ const char* dt_name(DT t) {
     case DT::kF32: return "float32";
     case DT::kBF16: return "bfloat16";
     case DT::kI8: return "int8";
+    case DT::kU8: return "uint8";
     case DT::kI32: return "int32";
     case DT::kI64: return "int64";
   }
@@ -36,6 +37,7 @@ bool has_dt(const py::array& a, DT t) {
     case DT::kF32: return a.dtype().is(py::dtype::of<float>());
     case DT::kBF16: return is_bf16(a);
     case DT::kI8: return a.dtype().is(py::dtype::of<int8_t>());
+    case DT::kU8: return a.dtype().is(py::dtype::of<uint8_t>());
     case DT::kI32: return a.dtype().is(py::dtype::of<int32_t>());
     case DT::kI64: return a.dtype().is(py::dtype::of<int64_t>());
   }
@@ -128,6 +130,24 @@ const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n
                           shape_str(keep));
   }
   return cf32(keep);
+}
+
+QType qtype_of(const std::string& name) {
+  if (name == "q8") return QType::kQ8;
+  if (name == "q4") return QType::kQ4;
+  throw py::value_error("quantized type must be 'q8' or 'q4', got '" + name + "'");
+}
+
+QWeight qweight_of(const py::object& obj, const std::string& qtype, int64_t K, int64_t G, py::array& keep) {
+  const QType t = qtype_of(qtype);
+  if (G != 32 && G != 64 && G != 128) throw py::value_error("group size must be 32, 64 or 128, got " + std::to_string(G));
+  if (K < 1) throw py::value_error("K must be positive, got " + std::to_string(K));
+  keep = checked(obj, "quantized weight", {DT::kU8}, 2, 2);
+  const int64_t rb = q_row_bytes(t, K, G);
+  if (keep.shape(1) != rb)
+    throw py::value_error("a " + qtype + " weight with K=" + std::to_string(K) + " in groups of " + std::to_string(G) +
+                          " has rows of " + std::to_string(rb) + " bytes, got shape " + shape_str(keep));
+  return QWeight{static_cast<const uint8_t*>(keep.data()), t, keep.shape(0), K, G, nullptr};
 }
 
 }  // namespace fastlm

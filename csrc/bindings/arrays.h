@@ -9,10 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.h"
+
 namespace fastlm {
 namespace py = pybind11;
 
-enum class DT { kF32, kBF16, kI8, kI32, kI64 };
+enum class DT { kF32, kBF16, kI8, kU8, kI32, kI64 };
 
 std::string shape_str(const py::array& a);
 std::string dtype_str(const py::array& a);
@@ -32,6 +34,10 @@ const float* cf32(const py::array& a);
 // a per-thread scratch buffer, 64-byte aligned, that only grows
 void* workspace(size_t bytes);
 // a float32 (n,) array, or null for None; `keep` holds the array alive
+// the quantized weight kind named by a string: "q8" or "q4"
+QType qtype_of(const std::string& name);
+// a (N, q_row_bytes) uint8 array of quantized records for a (N, K) weight in groups of G, checked
+QWeight qweight_of(const py::object& obj, const std::string& qtype, int64_t K, int64_t G, py::array& keep);
 const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n, py::array& keep);
 
 }  // namespace fastlm

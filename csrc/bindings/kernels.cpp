@@ -201,6 +201,47 @@ py::array_t<float> int8_matmul(Table table, const py::object& x_obj, const py::o
   return out;
 }
 
+py::array q_quantize(Table table, const py::object& w_obj, const std::string& qtype, int64_t G) {
+  const KernelTable& t = table();
+  py::array w = checked(w_obj, "w", {DT::kF32}, 2, 2);
+  const QType qt = qtype_of(qtype);
+  if (G != 32 && G != 64 && G != 128) throw py::value_error("group_size must be 32, 64 or 128, got " + std::to_string(G));
+  const int64_t N = w.shape(0), K = w.shape(1);
+  py::array_t<uint8_t> out({N, q_row_bytes(qt, K, G)});
+  uint8_t* op = out.mutable_data();
+  const float* wp = cf32(w);
+  py::gil_scoped_release nogil;
+  t.q_quantize(wp, N, K, qt, G, op);
+  return std::move(out);
+}
+
+py::array_t<float> q_dequantize(Table table, const py::object& q_obj, const std::string& qtype, int64_t K, int64_t G) {
+  const KernelTable& t = table();
+  py::array keep;
+  const QWeight w = qweight_of(q_obj, qtype, K, G, keep);
+  py::array_t<float> out({w.N, K});
+  float* op = out.mutable_data();
+  py::gil_scoped_release nogil;
+  for (int64_t n = 0; n < w.N; ++n) t.q_dequantize_row(w, n, op + n * K);
+  return out;
+}
+
+py::array_t<float> q_matmul(Table table, const py::object& x_obj, const py::object& q_obj, const std::string& qtype,
+                            int64_t G, const py::object& bias_obj, const py::object& out_obj) {
+  const KernelTable& t = table();
+  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 2);
+  const int64_t M = x.shape(0), K = x.shape(1);
+  py::array keep, bias;
+  QWeight w = qweight_of(q_obj, qtype, K, G, keep);
+  w.bias = optional_vec(bias_obj, "bias", w.N, bias);
+  py::array_t<float> out = make_out(out_obj, {M, w.N});
+  no_alias(out, x, "x");
+  QMatmulArgs a{cf32(x), M, K, &w, 1, out.mutable_data(), w.N};
+  py::gil_scoped_release nogil;
+  t.q_matmul(a);
+  return out;
+}
+
 py::array_t<float> rope(Table table, const py::object& x_obj, const py::object& pos_obj, double theta,
                         const py::object& inv_freq_obj, const py::object& rot_obj, bool interleaved,
                         const py::object& out_obj) {
@@ -315,6 +356,18 @@ void register_kernels(py::module_& m, Table table, bool with_packed) {
       }, "x"_a, "qw"_a, "scale"_a, "bias"_a = none, py::kw_only(), "out"_a = none,
       "x (M, K) float32 quantized per row on the fly, times qw (N, K) int8 with per-row scale (N,);\n"
       "int32 accumulation, float32 (M, N) out");
+  m.def("q_quantize", [table](const py::object& w, const std::string& qtype, int64_t group_size) {
+        return q_quantize(table, w, qtype, group_size);
+      }, "w"_a, "qtype"_a, "group_size"_a = 32,
+      "w (N, K) float32 -> (N, row_bytes) uint8 records of 'q8' or 'q4' groups (round to nearest)");
+  m.def("q_dequantize", [table](const py::object& q, const std::string& qtype, int64_t K, int64_t group_size) {
+        return q_dequantize(table, q, qtype, K, group_size);
+      }, "q"_a, "qtype"_a, "K"_a, "group_size"_a = 32, "quantized records -> (N, K) float32");
+  m.def("q_matmul", [table](const py::object& x, const py::object& q, const std::string& qtype, int64_t group_size,
+                            const py::object& bias, const py::object& out) {
+        return q_matmul(table, x, q, qtype, group_size, bias, out);
+      }, "x"_a, "q"_a, "qtype"_a, "group_size"_a = 32, "bias"_a = py::none(), "out"_a = py::none(),
+      "y = x @ W^T (+ bias) for a quantized W; x is quantized on the fly (q8: int16 per row, q4: int8 per 32)");
   m.def("rope", [table](const py::object& x, const py::object& positions, double theta, const py::object& inv_freq,
                         const py::object& rotary_dim, bool interleaved, const py::object& out) {
         return rope(table, x, positions, theta, inv_freq, rotary_dim, interleaved, out);

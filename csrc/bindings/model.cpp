@@ -98,6 +98,31 @@ void register_model(py::module_& m) {
              py::gil_scoped_release nogil;
              md.set_linear(layer, p, w.data(), wt, w.shape(0), w.shape(1), bp);
            }, "layer"_a, "name"_a, "w"_a, "bias"_a = py::none())
+      .def("set_linear_q", [](Model& md, int64_t layer, const std::string& name, const py::object& q_obj,
+                              const std::string& qtype, int64_t K, int64_t G, const py::object& b_obj, bool borrow) {
+             py::array keep, b;
+             QWeight w = qweight_of(q_obj, qtype, K, G, keep);
+             const float* bp = optional_vec(b_obj, "bias", w.N, b);
+             md.set_linear_q(layer, proj_from(name), w.data, w.type, w.N, K, G, bp, borrow);
+           }, "layer"_a, "name"_a, "q"_a, "qtype"_a, "K"_a, "group_size"_a, "bias"_a = py::none(), "borrow"_a = false,
+           py::keep_alive<1, 4>(),
+           "a quantized linear weight: (N, row_bytes) uint8 records; borrow=True reads them in place (kept alive)")
+      .def("set_embedding_q", [](Model& md, const py::object& q_obj, const std::string& qtype, int64_t G, bool borrow) {
+             py::array keep;
+             QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
+             if (w.N != md.spec().vocab)
+               throw py::value_error("the quantized embedding has " + std::to_string(w.N) + " rows, the vocabulary " +
+                                     std::to_string(md.spec().vocab));
+             md.set_embedding_q(w.data, w.type, G, borrow);
+           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false, py::keep_alive<1, 2>())
+      .def("set_lm_head_q", [](Model& md, const py::object& q_obj, const std::string& qtype, int64_t G, bool borrow) {
+             py::array keep;
+             QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
+             if (w.N != md.spec().vocab)
+               throw py::value_error("the quantized lm_head has " + std::to_string(w.N) + " rows, the vocabulary " +
+                                     std::to_string(md.spec().vocab));
+             md.set_lm_head_q(w.data, w.type, G, borrow);
+           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false, py::keep_alive<1, 2>())
       .def("set_norm", [](Model& md, int64_t layer, int which, const py::object& w_obj, const py::object& b_obj) {
              py::array w, b;
              const float* wp = optional_vec(w_obj, "weight", md.spec().hidden, w);

@@ -27,6 +27,15 @@ void gelu_tanh(const float* x, float* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* y, int64_t n);
 void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void add(const float* a, const float* b, float* y, int64_t n);
+void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out);
+void q_dequantize_row(const QWeight& w, int64_t n, float* out);
+void q_matmul(const QMatmulArgs& a);
+// C = x @ W^T for a W handed out panel by panel: fill(ctx, n0, panel) writes rows n0 .. n0 + NR - 1
+// of W (zeros past N) as a (K, NR) panel; y: (M, ldy); bias (N,) or null
+int gemm_panel_width();
+void gemm_fill_panels(const float* x, int64_t M, int64_t K, int64_t N,
+                      void (*fill)(const void* ctx, int64_t n0, float* panel), const void* ctx,
+                      const float* bias, float* y, int64_t ldy);
 
 }  // namespace FASTLM_ISA_NS
 }  // namespace fastlm

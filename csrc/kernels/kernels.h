@@ -55,6 +55,44 @@ struct Int8MatmulArgs {
   void* workspace;       // KernelTable::int8_matmul_workspace() bytes, 64-byte aligned
 };
 
+// a quantized linear weight (N, K) in groups of G (32, 64 or 128) along K, one record per row:
+//   q8: Kp int8 quants, then Kp / G fp16 scales                         w = d * q, q in [-127, 127]
+//   q4: Kp / 2 bytes of 4-bit quants, then Kp / G fp16 scales, then Kp / G fp16 minimums
+//                                                                       w = d * q + m, q in [0, 15]
+// Kp = K rounded up to a multiple of G (the padding holds zeros). in each 32 elements of a q4 row
+// byte j holds element j in its low nibble and element j + 16 in its high one, as ggml's Q4_0 /
+// Q4_1 blocks do; a q8 group of 32 is ggml's Q8_0 block, so GGUF tensors load without a float
+// round trip. records are byte-packed: fp16 fields may sit at odd addresses.
+enum class QType : int { kQ8 = 0, kQ4 = 1 };
+
+struct QWeight {
+  const uint8_t* data;  // N records of q_row_bytes(type, K, G)
+  QType type;
+  int64_t N, K, G;
+  const float* bias;  // (N,) or null
+};
+
+inline int64_t q_padded_k(int64_t K, int64_t G) { return (K + G - 1) / G * G; }
+inline int64_t q_row_bytes(QType t, int64_t K, int64_t G) {
+  const int64_t kp = q_padded_k(K, G), groups = kp / G;
+  return t == QType::kQ8 ? kp + 2 * groups : kp / 2 + 4 * groups;
+}
+
+// y[m, off_p + n] = sum_k x[m, k] w_p[n, k] (+ b_p[n]) for each part p, outputs side by side
+// (off_p = the rows of the parts before p; fused q|k|v or gate|up in one call). x: (M, K),
+// y: (M, ldy). x is quantized on the fly: against q8 weights to int16 with one scale per row (a
+// step of max|x| / 32767 keeps the outliers of real models harmless), against q4 weights to int8
+// with one scale per 32 elements (like ggml's Q8_1). many rows (prefill) dequantize the weights
+// panel by panel into the float GEMM instead.
+struct QMatmulArgs {
+  const float* x;
+  int64_t M, K;
+  const QWeight* parts;
+  int n_parts;
+  float* y;
+  int64_t ldy;
+};
+
 struct KernelTable {
   const char* name;
   int pack_nr;  // panel width of packed fp32/bf16 weights for this ISA
@@ -78,6 +116,11 @@ struct KernelTable {
   void (*silu_mul)(const float* gate, const float* up, float* y, int64_t n);
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t cols);
   void (*add)(const float* a, const float* b, float* y, int64_t n);
+  // w: (N, K) float32 -> N records (see QWeight), round to nearest with the group's range:
+  // q8 d = fp16(max|w| / 127); q4 m = fp16(min w), d = fp16((max w - m) / 15)
+  void (*q_quantize)(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out);
+  void (*q_dequantize_row)(const QWeight& w, int64_t n, float* out);  // row n, K floats
+  void (*q_matmul)(const QMatmulArgs& a);
 };
 
 inline int64_t packed_weight_elems(int64_t N, int64_t K, int nr) { return (N + nr - 1) / nr * nr * K; }
@@ -107,6 +150,9 @@ void gelu_tanh(const float* x, float* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* y, int64_t n);
 void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void add(const float* a, const float* b, float* y, int64_t n);
+void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out);
+void q_dequantize_row(const QWeight& w, int64_t n, float* out);
+void q_matmul(const QMatmulArgs& a);  // x quantized as the kernels do, then double sums
 const KernelTable& kernel_table();  // these behind the table interface; no packed weights
 }  // namespace ref
 

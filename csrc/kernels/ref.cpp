@@ -175,11 +175,57 @@ void matmul_args(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N,
 }  // namespace
 
 // the references behind the same interface as an ISA's table (unpacked weights only)
+// the quantizer and dequantizer are the portable (scalar) build's: their independent check is the
+// NumPy twin in fastlm/quantize.py, held bit-exact to them
+void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out) {
+  scalar::kernel_table().q_quantize(w, N, K, type, G, out);
+}
+
+void q_dequantize_row(const QWeight& w, int64_t n, float* out) { scalar::kernel_table().q_dequantize_row(w, n, out); }
+
+void q_matmul(const QMatmulArgs& a) {
+  const QWeight& w0 = a.parts[0];
+  const int64_t K = a.K;
+  std::vector<double> xq(static_cast<size_t>(K));
+  std::vector<float> wrow(static_cast<size_t>(K));
+  for (int64_t m = 0; m < a.M; ++m) {
+    const float* x = a.x + m * K;
+    // the activations as the kernels quantize them
+    if (w0.type == QType::kQ8) {
+      float amax = 0.0f;
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+      const float s = amax / 32767.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+      for (int64_t k = 0; k < K; ++k)
+        xq[size_t(k)] = double(s) * std::nearbyint(std::min(32767.0f, std::max(-32767.0f, x[k] * inv)));
+    } else {
+      for (int64_t k0 = 0; k0 < K; k0 += 32) {
+        const int64_t k1 = std::min(K, k0 + 32);
+        float amax = 0.0f;
+        for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
+        const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+        for (int64_t k = k0; k < k1; ++k)
+          xq[size_t(k)] = double(s) * std::nearbyint(std::min(127.0f, std::max(-127.0f, x[k] * inv)));
+      }
+    }
+    int64_t off = 0;
+    for (int p = 0; p < a.n_parts; ++p) {
+      const QWeight& w = a.parts[p];
+      for (int64_t n = 0; n < w.N; ++n) {
+        q_dequantize_row(w, n, wrow.data());
+        double s = w.bias ? w.bias[n] : 0.0;
+        for (int64_t k = 0; k < K; ++k) s += xq[size_t(k)] * wrow[size_t(k)];
+        a.y[m * a.ldy + off + n] = float(s);
+      }
+      off += w.N;
+    }
+  }
+}
+
 const KernelTable& kernel_table() {
   static const KernelTable table = {
       "ref",     16,       pack_weight_ref, packed_row_ref, no_workspace,  matmul_args,       attention,
       rms_norm,  layer_norm, quantize_int8, no_int8_workspace, int8_matmul, rope,
-      gelu_tanh, silu_mul, softmax,         add,
+      gelu_tanh, silu_mul, softmax,         add,            q_quantize,     q_dequantize_row, q_matmul,
   };
   return table;
 }

@@ -8,7 +8,7 @@ const KernelTable& kernel_table() {
       kIsaName,  matmul_pack_nr(), pack_weight,   packed_row, matmul_workspace,      matmul,
       attention, rms_norm,         layer_norm,    quantize_int8,         int8_matmul_workspace,
       int8_matmul, rope,           gelu_tanh,     silu_mul,              softmax,
-      add,
+      add,       q_quantize,       q_dequantize_row, q_matmul,
   };
   return table;
 }

@@ -48,11 +48,14 @@ std::string proj_name(Proj p) {
 }  // namespace
 
 struct Model::Linear {
-  std::unique_ptr<uint8_t, FreeDeleter> packed;
+  std::unique_ptr<uint8_t, FreeDeleter> packed;  // float panels, or an owned copy of quantized records
   int64_t N = 0, K = 0;
   WeightType wt = WeightType::kF32;
   std::vector<float> bias;
   bool set = false;
+  // quantized: the records (borrowed, or `packed` when owned); a fused linear lists its parts
+  bool quant = false;
+  std::vector<QWeight> parts;
 };
 
 struct Model::Layer {
@@ -91,8 +94,25 @@ Model::~Model() = default;
 
 void Model::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
                        const float* bias) {
-  if (layer < 0 || layer >= spec_.n_layers) throw std::invalid_argument("layer index out of range");
+  check_linear_shape(layer, proj, N, K);
+  Linear& l = layers_[size_t(layer)].proj[int(proj)];
+  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * weight_type_size(wt);
+  l.packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+  if (!l.packed) throw std::bad_alloc();
+  table_->pack_weight(w, wt, N, K, l.packed.get());
+  l.quant = false;
+  l.parts.clear();
+  l.N = N;
+  l.K = K;
+  l.wt = wt;
+  l.bias.assign(bias ? bias : nullptr, bias ? bias + N : nullptr);
+  l.set = true;
+}
+
+void Model::check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const {
   if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
+  if (layer < 0 || layer >= spec_.n_layers)
+    throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(spec_.n_layers) + ")");
   const int64_t H = spec_.n_heads, Hkv = spec_.n_kv_heads, D = spec_.head_dim, C = spec_.hidden;
   int64_t wantN = 0, wantK = C;
   switch (proj) {
@@ -108,15 +128,65 @@ void Model::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, i
                                 std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
                                 std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
   }
+}
+
+void Model::set_linear_q(int64_t layer, Proj proj, const uint8_t* data, QType type, int64_t N, int64_t K, int64_t G,
+                         const float* bias, bool borrow) {
+  check_linear_shape(layer, proj, N, K);
   Linear& l = layers_[size_t(layer)].proj[int(proj)];
-  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * weight_type_size(wt);
-  l.packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
-  if (!l.packed) throw std::bad_alloc();
-  table_->pack_weight(w, wt, N, K, l.packed.get());
+  const size_t bytes = size_t(N * q_row_bytes(type, K, G));
+  l.packed.reset();
+  if (!borrow) {
+    l.packed.reset(static_cast<uint8_t*>(std::malloc(bytes)));
+    if (!l.packed) throw std::bad_alloc();
+    std::memcpy(l.packed.get(), data, bytes);
+    data = l.packed.get();
+  }
   l.N = N;
   l.K = K;
-  l.wt = wt;
   l.bias.assign(bias ? bias : nullptr, bias ? bias + N : nullptr);
+  l.quant = true;
+  l.parts = {QWeight{data, type, N, K, G, l.bias.empty() ? nullptr : l.bias.data()}};
+  l.set = true;
+}
+
+void Model::set_embedding_q(const uint8_t* data, QType type, int64_t G, bool borrow) {
+  if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
+  qembedding_.reset(new Linear());
+  Linear& l = *qembedding_;
+  const int64_t N = spec_.vocab, K = spec_.hidden;
+  const size_t bytes = size_t(N * q_row_bytes(type, K, G));
+  if (!borrow) {
+    l.packed.reset(static_cast<uint8_t*>(std::malloc(bytes)));
+    if (!l.packed) throw std::bad_alloc();
+    std::memcpy(l.packed.get(), data, bytes);
+    data = l.packed.get();
+  }
+  l.N = N;
+  l.K = K;
+  l.quant = true;
+  l.parts = {QWeight{data, type, N, K, G, nullptr}};
+  l.set = true;
+  embedding_.clear();
+  has_embedding_ = true;
+}
+
+void Model::set_lm_head_q(const uint8_t* data, QType type, int64_t G, bool borrow) {
+  if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
+  Linear& l = *head_;
+  const int64_t N = spec_.vocab, K = spec_.hidden;
+  const size_t bytes = size_t(N * q_row_bytes(type, K, G));
+  l.packed.reset();
+  if (!borrow) {
+    l.packed.reset(static_cast<uint8_t*>(std::malloc(bytes)));
+    if (!l.packed) throw std::bad_alloc();
+    std::memcpy(l.packed.get(), data, bytes);
+    data = l.packed.get();
+  }
+  l.N = N;
+  l.K = K;
+  l.quant = true;
+  l.parts = {QWeight{data, type, N, K, G, nullptr}};
   l.set = true;
 }
 
@@ -141,6 +211,7 @@ void Model::set_embedding(const void* w, WeightType wt) {
   size_t bytes = size_t(spec_.vocab * spec_.hidden) * weight_type_size(wt);
   embedding_.assign(static_cast<const uint8_t*>(w), static_cast<const uint8_t*>(w) + bytes);
   embedding_type_ = wt;
+  qembedding_.reset();
   has_embedding_ = true;
 }
 
@@ -157,6 +228,8 @@ void Model::set_lm_head(const void* w, WeightType wt) {
   head_->packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
   if (!head_->packed) throw std::bad_alloc();
   table_->pack_weight(w, wt, N, K, head_->packed.get());
+  head_->quant = false;
+  head_->parts.clear();
   head_->N = N;
   head_->K = K;
   head_->wt = wt;
@@ -165,6 +238,15 @@ void Model::set_lm_head(const void* w, WeightType wt) {
 
 void Model::tie_lm_head() {
   if (!has_embedding_) throw std::invalid_argument("tie_lm_head needs the embedding first");
+  if (qembedding_) {  // one set of quantized records serves both
+    head_->N = qembedding_->N;
+    head_->K = qembedding_->K;
+    head_->quant = true;
+    head_->parts = qembedding_->parts;
+    head_->set = true;
+    tied_ = true;
+    return;
+  }
   set_lm_head(embedding_.data(), embedding_type_);
   std::vector<uint8_t>().swap(embedding_);  // rows now come from the packed head
   tied_ = true;
@@ -191,7 +273,12 @@ std::vector<std::string> Model::missing() const {
 size_t Model::weight_bytes() const {
   size_t total = embedding_.size() + position_embedding_.size() * 4;
   auto add = [&](const Linear& l) {  // parts folded into a fused weight hold no memory of their own
-    if (l.set && l.packed)
+    if (l.set && l.quant && l.parts.size() == 1) {
+      const QWeight& q = l.parts[0];
+      total += size_t(q.N * q_row_bytes(q.type, q.K, q.G)) + l.bias.size() * 4;
+      return;
+    }
+    if (l.set && l.packed && !l.quant)
       total += size_t(packed_weight_elems(l.N, l.K, table_->pack_nr)) * weight_type_size(l.wt) + l.bias.size() * 4;
   };
   for (const Layer& l : layers_) {
@@ -199,7 +286,8 @@ size_t Model::weight_bytes() const {
     add(l.qkv);
     add(l.gate_up);
   }
-  add(*head_);
+  if (qembedding_) add(*qembedding_);
+  if (!(tied_ && qembedding_)) add(*head_);
   return total;
 }
 
@@ -261,10 +349,27 @@ void Model::copy_slot(int64_t src, int64_t dst, int64_t len) {
 
 void Model::fuse_projections() {
   const int nr = table_->pack_nr;
+  auto fuse_q = [&](Linear& out, std::initializer_list<Linear*> parts) {  // no copy: one call over the parts
+    const Linear& first = **parts.begin();
+    for (Linear* l : parts) {
+      if (!l->set || !l->quant || l->parts[0].type != first.parts[0].type || l->parts[0].G != first.parts[0].G ||
+          l->K != first.K)
+        return;
+    }
+    out.N = 0;
+    for (Linear* l : parts) {
+      out.parts.push_back(l->parts[0]);
+      out.N += l->N;
+    }
+    out.K = first.K;
+    out.quant = true;
+    out.set = true;
+  };
   auto fuse = [&](Linear& out, std::initializer_list<Linear*> parts) {
+    if ((*parts.begin())->quant) return fuse_q(out, parts);
     int64_t N = 0;
     for (Linear* l : parts) {
-      if (!l->set || l->N % nr != 0 || l->wt != (*parts.begin())->wt || l->K != (*parts.begin())->K) return;
+      if (!l->set || l->quant || l->N % nr != 0 || l->wt != (*parts.begin())->wt || l->K != (*parts.begin())->K) return;
       N += l->N;
     }
     const Linear& first = **parts.begin();
@@ -319,6 +424,11 @@ void Model::ensure_buffers(int64_t rows) {
 }
 
 void Model::linear(const Linear& l, const float* x, int64_t M, float* y) const {
+  if (l.quant) {
+    QMatmulArgs q{x, M, l.K, l.parts.data(), int(l.parts.size()), y, l.N};
+    table_->q_matmul(q);
+    return;
+  }
   MatmulArgs a{x, M, l.K, l.N, l.packed.get(), l.wt, true, l.bias.empty() ? nullptr : l.bias.data(), y, nullptr};
   table_->matmul(a);
 }
@@ -413,7 +523,9 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
     for (int64_t i = 0; i < g.n; ++i) pos_[size_t(g.row0 + i)] = slots_[size_t(g.slot)]->len + i;
   for (int64_t r = 0; r < T; ++r) {
     float* xr = x + r * C;
-    if (tied_) {
+    if (qembedding_) {
+      table_->q_dequantize_row(qembedding_->parts[0], tokens[r], xr);
+    } else if (tied_) {
       table_->packed_row(head_->packed.get(), head_->wt, s.vocab, C, tokens[r], xr);
     } else if (embedding_type_ == WeightType::kF32) {
       std::memcpy(xr, embedding_.data() + size_t(tokens[r]) * C * 4, size_t(C) * 4);

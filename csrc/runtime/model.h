@@ -51,6 +51,13 @@ class Model {
   void set_position_embedding(const float* w, int64_t n_positions);          // (n, hidden)
   void set_lm_head(const void* w, WeightType wt);                            // (vocab, hidden)
   void tie_lm_head();  // the head is the embedding: packed once, rows looked up from the panels
+  // quantized weights (see QWeight): `data` holds N records of q_row_bytes(type, K, G). borrowed
+  // (the caller keeps the memory alive and unchanged for the model's life: a memory-mapped
+  // checkpoint) or copied. a quantized embedding serves lookups by dequantizing one row.
+  void set_linear_q(int64_t layer, Proj proj, const uint8_t* data, QType type, int64_t N, int64_t K, int64_t G,
+                    const float* bias, bool borrow);
+  void set_embedding_q(const uint8_t* data, QType type, int64_t G, bool borrow);
+  void set_lm_head_q(const uint8_t* data, QType type, int64_t G, bool borrow);
   std::vector<std::string> missing() const;  // weights never set
   size_t weight_bytes() const;
 
@@ -86,6 +93,8 @@ class Model {
   void step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
             int64_t n_out, float* logits);
   void linear(const Linear& l, const float* x, int64_t M, float* y) const;
+  void check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const;
+  void embed_row(int32_t token, float* out) const;
   void norm(const std::vector<float>& w, const std::vector<float>& b, const float* x, float* y, int64_t rows) const;
   void ensure_buffers(int64_t rows);
   void fuse_projections();
@@ -97,6 +106,7 @@ class Model {
   std::unique_ptr<Linear> head_;
   std::vector<float> final_norm_w_, final_norm_b_;
   std::vector<uint8_t> embedding_;  // (vocab, hidden) f32 or bf16 when not tied
+  std::unique_ptr<Linear> qembedding_;  // a quantized embedding, when set that way
   WeightType embedding_type_ = WeightType::kF32;
   bool tied_ = false, has_embedding_ = false;
   bool complete_ = false;  // every weight set (checked once, at the first step)

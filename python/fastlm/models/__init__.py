@@ -10,14 +10,23 @@ from fastlm import _C
 from fastlm.weights import TensorStore
 
 WEIGHT_DTYPES = ("float32", "bfloat16")
+QUANT_DTYPES = ("int8", "int4")
+DTYPES = ("auto",) + WEIGHT_DTYPES + QUANT_DTYPES
 
 
 def resolve_dtype(dtype: str, store: TensorStore, names: list[str]) -> str:
-    """'auto' keeps the checkpoint's precision: bf16 stays bf16, f32 and f16 run in float32."""
-    if dtype in WEIGHT_DTYPES:
+    """'auto' keeps the checkpoint's precision: bf16 stays bf16, f32 and f16 run in float32, a
+    quantized checkpoint stays quantized."""
+    quantized = getattr(store, "quantized_dtype", None)
+    if quantized:
+        if dtype not in ("auto", quantized):
+            raise ValueError(f"this checkpoint is quantized to {quantized}; load it with dtype='auto' or "
+                             f"{quantized!r} (quantize the float model for another dtype)")
+        return quantized
+    if dtype in WEIGHT_DTYPES or dtype in QUANT_DTYPES:
         return dtype
     if dtype != "auto":
-        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     kinds = {store.get(n).dtype for n in names if n in store}
     return "bfloat16" if kinds and all(k == np.dtype(ml_dtypes.bfloat16) for k in kinds) else "float32"
 
@@ -25,9 +34,75 @@ def resolve_dtype(dtype: str, store: TensorStore, names: list[str]) -> str:
 class Loader:
     """Fetches tensors by name with checked shapes and converts them to the weight dtype."""
 
-    def __init__(self, store: TensorStore, dtype: str):
+    def __init__(self, store: TensorStore, dtype: str, scheme=None):
+        from fastlm.quantize import QuantScheme
+
         self.store = store
         self.dtype = dtype
+        self.scheme = scheme
+        if dtype in QUANT_DTYPES and scheme is None:
+            self.scheme = getattr(store, "quant_scheme", None) or QuantScheme(dtype)
+        self.quantized: dict[str, tuple[str, int]] = {}  # tensor -> (qtype, group) as loaded
+
+    # ---- quantized weights ----
+    def records(self, name: str, shape: tuple[int, int], embedding: bool = False,
+                transpose: bool = False) -> tuple[np.ndarray, str, int, bool] | None:
+        """(records, qtype, group size, borrowed) for a tensor the scheme quantizes, else None.
+        A quantized checkpoint's records are used in place (memory-mapped); GGUF Q8_0/Q4_0/Q4_1
+        blocks are rearranged when the layouts agree; float weights are quantized here."""
+        if self.scheme is None:
+            return None
+        fmt = self.scheme.format_for(name, embedding)
+        if fmt is None:
+            return None
+        qtype, G = fmt
+        N, K = shape
+        stored = getattr(self.store, "stored_format", lambda n: None)(name)
+        if stored is not None:  # a fastlm quantized checkpoint
+            qt, g = stored
+            rec = self.store.get(name)
+            from fastlm.quantize import row_bytes
+
+            if rec.dtype != np.uint8 or rec.shape != (N, row_bytes(qt, K, g)):
+                raise ValueError(f"quantized tensor {name!r} has shape {rec.shape} {rec.dtype}, expected "
+                                 f"({N}, {row_bytes(qt, K, g)}) uint8 for {qt} groups of {g}")
+            self.quantized[name] = (qt, g)
+            return rec, qt, g, True
+        direct = getattr(self.store, "ggml_records", lambda n: None)(name) if G == 32 and not transpose else None
+        if direct is not None and direct[1] == qtype and direct[0].shape[0] == N:
+            self.quantized[name] = (qtype, 32)
+            return direct[0], qtype, 32, False
+        w = self.raw(name, (K, N) if transpose else (N, K))
+        w = np.ascontiguousarray(w.T if transpose else w, dtype=np.float32)
+        self.quantized[name] = (qtype, G)
+        return self.scheme.quantize(name, w, qtype, G), qtype, G, False
+
+    def set_linear(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], bias=None,
+                   transpose: bool = False) -> None:
+        """Loads one linear weight (out, in) into the executor, quantized when the dtype says so."""
+        rec = self.records(name, shape, transpose=transpose)
+        if rec is None:
+            model.set_linear(layer, proj, self.weight(name, (shape[1], shape[0]) if transpose else shape, transpose),
+                             bias)
+        else:
+            q, qtype, G, borrow = rec
+            model.set_linear_q(layer, proj, q, qtype, shape[1], G, bias, borrow)
+
+    def set_embedding(self, model, name: str, shape: tuple[int, int]) -> None:
+        rec = self.records(name, shape, embedding=True)
+        if rec is None:
+            model.set_embedding(self.weight(name, shape))
+        else:
+            q, qtype, G, borrow = rec
+            model.set_embedding_q(q, qtype, G, borrow)
+
+    def set_lm_head(self, model, name: str, shape: tuple[int, int]) -> None:
+        rec = self.records(name, shape, embedding=True)
+        if rec is None:
+            model.set_lm_head(self.weight(name, shape))
+        else:
+            q, qtype, G, borrow = rec
+            model.set_lm_head_q(q, qtype, G, borrow)
 
     def raw(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         if name not in self.store:
@@ -48,6 +123,7 @@ class Loader:
         return self.convert(a.T if transpose else a)
 
     def convert(self, a: np.ndarray) -> np.ndarray:
+        """A float weight kept in float: bf16 in a bf16 model, else float32."""
         if self.dtype == "bfloat16":
             return np.ascontiguousarray(a if a.dtype == np.dtype(ml_dtypes.bfloat16) else
                                         a.astype(np.float32).astype(ml_dtypes.bfloat16))
@@ -68,7 +144,7 @@ def architecture_of(config: dict) -> str:
 
 
 def build(config: dict, store: TensorStore, dtype: str = "auto", max_seq_len: int | None = None,
-          progress: Callable[[int, int], None] | None = None) -> tuple[_C.Model, dict]:
+          progress: Callable[[int, int], None] | None = None, scheme=None) -> tuple[_C.Model, dict]:
     """The executor for a Hugging Face config and checkpoint; returns (model, facts about it)."""
     import importlib
 
@@ -76,4 +152,4 @@ def build(config: dict, store: TensorStore, dtype: str = "auto", max_seq_len: in
     if arch not in ARCHITECTURES:
         raise ValueError(f"unsupported architecture {arch!r}: fastlm runs {', '.join(ARCHITECTURES)}")
     family = importlib.import_module(f"fastlm.models.{ARCHITECTURES[arch][1]}")
-    return family.build(config, store, dtype, max_seq_len, progress)
+    return family.build(config, store, dtype, max_seq_len, progress, scheme)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from fastlm import _C
 from fastlm.models import Loader, resolve_dtype
 from fastlm.weights import TensorStore
 
 
 def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
-          progress: Callable[[int, int], None] | None) -> tuple[_C.Model, dict]:
+          progress: Callable[[int, int], None] | None, scheme=None) -> tuple[_C.Model, dict]:
     C = int(config["n_embd"])
     L = int(config["n_layer"])
     H = int(config["n_head"])
@@ -28,30 +30,38 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
             "max_seq": max_seq, "norm": "layer", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
             "mlp": "gelu", "pos": "learned"}
     model = _C.Model(spec)
-    ld = Loader(store, wdtype)
+    ld = Loader(store, wdtype, scheme)
+    if getattr(store, "stored_format", None) is not None and getattr(store, "quantized_dtype", None):
+        raise ValueError("quantized checkpoints hold Llama-family models; quantize GPT-2 at load (dtype='int8')")
     for i in range(L):
         p = f"{prefix}h.{i}."
         # c_attn is a Conv1D: weight (C, 3C) = [q | k | v] along its output axis
         w = ld.raw(p + "attn.c_attn.weight", (C, 3 * C))
         b = ld.f32(p + "attn.c_attn.bias", (3 * C,))
         for j, name in enumerate("qkv"):
-            model.set_linear(i, name, ld.convert(w[:, j * C:(j + 1) * C].T), b[j * C:(j + 1) * C].copy())
-        model.set_linear(i, "o", ld.weight(p + "attn.c_proj.weight", (C, C), transpose=True),
-                         ld.f32(p + "attn.c_proj.bias", (C,)))
-        model.set_linear(i, "up", ld.weight(p + "mlp.c_fc.weight", (C, F), transpose=True),
-                         ld.f32(p + "mlp.c_fc.bias", (F,)))
-        model.set_linear(i, "down", ld.weight(p + "mlp.c_proj.weight", (F, C), transpose=True),
-                         ld.f32(p + "mlp.c_proj.bias", (C,)))
+            part = np.ascontiguousarray(w[:, j * C:(j + 1) * C].T, dtype=np.float32)
+            fmt = ld.scheme.format_for(p + "attn.c_attn.weight") if ld.scheme else None
+            if fmt is None:
+                model.set_linear(i, name, ld.convert(part), b[j * C:(j + 1) * C].copy())
+            else:
+                q = ld.scheme.quantize(p + "attn.c_attn.weight", part, *fmt)
+                model.set_linear_q(i, name, q, fmt[0], C, fmt[1], b[j * C:(j + 1) * C].copy())
+        ld.set_linear(model, i, "o", p + "attn.c_proj.weight", (C, C), ld.f32(p + "attn.c_proj.bias", (C,)),
+                      transpose=True)
+        ld.set_linear(model, i, "up", p + "mlp.c_fc.weight", (F, C), ld.f32(p + "mlp.c_fc.bias", (F,)), transpose=True)
+        ld.set_linear(model, i, "down", p + "mlp.c_proj.weight", (C, F), ld.f32(p + "mlp.c_proj.bias", (C,)),
+                      transpose=True)
         model.set_norm(i, 0, ld.f32(p + "ln_1.weight", (C,)), ld.f32(p + "ln_1.bias", (C,)))
         model.set_norm(i, 1, ld.f32(p + "ln_2.weight", (C,)), ld.f32(p + "ln_2.bias", (C,)))
         if progress:
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32(prefix + "ln_f.weight", (C,)), ld.f32(prefix + "ln_f.bias", (C,)))
-    model.set_embedding(ld.weight(prefix + "wte.weight", (V, C)))
+    ld.set_embedding(model, prefix + "wte.weight", (V, C))
     model.set_position_embedding(ld.f32(prefix + "wpe.weight", (P, C)))
     model.tie_lm_head()
     missing = model.missing()
     if missing:
         raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
-    return model, {"architecture": "GPT2LMHeadModel", "dtype": wdtype, "context": max_seq, "tied": True}
+    return model, {"architecture": "GPT2LMHeadModel", "dtype": wdtype, "context": max_seq, "tied": True,
+                   "quantized": dict(ld.quantized), "scheme": ld.scheme}
 

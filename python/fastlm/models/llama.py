@@ -53,7 +53,7 @@ def inv_freq(config: dict, rotary_dim: int) -> np.ndarray:
 
 
 def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
-          progress: Callable[[int, int], None] | None) -> tuple[_C.Model, dict]:
+          progress: Callable[[int, int], None] | None, scheme=None) -> tuple[_C.Model, dict]:
     arch = architecture_of(config)
     C = int(config["hidden_size"])
     L = int(config["num_hidden_layers"])
@@ -77,7 +77,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
         "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D,
     }
     model = _C.Model(spec)
-    ld = Loader(store, wdtype)
+    ld = Loader(store, wdtype, scheme)
     qkv_bias = arch == "Qwen2ForCausalLM" or bool(config.get("attention_bias", False))
     o_bias = bool(config.get("attention_bias", False)) and arch != "Qwen2ForCausalLM"
     mlp_bias = bool(config.get("mlp_bias", False))
@@ -90,19 +90,20 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
                          ("down", "mlp.down_proj")):
             has_bias = (name in "qkv" and qkv_bias) or (name == "o" and o_bias) or (name in ("gate", "up", "down") and mlp_bias)
             bias = ld.f32(p + hf + ".bias", (shapes[name][0],)) if has_bias else None
-            model.set_linear(i, name, ld.weight(p + hf + ".weight", shapes[name]), bias)
+            ld.set_linear(model, i, name, p + hf + ".weight", shapes[name], bias)
         model.set_norm(i, 0, ld.f32(p + "input_layernorm.weight", (C,)))
         model.set_norm(i, 1, ld.f32(p + "post_attention_layernorm.weight", (C,)))
         if progress:
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32("model.norm.weight", (C,)))
-    model.set_embedding(ld.weight("model.embed_tokens.weight", (V, C)))
+    ld.set_embedding(model, "model.embed_tokens.weight", (V, C))
     tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in store
     if tied:
         model.tie_lm_head()
     else:
-        model.set_lm_head(ld.weight("lm_head.weight", (V, C)))
+        ld.set_lm_head(model, "lm_head.weight", (V, C))
     missing = model.missing()
     if missing:
         raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
-    return model, {"architecture": arch, "dtype": wdtype, "context": max_seq, "tied": tied}
+    return model, {"architecture": arch, "dtype": wdtype, "context": max_seq, "tied": tied,
+                   "quantized": dict(ld.quantized), "scheme": ld.scheme}

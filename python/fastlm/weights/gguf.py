@@ -212,6 +212,23 @@ class GGUFStore:
         w = self.f.get(src)
         return unpermute_qk(w, heads) if heads else w
 
+    def ggml_records(self, name: str) -> tuple[np.ndarray, str] | None:
+        """A Q8_0 / Q4_0 / Q4_1 matrix as fastlm q8 / q4 records (rows unpermuted for Q and K),
+        without a float round trip; None for other types."""
+        from fastlm.quantize import from_ggml
+
+        if name not in self._names:
+            return None
+        src, heads = self._names[name]
+        t = self.f.tensors[src]
+        if len(t.shape) != 2:
+            return None
+        out = from_ggml(self.f.raw(src), self.f.type_name(src), t.shape)
+        if out is None:
+            return None
+        rec, qtype = out
+        return (np.ascontiguousarray(unpermute_qk(rec, heads)) if heads else np.ascontiguousarray(rec)), qtype
+
 
 _LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
                 "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
