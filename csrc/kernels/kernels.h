@@ -59,10 +59,12 @@ struct Int8MatmulArgs {
 //   q8: Kp int8 quants, then Kp / G fp16 scales                         w = d * q, q in [-127, 127]
 //   q4: Kp / 2 bytes of 4-bit quants, then Kp / G fp16 scales, then Kp / G fp16 minimums
 //                                                                       w = d * q + m, q in [0, 15]
-// Kp = K rounded up to a multiple of G (the padding holds zeros). in each 32 elements of a q4 row
-// byte j holds element j in its low nibble and element j + 16 in its high one, as ggml's Q4_0 /
-// Q4_1 blocks do; a q8 group of 32 is ggml's Q8_0 block, so GGUF tensors load without a float
-// round trip. records are byte-packed: fp16 fields may sit at odd addresses.
+// Kp = K rounded up to a multiple of G (q4: of 64 too); the padding holds zeros. q4 packs each 64
+// elements into 32 bytes: byte j holds element j in its low nibble and element 32 + j in its high
+// one, so one 32-byte load and two masks give two whole 32-element blocks in order (ggml's Q4_0 /
+// Q4_1 pack each 32 into 16 bytes instead: their nibbles are reshuffled at load, no float round
+// trip). a q8 group of 32 is ggml's Q8_0 block. records are byte-packed: fp16 fields may sit at
+// odd addresses.
 enum class QType : int { kQ8 = 0, kQ4 = 1 };
 
 struct QWeight {
@@ -72,9 +74,12 @@ struct QWeight {
   const float* bias;  // (N,) or null
 };
 
-inline int64_t q_padded_k(int64_t K, int64_t G) { return (K + G - 1) / G * G; }
+inline int64_t q_padded_k(QType t, int64_t K, int64_t G) {
+  const int64_t unit = t == QType::kQ4 && G < 64 ? 64 : G;
+  return (K + unit - 1) / unit * unit;
+}
 inline int64_t q_row_bytes(QType t, int64_t K, int64_t G) {
-  const int64_t kp = q_padded_k(K, G), groups = kp / G;
+  const int64_t kp = q_padded_k(t, K, G), groups = kp / G;
   return t == QType::kQ8 ? kp + 2 * groups : kp / 2 + 4 * groups;
 }
 

@@ -308,21 +308,20 @@ void gemm_fill_panels(const float* x, int64_t M, int64_t K, int64_t N,
                       const float* bias, float* y, int64_t ldy) {
   const int64_t n_panels = (N + NR - 1) / NR;
   const int64_t kc_max = K <= kMaxKC ? K : 512;
-  const GemmTasks tasks(M, n_panels, MR * (96 / MR), num_threads());
-  parallel_for(tasks.count(), [&](int64_t task) {
-    int64_t m0, m1, p0, p1;
-    tasks.range(task, M, m0, m1, p0, p1);
+  // each panel is filled once and meets every row of x (which streams from L3): filling costs
+  // about as much as a few rows of FMAs, so it must not repeat per block of rows
+  parallel_range(n_panels, 1, [&](int64_t p0, int64_t p1) {
     thread_local std::vector<float> panel_buf;
     panel_buf.resize(size_t(K * NR));
     float* panel = panel_buf.data();
     for (int64_t p = p0; p < p1; ++p) {
-      fill(ctx, p * NR, panel);  // once per task and panel: ~1% of the FMAs it feeds at 96 rows
+      fill(ctx, p * NR, panel);
       const int n_valid = int(std::min<int64_t>(NR, N - p * NR));
       const float* bias_p = bias ? bias + p * NR : nullptr;
       for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
         const int64_t kc = std::min(kc_max, K - k0);
-        for (int64_t i = m0; i < m1; i += MR) {
-          const int m = int(std::min<int64_t>(MR, m1 - i));
+        for (int64_t i = 0; i < M; i += MR) {
+          const int m = int(std::min<int64_t>(MR, M - i));
           call_kernel<float, 1, MR>(m, kc, x + i * K + k0, K, panel + k0 * NR, y + i * ldy + p * NR, ldy,
                                     n_valid, k0 > 0, bias_p);
         }

@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 
-DTYPES = ["auto", "float32", "bfloat16"]
+DTYPES = ["auto", "float32", "bfloat16", "int8", "int4"]
 
 
 def info_dict() -> dict:

@@ -4,9 +4,9 @@ converted without a float round trip, a 4-bit quantizer that searches each group
 minimum, and the writer of a quantized checkpoint (``fastlm quantize``).
 
 A record holds one weight row: q8 = Kp int8 quants + Kp/G fp16 scales (w = d * q); q4 = Kp/2 bytes
-of nibbles + Kp/G fp16 scales + Kp/G fp16 minimums (w = d * q + m, q in 0..15; in each 32 elements
-byte j holds element j in its low nibble and j + 16 in its high one, as ggml's Q4_1). Kp is K
-rounded up to a multiple of the group size G.
+of nibbles + Kp/G fp16 scales + Kp/G fp16 minimums (w = d * q + m, q in 0..15; in each 64 elements
+byte j holds element j in its low nibble and 32 + j in its high one). Kp is K rounded up to a
+multiple of the group size G (for q4 of 64 too).
 
 >>> import numpy as np
 >>> w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
@@ -27,12 +27,13 @@ QTYPES = {"int8": "q8", "int4": "q4"}
 GROUP_SIZES = (32, 64, 128)
 
 
-def padded_k(K: int, G: int) -> int:
-    return (K + G - 1) // G * G
+def padded_k(qtype: str, K: int, G: int) -> int:
+    unit = 64 if qtype == "q4" and G < 64 else G
+    return (K + unit - 1) // unit * unit
 
 
 def row_bytes(qtype: str, K: int, G: int) -> int:
-    kp = padded_k(K, G)
+    kp = padded_k(qtype, K, G)
     return kp + 2 * (kp // G) if qtype == "q8" else kp // 2 + 4 * (kp // G)
 
 
@@ -43,11 +44,11 @@ def _check(qtype: str, G: int) -> None:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {G!r}")
 
 
-def _groups(w: np.ndarray, G: int) -> np.ndarray:
+def _groups(w: np.ndarray, qtype: str, G: int) -> np.ndarray:
     """(N, K) -> (N, Kp / G, G) float32, zero-padded."""
     w = np.ascontiguousarray(w, dtype=np.float32)
     N, K = w.shape
-    kp = padded_k(K, G)
+    kp = padded_k(qtype, K, G)
     if kp != K:
         w = np.concatenate([w, np.zeros((N, kp - K), np.float32)], axis=1)
     return w.reshape(N, kp // G, G)
@@ -59,15 +60,15 @@ def _half_bytes(a: np.ndarray) -> np.ndarray:
 
 
 def pack_nibbles(q: np.ndarray) -> np.ndarray:
-    """(N, Kp) ints in 0..15 -> (N, Kp / 2) bytes: per 32, byte j = q[j] | q[j + 16] << 4."""
+    """(N, Kp) ints in 0..15 -> (N, Kp / 2) bytes: per 64, byte j = q[j] | q[32 + j] << 4."""
     N, kp = q.shape
-    b = q.astype(np.uint8).reshape(N, kp // 32, 2, 16)
+    b = q.astype(np.uint8).reshape(N, kp // 64, 2, 32)
     return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(N, kp // 2)
 
 
 def unpack_nibbles(p: np.ndarray) -> np.ndarray:
     N, half = p.shape
-    b = p.reshape(N, half // 16, 1, 16)
+    b = p.reshape(N, half // 32, 1, 32)
     return np.concatenate([b & 15, b >> 4], axis=2).reshape(N, half * 2)
 
 
@@ -84,7 +85,7 @@ def records_q4(q: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
 def quantize_rtn(w: np.ndarray, qtype: str, G: int = 32) -> np.ndarray:
     """Round to nearest over each group's range; bit-exact with fastlm.kernels.q_quantize."""
     _check(qtype, G)
-    g = _groups(w, G)
+    g = _groups(w, qtype, G)
     N = g.shape[0]
     with np.errstate(divide="ignore"):
         if qtype == "q8":
@@ -105,7 +106,7 @@ def quantize_rtn(w: np.ndarray, qtype: str, G: int = 32) -> np.ndarray:
 
 def split(rec: np.ndarray, qtype: str, K: int, G: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """records -> (quants (N, Kp) int, scales (N, Kp / G) float32, minimums or None)."""
-    kp = padded_k(K, G)
+    kp = padded_k(qtype, K, G)
     ng = kp // G
     if rec.shape[1] != row_bytes(qtype, K, G):
         raise ValueError(f"{qtype} records of K={K}, group {G} have {row_bytes(qtype, K, G)} bytes, got {rec.shape[1]}")
@@ -152,26 +153,27 @@ def quantize_int8_reference(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---- GGUF blocks -> records (no float round trip) ----
 
 def from_ggml(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[np.ndarray, str] | None:
-    """Q8_0 -> q8 / Q4_0, Q4_1 -> q4 records in groups of 32, or None for other types."""
+    """Q8_0 -> q8 / Q4_0, Q4_1 -> q4 records in groups of 32 (integer rearrangement only), or None
+    for other types or widths."""
     N, K = shape
-    if K % 32:
+    if K % 32 or (type_name != "Q8_0" and K % 64):
         return None
     nb = K // 32
     if type_name == "Q8_0":
         b = np.asarray(raw).reshape(N, nb, 34)
-        q = b[:, :, 2:].reshape(N, K)
-        d = b[:, :, :2].reshape(N, 2 * nb)
-        return np.concatenate([q, d], axis=1), "q8"
+        return np.concatenate([b[:, :, 2:].reshape(N, K), b[:, :, :2].reshape(N, 2 * nb)], axis=1), "q8"
+    if type_name not in ("Q4_0", "Q4_1"):
+        return None
+    off = 4 if type_name == "Q4_1" else 2
+    b = np.asarray(raw).reshape(N, nb, off + 16)
+    qs = b[:, :, off:]  # ggml: per 32, byte j = q[j] | q[16 + j] << 4
+    q = np.concatenate([qs & 15, qs >> 4], axis=2).reshape(N, K)
+    d = np.ascontiguousarray(b[:, :, :2]).view("<f2").reshape(N, nb)
     if type_name == "Q4_1":
-        b = np.asarray(raw).reshape(N, nb, 20)
-        return np.concatenate([b[:, :, 4:].reshape(N, K // 2), b[:, :, :2].reshape(N, 2 * nb),
-                               b[:, :, 2:4].reshape(N, 2 * nb)], axis=1), "q4"
-    if type_name == "Q4_0":  # w = d (q - 8) = d q + m with m = -8 d, exact in fp16
-        b = np.asarray(raw).reshape(N, nb, 18)
-        d = np.ascontiguousarray(b[:, :, :2]).view("<f2").reshape(N, nb)
+        m = np.ascontiguousarray(b[:, :, 2:4]).view("<f2").reshape(N, nb)
+    else:  # w = d (q - 8) = d q + m with m = -8 d, exact in fp16
         m = (d.astype(np.float32) * -8).astype(np.float16)
-        return np.concatenate([b[:, :, 2:].reshape(N, K // 2), _half_bytes(d), _half_bytes(m)], axis=1), "q4"
-    return None
+    return records_q4(q, d, m), "q4"
 
 
 # ---- a better 4-bit quantizer ----
@@ -187,7 +189,7 @@ def quantize_q4_search(w: np.ndarray, G: int = 32, importance: np.ndarray | None
     over calibration text: errors on channels that carry large activations cost more); None: w².
     """
     _check("q4", G)
-    g = _groups(w, G).astype(np.float64)
+    g = _groups(w, "q4", G).astype(np.float64)
     N, ng, _ = g.shape
     if importance is not None:
         imp = np.asarray(importance, dtype=np.float64)
