@@ -1,4 +1,4 @@
-"""The ``fastlm`` command line: generate, chat, bench, convert, info."""
+"""The ``fastlm`` command line: generate, chat, bench, quantize, perplexity, convert, info."""
 from __future__ import annotations
 
 import argparse
@@ -200,6 +200,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(what: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def report(done: int, total: int) -> None:
+        print(f"\r{what}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    return report
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from fastlm.quantize import write_quantized
+
+    out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=args.method,
+                          progress=_progress("quantizing"))
+    size = (out / "model.safetensors").stat().st_size
+    print(f"wrote {out} ({args.dtype}, groups of {args.group_size}, {args.method}; {size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fastlm import Engine
+    from fastlm.perplexity import evaluate
+
+    text = Path(args.file).read_text(encoding="utf-8")
+    kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method)
+    engine = Engine.from_pretrained(args.model, dtype=args.dtype, max_seq_len=args.ctx, **kw)
+    ids = engine.tokenize(text)
+    if args.max_tokens:
+        ids = ids[:args.max_tokens]
+    ref = None
+    if args.reference_dtype:
+        ref = Engine.from_pretrained(args.reference_model or args.model, dtype=args.reference_dtype,
+                                     max_seq_len=args.ctx, threads=args.threads)
+    ctx = min(args.ctx or engine.context_length, engine.context_length)
+    score = evaluate(engine, ids, ctx, reference=ref, path=args.path, progress=_progress("windows"))
+    d = {"model": engine.source, "dtype": engine.info["dtype"], "path": args.path, "ctx": ctx, **score.as_dict()}
+    if ref is not None:
+        d["reference_dtype"] = ref.info["dtype"]
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{d['model']} ({d['dtype']}, {args.path}): perplexity {score.perplexity:.4f} over {score.tokens} tokens "
+          f"(windows of {ctx})")
+    if ref is not None:
+        print(f"reference ({d['reference_dtype']}): perplexity {score.ref_perplexity:.4f}; "
+              f"ratio {d['perplexity_ratio']:.4f}; mean KL {score.kl:.5f}; top-1 agreement {100 * score.top1:.2f}%")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from fastlm.convert import convert_gguf
 
@@ -263,6 +314,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     c.set_defaults(func=cmd_convert)
+
+    q = sub.add_parser("quantize", help="write an int8 / int4 checkpoint that loads directly (memory-mapped)")
+    q.add_argument("src", help="a Hugging Face folder, a .gguf file or an alias")
+    q.add_argument("out")
+    q.add_argument("--dtype", default="int8", choices=["int8", "int4"])
+    q.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
+    q.add_argument("--method", default="rtn", choices=["rtn", "search"],
+                   help="4-bit scales: round to nearest over the range, or searched per group")
+    q.set_defaults(func=cmd_quantize)
+
+    pp = sub.add_parser("perplexity", help="perplexity over a text; KL and top-1 against a reference dtype")
+    model_args(pp)
+    pp.add_argument("file", help="a UTF-8 text file")
+    pp.add_argument("--ctx", type=int, default=None, help="window length (default: the model's context)")
+    pp.add_argument("--reference-dtype", default=None, choices=DTYPES, help="e.g. float32: adds KL and top-1")
+    pp.add_argument("--reference-model", default=None, help="default: the same model")
+    pp.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
+    pp.add_argument("--method", default="rtn", choices=["rtn", "search"])
+    pp.add_argument("--path", default="prefill", choices=["prefill", "decode"],
+                    help="score windows in one forward pass, or token by token through decode")
+    pp.add_argument("--max-tokens", type=int, default=None, help="use only the text's first N tokens")
+    pp.add_argument("--json", action="store_true")
+    pp.set_defaults(func=cmd_perplexity)
 
     i = sub.add_parser("info", help="version, build, CPU features, kernel ISA and threads")
     i.add_argument("--json", action="store_true", help="print as JSON")

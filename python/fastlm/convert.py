@@ -12,11 +12,14 @@ import numpy as np
 
 from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
 
-_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float16): "F16"}
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float16): "F16",
+              np.dtype(np.uint8): "U8"}
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
-    """A .safetensors file: header (8-byte aligned), then each tensor's bytes in order."""
+    """A .safetensors file: header (8-byte aligned), then each tensor's bytes; wider types first
+    so that every tensor stays aligned to its element size in a memory map."""
+    tensors = dict(sorted(tensors.items(), key=lambda kv: -kv[1].dtype.itemsize))
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, a in tensors.items():

@@ -25,6 +25,7 @@ FORMAT = "fastlm-quantized"
 FORMAT_VERSION = 1
 QTYPES = {"int8": "q8", "int4": "q4"}
 GROUP_SIZES = (32, 64, 128)
+METHODS = ("rtn", "search", "gptq")
 
 
 def padded_k(qtype: str, K: int, G: int) -> int:
@@ -178,65 +179,106 @@ def from_ggml(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> tuple[
 
 # ---- a better 4-bit quantizer ----
 
-def quantize_q4_search(w: np.ndarray, G: int = 32, importance: np.ndarray | None = None,
-                       steps: int = 20) -> np.ndarray:
-    """4-bit groups with scale and minimum chosen per group to minimize the (importance-weighted)
-    squared error, not just to span the range: for candidate ranges shrunk from the extremes, the
-    quants are rounded, then (d, m) refit by weighted least squares; the best per group is kept
-    (the idea of llama.cpp's make_qkx2_quants, vectorized over all groups).
+def _fit_dm(g: np.ndarray, wt: np.ndarray, steps: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (last axis) the fp16 scale d and minimum m minimizing sum wt (d q + m - g)^2 with
+    q = round((g - m) / d) in 0..15: candidate ranges shrunk from either end, each refit by weighted
+    least squares given its quants (the idea of llama.cpp's make_qkx2_quants), best kept. float64."""
+    lo, hi = g.min(axis=-1), g.max(axis=-1)
+    f = 1.0 - 0.3 * np.arange(steps + 1) / steps
+    cand_lo = np.concatenate([np.broadcast_to(lo, (steps + 1,) + lo.shape), lo[None] * f[1:, None, None]])
+    cand_hi = np.concatenate([hi[None] * f[:, None, None], np.broadcast_to(hi, (steps,) + hi.shape)])
+    a, b = cand_lo[..., None], cand_hi[..., None]  # (S, N, ng, 1)
+    span = np.maximum(b - a, 1e-30)
+    q = np.clip(np.rint((g - a) / span * 15), 0, 15)
+    sw = wt.sum(axis=-1)
+    sq, sqq = (wt * q).sum(axis=-1), (wt * q * q).sum(axis=-1)
+    sx, sqx = (wt * g).sum(axis=-1), (wt * q * g).sum(axis=-1)
+    det = sw * sqq - sq * sq
+    ok = det > 1e-30 * np.maximum(sw * sqq, 1e-300)
+    safe = np.where(ok, det, 1.0)
+    d = np.maximum(np.where(ok, (sw * sqx - sq * sx) / safe, span[..., 0] / 15), 0)
+    m = np.where(ok, (sqq * sx - sq * sqx) / safe, a[..., 0])
+    dh = d.astype(np.float16).astype(np.float64)
+    mh = m.astype(np.float16).astype(np.float64)
+    q2 = np.where(dh[..., None] > 0, np.clip(np.rint((g - mh[..., None]) / np.where(dh > 0, dh, 1)[..., None]), 0, 15), 0)
+    err = (wt * (dh[..., None] * q2 + mh[..., None] - g) ** 2).sum(axis=-1)
+    best = err.argmin(axis=0)
+    take = np.take_along_axis
+    return take(dh, best[None], 0)[0], take(mh, best[None], 0)[0]
 
-    importance: (K,) per-input-channel weights (e.g. the mean squared activation of that channel
-    over calibration text: errors on channels that carry large activations cost more); None: w².
-    """
+
+def _q4_from_dm(g: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Quants of g (N, ng, G) for fp16-valued d, m (N, ng), as the kernels dequantize them."""
+    df, mf = d.astype(np.float32), m.astype(np.float32)
+    inv = np.where(df > 0, np.float32(1) / np.where(df > 0, df, 1), np.float32(0)).astype(np.float32)
+    return np.clip(np.rint((g.astype(np.float32) - mf[..., None]) * inv[..., None]), 0, 15)
+
+
+def quantize_q4_search(w: np.ndarray, G: int = 32, importance: np.ndarray | None = None,
+                       steps: int = 12) -> np.ndarray:
+    """4-bit groups whose scale and minimum minimize the (importance-weighted) squared error rather
+    than span the range (see _fit_dm). importance: (K,) per-input-channel weights, e.g. the mean
+    squared activation of each channel; None: w^2 + the group's mean w^2 (llama.cpp's default)."""
     _check("q4", G)
     g = _groups(w, "q4", G).astype(np.float64)
     N, ng, _ = g.shape
     if importance is not None:
-        imp = np.asarray(importance, dtype=np.float64)
-        kp = ng * G
-        imp = np.concatenate([imp, np.zeros(kp - imp.size)]) if imp.size < kp else imp
+        imp = np.zeros(ng * G)
+        imp[:len(importance)] = np.asarray(importance, dtype=np.float64)
         wt = np.broadcast_to(imp.reshape(1, ng, G), g.shape) + 1e-12
     else:
-        sigma2 = (g ** 2).mean(axis=2, keepdims=True)
-        wt = g ** 2 + sigma2  # llama.cpp's default weighting without an importance matrix
-    lo, hi = g.min(axis=2), g.max(axis=2)
-    best_err = np.full((N, ng), np.inf)
-    best_d = np.zeros((N, ng))
-    best_m = np.zeros((N, ng))
-    sw = wt.sum(axis=2)
-    for i in range(steps + 1):
-        # shrink the range from the top and the bottom alternately
-        f = 1.0 - 0.3 * i / steps
-        for shrink_lo in ((False, True) if i else (False,)):
-            a = lo * f if shrink_lo else lo
-            b = hi if shrink_lo else hi * f
-            span = np.maximum(b - a, 1e-30)
-            q = np.clip(np.rint((g - a[..., None]) / span[..., None] * 15), 0, 15)
-            # weighted least squares for w ~ d q + m
-            sq = (wt * q).sum(axis=2)
-            sqq = (wt * q * q).sum(axis=2)
-            sx = (wt * g).sum(axis=2)
-            sqx = (wt * q * g).sum(axis=2)
-            det = sw * sqq - sq * sq
-            ok = det > 1e-30
-            d = np.where(ok, (sw * sqx - sq * sx) / np.where(ok, det, 1), span / 15)
-            m = np.where(ok, (sqq * sx - sq * sqx) / np.where(ok, det, 1), a)
-            d = np.maximum(d, 0)
-            dh, mh = d.astype(np.float16).astype(np.float64), m.astype(np.float16).astype(np.float64)
-            # requantize with the rounded parameters, then score
-            q2 = np.clip(np.rint((g - mh[..., None]) / np.where(dh > 0, dh, 1)[..., None]), 0, 15)
-            q2 = np.where(dh[..., None] > 0, q2, 0)
-            err = (wt * (dh[..., None] * q2 + mh[..., None] - g) ** 2).sum(axis=2)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_d = np.where(better, dh, best_d)
-            best_m = np.where(better, mh, best_m)
-    d16, m16 = best_d.astype(np.float16), best_m.astype(np.float16)
-    df, mf = d16.astype(np.float32), m16.astype(np.float32)
-    gf = g.astype(np.float32)
-    inv = np.where(df > 0, np.float32(1) / np.where(df > 0, df, 1), np.float32(0)).astype(np.float32)
-    q = np.clip(np.rint((gf - mf[..., None]) * inv[..., None]), 0, 15)
-    return records_q4(q.reshape(N, -1), d16, m16)
+        wt = g ** 2 + (g ** 2).mean(axis=2, keepdims=True)
+    d, m = _fit_dm(g, wt, steps)
+    q = _q4_from_dm(g, d, m)
+    return records_q4(q.reshape(N, -1), d.astype(np.float16), m.astype(np.float16))
+
+
+def gptq_q4(w: np.ndarray, H: np.ndarray, G: int = 32, block: int = 128, damp: float = 0.01,
+            fit_steps: int = 4) -> np.ndarray:
+    """GPTQ (Frantar et al., 2022) into q4 groups: columns are rounded one at a time and each one's
+    error is pushed onto the columns not yet rounded, through the inverse of H = X^T X (the inputs'
+    second moments from calibration), so it lands where the inputs are small. A group's scale and
+    minimum are fitted (as _fit_dm, weighted by diag H) when its first column comes up."""
+    _check("q4", G)
+    N, K = w.shape
+    if K % G or block % G:
+        return quantize_q4_search(w, G)
+    W = w.astype(np.float64).copy()
+    H = H.astype(np.float64).copy()
+    dead = np.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices(K)] += damp * np.mean(np.diag(H))
+    Hinv = np.linalg.inv(H)
+    U = np.linalg.cholesky((Hinv + Hinv.T) / 2).T  # upper: Hinv = U^T U
+    diag_h = np.diag(H)
+    Q = np.zeros((N, K))
+    D = np.zeros((N, K // G))
+    M = np.zeros((N, K // G))
+    for i1 in range(0, K, block):
+        i2 = min(i1 + block, K)
+        W1 = W[:, i1:i2].copy()
+        E1 = np.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % G == 0:
+                wg = W1[:, i:i + G][:, None, :]
+                d, m = _fit_dm(wg, np.broadcast_to(diag_h[col:col + G], wg.shape), fit_steps)
+                D[:, col // G], M[:, col // G] = d[:, 0], m[:, 0]
+                dg, mg = d[:, 0], m[:, 0]
+            q = np.where(dg > 0, np.clip(np.rint((W1[:, i] - mg) / np.where(dg > 0, dg, 1)), 0, 15), 0)
+            Q[:, col] = q
+            err = (W1[:, i] - (dg * q + mg)) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    kp = padded_k("q4", K, G)
+    if kp != K:  # zero padding to a multiple of 64: any quant, the activations there are 0
+        Q = np.concatenate([Q, np.zeros((N, kp - K))], axis=1)
+        D = np.concatenate([D, np.zeros((N, (kp - K) // G))], axis=1)
+        M = np.concatenate([M, np.zeros((N, (kp - K) // G))], axis=1)
+    return records_q4(Q, D.astype(np.float16), M.astype(np.float16))
 
 
 # ---- schemes ----
@@ -249,17 +291,17 @@ class QuantScheme:
 
     dtype: str
     group_size: int = 32
-    method: str = "rtn"            # "rtn", or "search" (4-bit scale/minimum search)
+    method: str = "rtn"            # "rtn", "search" (4-bit scale/minimum search) or "gptq"
     overrides: dict = field(default_factory=dict)
-    importance: dict = field(default_factory=dict)  # tensor name -> (K,) channel importance
+    hessians: dict = field(default_factory=dict)  # tensor name -> (K, K) input second moments (gptq)
 
     def __post_init__(self) -> None:
         if self.dtype not in QTYPES:
             raise ValueError(f"dtype must be 'int8' or 'int4' to quantize, got {self.dtype!r}")
         if self.group_size not in GROUP_SIZES:
             raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
-        if self.method not in ("rtn", "search"):
-            raise ValueError(f"method must be 'rtn' or 'search', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
 
     def format_for(self, name: str, embedding: bool = False) -> tuple[str, int] | None:
         """(qtype, group size), or None to keep the tensor in float."""
@@ -275,10 +317,79 @@ class QuantScheme:
     def quantize(self, name: str, w: np.ndarray, qtype: str, G: int) -> np.ndarray:
         from fastlm import kernels
 
-        if qtype == "q4" and self.method == "search":
-            return quantize_q4_search(w, G, self.importance.get(name))
+        if qtype == "q4" and self.method == "gptq" and name in self.hessians:
+            return gptq_q4(w, self.hessians[name], G)
+        if qtype == "q4" and self.method in ("search", "gptq"):
+            return quantize_q4_search(w, G)
         return kernels.q_quantize(np.ascontiguousarray(w, dtype=np.float32), qtype, G)
 
     def to_json(self) -> str:
         return json.dumps({"dtype": self.dtype, "group_size": self.group_size, "method": self.method,
                            "overrides": self.overrides})
+
+
+# ---- quantized checkpoints ----
+
+def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method: str = "rtn",
+                    progress=None):
+    """Quantizes a Llama-family model (a Hugging Face folder or a GGUF file) into a folder that
+    ``Engine.from_pretrained`` loads directly, memory-mapped, with no re-quantization: config.json
+    (with a quantization_config), the tokenizer files, and model.safetensors whose linear layers,
+    embedding and head are uint8 record tensors (see the module docstring), the rest float32. The
+    safetensors metadata records the format, its version and each quantized tensor's kind."""
+    from pathlib import Path
+
+    from fastlm.convert import write_safetensors
+    from fastlm.hub import resolve
+    from fastlm.models import ARCHITECTURES, Loader, architecture_of
+    from fastlm.tokenizer import Tokenizer
+    from fastlm.weights import open_checkpoint
+    from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
+
+    scheme = QuantScheme(dtype, group_size=group_size, method=method)
+    path = resolve(src)
+    if path.is_file():
+        f = GGUFFile(path)
+        config = llama_config(f)
+        store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
+        backend, tok_config = tokenizer_from_gguf(f)
+        tok = Tokenizer(backend, tok_config)
+        gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    else:
+        config = json.loads((path / "config.json").read_text())
+        store = open_checkpoint(path)
+        if getattr(store, "quantized_dtype", None):
+            raise ValueError(f"{path} is already quantized ({store.quantized_dtype}); quantize the float model")
+        tok = Tokenizer.from_folder_file(path / "tokenizer.json") if (path / "tokenizer.json").exists() else None
+        gen_path = path / "generation_config.json"
+        gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    arch = architecture_of(config)
+    if ARCHITECTURES.get(arch, ("", ""))[1] != "llama":
+        raise ValueError(f"fastlm quantize writes Llama-family models; {arch} can be quantized at load instead")
+    ld = Loader(store, dtype, scheme)
+    tensors: dict[str, np.ndarray] = {}
+    names = store.names()
+    for i, name in enumerate(names):
+        shape = tuple(store.shape(name))
+        if len(shape) == 2 and name.endswith(".weight") and "norm" not in name:
+            embedding = name in ("model.embed_tokens.weight", "lm_head.weight")
+            rec = ld.records(name, shape, embedding=embedding)
+            tensors[name] = np.ascontiguousarray(rec[0]) if rec is not None else ld.f32(name, shape)
+        else:
+            tensors[name] = ld.f32(name)
+        if progress:
+            progress(i + 1, len(names))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"version": FORMAT_VERSION, "dtype": dtype, "group_size": group_size, "method": method,
+            "tensors": {n: list(v) for n, v in ld.quantized.items()}}
+    write_safetensors(out / "model.safetensors", tensors,
+                      {"format": FORMAT, "quantization": json.dumps(meta), "source": str(path.name)})
+    config = dict(config)
+    config["quantization_config"] = {"quant_method": "fastlm", "dtype": dtype, "group_size": group_size,
+                                     "method": method, "format_version": FORMAT_VERSION}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if tok is not None:
+        tok.save(out)
+    return out

@@ -97,6 +97,39 @@ class TensorStore:
         self.metadata: dict = {}
         for f in files:
             self.metadata.update(f.metadata)
+        self.quantized_dtype: str | None = None
+        self._stored: dict[str, tuple[str, int]] = {}
+        self.quant_scheme = None
+        if self.metadata.get("format") == "fastlm-quantized":
+            self._read_quantization()
+
+    def _read_quantization(self) -> None:
+        """A checkpoint written by ``fastlm quantize``: which tensors hold q8 / q4 records."""
+        from fastlm.quantize import FORMAT_VERSION, QuantScheme
+
+        where = ", ".join(str(f.path) for f in self.files)
+        try:
+            q = json.loads(self.metadata["quantization"])
+            version, dtype, group = int(q["version"]), q["dtype"], int(q["group_size"])
+            tensors = {str(k): (str(v[0]), int(v[1])) for k, v in q["tensors"].items()}
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{where}: malformed fastlm quantization metadata ({e})") from None
+        if version > FORMAT_VERSION:
+            raise SafetensorsError(f"{where}: quantized format version {version} is newer than this fastlm reads "
+                                   f"({FORMAT_VERSION}); upgrade fastlm")
+        for name, (qtype, g) in tensors.items():
+            if name not in self._where or qtype not in ("q8", "q4") or g not in (32, 64, 128):
+                raise SafetensorsError(f"{where}: quantization metadata names {name!r} as {qtype}/{g}, "
+                                       "which the file does not hold")
+        self._stored = tensors
+        self.quantized_dtype = dtype
+        overrides = {n: "float" for n in self._where if n not in tensors and len(self.shape(n)) == 2}
+        overrides.update({n: qt for n, (qt, _) in tensors.items()})
+        self.quant_scheme = QuantScheme(dtype, group, overrides=overrides)
+
+    def stored_format(self, name: str) -> tuple[str, int] | None:
+        """(qtype, group size) of a tensor stored as quantized records, else None."""
+        return self._stored.get(name)
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
