@@ -320,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("out")
     q.add_argument("--dtype", default="int8", choices=["int8", "int4"])
     q.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
-    q.add_argument("--method", default="rtn", choices=["rtn", "search"],
-                   help="4-bit scales: round to nearest over the range, or searched per group")
+    q.add_argument("--method", default="rtn", choices=["rtn", "search", "gptq"],
+                   help="4-bit: round to nearest over each group's range, a per-group scale search, or GPTQ "
+                        "calibrated on the standard library's docstrings")
     q.set_defaults(func=cmd_quantize)
 
     pp = sub.add_parser("perplexity", help="perplexity over a text; KL and top-1 against a reference dtype")
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--reference-dtype", default=None, choices=DTYPES, help="e.g. float32: adds KL and top-1")
     pp.add_argument("--reference-model", default=None, help="default: the same model")
     pp.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
-    pp.add_argument("--method", default="rtn", choices=["rtn", "search"])
+    pp.add_argument("--method", default="rtn", choices=["rtn", "search", "gptq"])
     pp.add_argument("--path", default="prefill", choices=["prefill", "decode"],
                     help="score windows in one forward pass, or token by token through decode")
     pp.add_argument("--max-tokens", type=int, default=None, help="use only the text's first N tokens")

@@ -100,8 +100,12 @@ class Engine:
         config = _read_json(path / "config.json")
         gen_cfg = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
         store = open_checkpoint(path)
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         tok = Tokenizer.from_folder_file(path / "tokenizer.json") if (path / "tokenizer.json").exists() else None
+        if scheme is not None:
+            from fastlm.quantize import calibrate
+
+            calibrate(scheme, config, store, tok)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(path))
 
     @classmethod
@@ -109,10 +113,15 @@ class Engine:
         f = GGUFFile(path)
         config = llama_config(f)
         store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         backend, tok_config = tokenizer_from_gguf(f)
+        tok = Tokenizer(backend, tok_config, str(path))
+        if scheme is not None:
+            from fastlm.quantize import calibrate
+
+            calibrate(scheme, config, store, tok)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         info["gguf_types"] = sorted({f.type_name(n) for n in f.tensors})
-        return cls(m, Tokenizer(backend, tok_config, str(path)), config, info, _eos_ids(config), str(path))
+        return cls(m, tok, config, info, _eos_ids(config), str(path))
 
     # ---- text ----
     def _need_tokenizer(self) -> Tokenizer:

@@ -328,6 +328,22 @@ class QuantScheme:
                            "overrides": self.overrides})
 
 
+def calibrate(scheme: QuantScheme, config: dict, store, tokenizer, tokens: int = 2048, progress=None) -> None:
+    """For GPTQ: the float model's linear-input statistics over `tokens` tokens of calibration text
+    (fastlm.calibrate), into scheme.hessians. Other methods need none."""
+    if scheme.method != "gptq" or scheme.dtype != "int4":
+        return
+    from fastlm.calibrate import calibration_text, llama_hessians
+    from fastlm.models import ARCHITECTURES, architecture_of
+
+    if ARCHITECTURES.get(architecture_of(config), ("", ""))[1] != "llama":
+        raise ValueError("GPTQ calibration runs Llama-family models; use method 'search' for others")
+    if tokenizer is None:
+        raise ValueError("GPTQ calibration needs the model's tokenizer")
+    ids = tokenizer.encode(calibration_text())[:tokens]
+    scheme.hessians = llama_hessians(config, store, ids, progress=progress)
+
+
 # ---- quantized checkpoints ----
 
 def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method: str = "rtn",
@@ -366,6 +382,7 @@ def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method:
     arch = architecture_of(config)
     if ARCHITECTURES.get(arch, ("", ""))[1] != "llama":
         raise ValueError(f"fastlm quantize writes Llama-family models; {arch} can be quantized at load instead")
+    calibrate(scheme, config, store, tok)
     ld = Loader(store, dtype, scheme)
     tensors: dict[str, np.ndarray] = {}
     names = store.names()
