@@ -212,10 +212,13 @@ def _progress(what: str):
 def cmd_quantize(args: argparse.Namespace) -> int:
     from fastlm.quantize import write_quantized
 
-    out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=args.method,
-                          progress=_progress("quantizing"))
+    method = args.method or ("gptq" if args.dtype == "int4" else "rtn")
+    keep = args.keep_8bit if args.keep_8bit is not None else ("down,v" if args.dtype == "int4" else "")
+    out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=method,
+                          keep_8bit=keep, progress=_progress("quantizing"))
     size = (out / "model.safetensors").stat().st_size
-    print(f"wrote {out} ({args.dtype}, groups of {args.group_size}, {args.method}; {size / 1e6:.1f} MB)")
+    kept = f", {keep} kept at int8" if keep and args.dtype == "int4" else ""
+    print(f"wrote {out} ({args.dtype}, groups of {args.group_size}, {method}{kept}; {size / 1e6:.1f} MB)")
     return 0
 
 
@@ -226,7 +229,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from fastlm.perplexity import evaluate
 
     text = Path(args.file).read_text(encoding="utf-8")
-    kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method)
+    kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method, keep_8bit=args.keep_8bit)
     engine = Engine.from_pretrained(args.model, dtype=args.dtype, max_seq_len=args.ctx, **kw)
     ids = engine.tokenize(text)
     if args.max_tokens:
@@ -320,9 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("out")
     q.add_argument("--dtype", default="int8", choices=["int8", "int4"])
     q.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
-    q.add_argument("--method", default="rtn", choices=["rtn", "search", "gptq"],
+    q.add_argument("--method", default=None, choices=["rtn", "search", "gptq"],
                    help="4-bit: round to nearest over each group's range, a per-group scale search, or GPTQ "
-                        "calibrated on the standard library's docstrings")
+                        "calibrated on the standard library's docstrings (default for int4: gptq)")
+    q.add_argument("--keep-8bit", default=None, metavar="PROJ,...",
+                   help="projections kept at int8 in an int4 model (default for int4: down,v; '' for none)")
     q.set_defaults(func=cmd_quantize)
 
     pp = sub.add_parser("perplexity", help="perplexity over a text; KL and top-1 against a reference dtype")
@@ -333,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--reference-model", default=None, help="default: the same model")
     pp.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
     pp.add_argument("--method", default="rtn", choices=["rtn", "search", "gptq"])
+    pp.add_argument("--keep-8bit", default="", metavar="PROJ,...", help="projections kept at int8 in an int4 model")
     pp.add_argument("--path", default="prefill", choices=["prefill", "decode"],
                     help="score windows in one forward pass, or token by token through decode")
     pp.add_argument("--max-tokens", type=int, default=None, help="use only the text's first N tokens")

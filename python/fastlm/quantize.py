@@ -26,6 +26,9 @@ FORMAT_VERSION = 1
 QTYPES = {"int8": "q8", "int4": "q4"}
 GROUP_SIZES = (32, 64, 128)
 METHODS = ("rtn", "search", "gptq")
+# projection -> the part of its tensor names (Llama family; GPT-2's c_attn / c_fc / c_proj aside)
+PROJ_NAMES = {"q": "q_proj.", "k": "k_proj.", "v": "v_proj.", "o": "o_proj.", "gate": "gate_proj.", "up": "up_proj.",
+              "down": "down_proj."}
 
 
 def padded_k(qtype: str, K: int, G: int) -> int:
@@ -292,6 +295,7 @@ class QuantScheme:
     dtype: str
     group_size: int = 32
     method: str = "rtn"            # "rtn", "search" (4-bit scale/minimum search) or "gptq"
+    keep_8bit: tuple = ()          # projections kept at q8 in a 4-bit model: "q", "k", "v", "o", "gate", "up", "down"
     overrides: dict = field(default_factory=dict)
     hessians: dict = field(default_factory=dict)  # tensor name -> (K, K) input second moments (gptq)
 
@@ -302,6 +306,11 @@ class QuantScheme:
             raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {self.group_size!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if isinstance(self.keep_8bit, str):
+            self.keep_8bit = tuple(k for k in self.keep_8bit.split(",") if k)
+        bad = [k for k in self.keep_8bit if k not in PROJ_NAMES]
+        if bad:
+            raise ValueError(f"keep_8bit names unknown projection {bad[0]!r} (known: {', '.join(PROJ_NAMES)})")
 
     def format_for(self, name: str, embedding: bool = False) -> tuple[str, int] | None:
         """(qtype, group size), or None to keep the tensor in float."""
@@ -311,6 +320,8 @@ class QuantScheme:
         if kind in ("q8", "q4"):
             return kind, (32 if kind == "q8" and embedding else self.group_size)
         if embedding:
+            return "q8", 32
+        if any(PROJ_NAMES[k] in name for k in self.keep_8bit):
             return "q8", 32
         return QTYPES[self.dtype], self.group_size
 
@@ -325,7 +336,7 @@ class QuantScheme:
 
     def to_json(self) -> str:
         return json.dumps({"dtype": self.dtype, "group_size": self.group_size, "method": self.method,
-                           "overrides": self.overrides})
+                           "keep_8bit": list(self.keep_8bit), "overrides": self.overrides})
 
 
 def calibrate(scheme: QuantScheme, config: dict, store, tokenizer, tokens: int = 2048, progress=None) -> None:
@@ -347,7 +358,7 @@ def calibrate(scheme: QuantScheme, config: dict, store, tokenizer, tokens: int =
 # ---- quantized checkpoints ----
 
 def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method: str = "rtn",
-                    progress=None):
+                    keep_8bit: tuple = (), progress=None):
     """Quantizes a Llama-family model (a Hugging Face folder or a GGUF file) into a folder that
     ``Engine.from_pretrained`` loads directly, memory-mapped, with no re-quantization: config.json
     (with a quantization_config), the tokenizer files, and model.safetensors whose linear layers,
@@ -362,7 +373,7 @@ def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method:
     from fastlm.weights import open_checkpoint
     from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
 
-    scheme = QuantScheme(dtype, group_size=group_size, method=method)
+    scheme = QuantScheme(dtype, group_size=group_size, method=method, keep_8bit=keep_8bit)
     path = resolve(src)
     if path.is_file():
         f = GGUFFile(path)
@@ -399,12 +410,13 @@ def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"version": FORMAT_VERSION, "dtype": dtype, "group_size": group_size, "method": method,
-            "tensors": {n: list(v) for n, v in ld.quantized.items()}}
+            "keep_8bit": list(scheme.keep_8bit), "tensors": {n: list(v) for n, v in ld.quantized.items()}}
     write_safetensors(out / "model.safetensors", tensors,
                       {"format": FORMAT, "quantization": json.dumps(meta), "source": str(path.name)})
     config = dict(config)
     config["quantization_config"] = {"quant_method": "fastlm", "dtype": dtype, "group_size": group_size,
-                                     "method": method, "format_version": FORMAT_VERSION}
+                                     "method": method, "keep_8bit": list(scheme.keep_8bit),
+                                     "format_version": FORMAT_VERSION}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
     if tok is not None:
