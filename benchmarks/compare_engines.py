@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from fastlm import Engine, get_num_threads
 from fastlm.hub import DEFAULT_MODEL, cache_dir, resolve
 
@@ -24,7 +23,6 @@ from fastlm.hub import DEFAULT_MODEL, cache_dir, resolve
 def float_gguf(src: Path, kind: str) -> Path:
     """The default model as an F32 or F16 GGUF for llama.cpp (weights exactly the dequantized Q4_1)."""
     import gguf
-
     from fastlm.weights.gguf import GGUFFile
 
     out = cache_dir() / f"SmolLM2-135M-Instruct.{kind}.gguf"

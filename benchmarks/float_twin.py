@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 from fastlm import Engine
 from fastlm.convert import convert_gguf, write_safetensors
 from fastlm.hub import DEFAULT_MODEL, resolve

@@ -24,7 +24,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_engines import FastLM, LlamaCpp, Transformers, float_gguf  # noqa: E402
-
 from fastlm import Engine, get_num_threads  # noqa: E402
 from fastlm.hub import DEFAULT_MODEL, cache_dir, resolve  # noqa: E402
 

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fastlm import kernels as K
-
 from conftest import interleaved, record
+from fastlm import kernels as K
 
 
 def run(benchmark, impl: str, calls: dict) -> None:

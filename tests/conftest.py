@@ -1,9 +1,8 @@
 from __future__ import annotations
 
+import fastlm
 import numpy as np
 import pytest
-
-import fastlm
 from fastlm import _C
 
 COMPILED_ISAS = _C.build_info()["isas"]

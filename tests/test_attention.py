@@ -1,15 +1,13 @@
 """Fused attention against torch's scaled_dot_product_attention (GQA expanded) and the reference."""
 from __future__ import annotations
 
+import fastlm
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fastlm
-from fastlm import kernels as K
-
 from conftest import assert_close
+from fastlm import kernels as K
 
 
 def torch_attention(q, k, v, causal, scale=None):

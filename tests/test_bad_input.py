@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fastlm import kernels as K
 
 f32 = np.float32

@@ -6,12 +6,10 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import fastlm
-from fastlm import _C, cli
-
+import pytest
 from conftest import COMPILED_ISAS, SUPPORTED_ISAS
+from fastlm import _C, cli
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

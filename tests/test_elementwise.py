@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fastlm import kernels as K
-
 from conftest import assert_close
+from fastlm import kernels as K
 
 
 def hf_rope(x, pos, theta, rot=None, interleaved=False):

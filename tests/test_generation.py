@@ -10,10 +10,8 @@ import json
 
 import numpy as np
 import pytest
-
 from fastlm import Chunk, Completion, Engine, SamplingParams, cli
 from fastlm.sampling import Detokenizer, StopStrings, log_softmax
-
 from tiny_gguf import build as build_gguf
 from tiny_models import build as build_hf
 
@@ -133,8 +131,8 @@ def build_gguf_tokenizer():
     import tempfile
     from pathlib import Path
 
-    from fastlm.weights.gguf import GGUFFile, tokenizer_from_gguf
     from fastlm.tokenizer import Tokenizer
+    from fastlm.weights.gguf import GGUFFile, tokenizer_from_gguf
 
     with tempfile.TemporaryDirectory() as d:
         f = GGUFFile(build_gguf(Path(d)))

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
+from conftest import assert_close
 from fastlm import Engine, cli
 from fastlm.convert import convert_gguf
 from fastlm.weights.gguf import GGUFError, GGUFFile, dequantize
-
-from conftest import assert_close
 from tiny_gguf import build
 
 gguf = pytest.importorskip("gguf")

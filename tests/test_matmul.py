@@ -1,18 +1,16 @@
 """matmul against the scalar reference, torch's F.linear and NumPy, on odd shapes and every ISA."""
 from __future__ import annotations
 
+import fastlm
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close
+from fastlm import kernels as K
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fastlm
-from fastlm import kernels as K
-
-from conftest import assert_close
 
 SHAPES = [  # (M, K, N)
     (1, 1, 1), (1, 7, 3), (1, 577, 65), (1, 63, 1537), (2, 65, 7), (3, 7, 577),

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
-from fastlm import Engine
-
 from conftest import assert_close
+from fastlm import Engine
 from tiny_models import build
 
 KINDS = ["llama", "gpt2", "qwen2", "mistral", "llama3", "sharded", "odd"]

@@ -5,10 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fastlm import kernels as K
-
 from conftest import assert_close
+from fastlm import kernels as K
 
 SHAPES = [(1,), (7,), (1, 1), (3, 7), (63, 577), (65, 1537), (2, 3, 65), (512, 576), (5, 4097)]
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
+from conftest import assert_close
 from fastlm import kernels as K
 from fastlm.quantize import quantize_int8_reference
-
-from conftest import assert_close
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (63, 577), (65, 1537), (7, 4097)], ids=str)

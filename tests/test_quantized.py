@@ -8,13 +8,11 @@ import json
 
 import numpy as np
 import pytest
-
+from conftest import assert_close
 from fastlm import Engine, cli
 from fastlm import kernels as K
 from fastlm import quantize as Q
 from fastlm.perplexity import evaluate
-
-from conftest import assert_close
 from tiny_models import build
 
 SHAPES = [(1, 1), (3, 7), (5, 33), (7, 100), (16, 576), (9, 1537)]
@@ -154,8 +152,28 @@ def test_quantized_checkpoint_loads_in_place(tiny, tmp_path):
         assert loaded.model.weight_bytes == at_load.model.weight_bytes
         with pytest.raises(ValueError, match=f"quantized to {dtype}"):
             Engine.from_pretrained(out, dtype="float32")
-    assert cli.main(["quantize", str(path), str(tmp_path / "cli"), "--dtype", "int4", "--group-size", "64"]) == 0
+    assert cli.main(["quantize", str(path), str(tmp_path / "cli"), "--dtype", "int4", "--group-size", "64",
+                     "--method", "search", "--keep-8bit", ""]) == 0
     assert Engine.from_pretrained(tmp_path / "cli").info["quantized"]["model.layers.0.mlp.up_proj.weight"] == ("q4", 64)
+
+
+def test_gptq_checkpoint_with_8bit_projections(tmp_path):
+    """fastlm quantize --dtype int4 defaults: GPTQ calibrated on the standard library's docstrings,
+    down and v projections at int8."""
+    pytest.importorskip("gguf")
+    from tiny_gguf import build as build_gguf
+
+    src = build_gguf(tmp_path / "src", {})  # float tensors: nothing to take as it is
+    assert cli.main(["quantize", str(src), str(tmp_path / "q"), "--dtype", "int4"]) == 0
+    eng = Engine.from_pretrained(tmp_path / "q")
+    qz = eng.info["quantized"]
+    assert qz["model.layers.1.mlp.down_proj.weight"] == ("q8", 32) and qz["model.layers.1.self_attn.v_proj.weight"] == ("q8", 32)
+    assert qz["model.layers.1.mlp.gate_proj.weight"] == ("q4", 32)
+    ref = Engine.from_pretrained(src, dtype="float32")
+    ids = ref.tokenize("The quick brown fox jumps over the lazy dog")
+    assert_close(eng.logits(ids), ref.logits(ids), 0.3, "gptq int4")
+    with pytest.raises(ValueError, match="keep_8bit names unknown projection 'mlp'"):
+        Q.QuantScheme("int4", keep_8bit="mlp")
 
 
 def test_newer_format_version_is_refused(tiny, tmp_path):

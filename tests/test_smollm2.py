@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
+from conftest import assert_close
 from fastlm import Engine
 from fastlm.hub import DEFAULT_MODEL, resolve
-
-from conftest import assert_close
 
 pytestmark = pytest.mark.slow
 

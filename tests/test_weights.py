@@ -9,12 +9,10 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from fastlm import Engine
 from fastlm.weights import SafetensorsError, open_checkpoint
 from fastlm.weights.safetensors import SafetensorsFile
-
+from safetensors.numpy import save_file
 from tiny_models import build
 
 

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/half.h"
 #include "kernels/kernels.h"
 
 namespace fastlm {
@@ -175,13 +176,71 @@ void matmul_args(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N,
 }  // namespace
 
 // the references behind the same interface as an ISA's table (unpacked weights only)
-// the quantizer and dequantizer are the portable (scalar) build's: their independent check is the
-// NumPy twin in fastlm/quantize.py, held bit-exact to them
-void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out) {
-  scalar::kernel_table().q_quantize(w, N, K, type, G, out);
+// element k of a record: its quant and its group's (scale, minimum)
+static void q_element(const QWeight& w, const uint8_t* rec, int64_t k, int* q, float* d, float* m) {
+  const int64_t kp = q_padded_k(w.type, w.K, w.G), groups = kp / w.G, g = k / w.G;
+  uint16_t h;
+  if (w.type == QType::kQ8) {
+    *q = int8_t(rec[k]);
+    std::memcpy(&h, rec + kp + 2 * g, 2);
+    *d = half_to_float(h);
+    *m = 0.0f;
+    return;
+  }
+  const uint8_t byte = rec[(k / 64) * 32 + k % 32];
+  *q = (k / 32) % 2 ? byte >> 4 : byte & 15;
+  std::memcpy(&h, rec + kp / 2 + 2 * g, 2);
+  *d = half_to_float(h);
+  std::memcpy(&h, rec + kp / 2 + 2 * groups + 2 * g, 2);
+  *m = half_to_float(h);
 }
 
-void q_dequantize_row(const QWeight& w, int64_t n, float* out) { scalar::kernel_table().q_dequantize_row(w, n, out); }
+void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out) {
+  const int64_t kp = q_padded_k(type, K, G), groups = kp / G, rb = q_row_bytes(type, K, G);
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* rec = out + n * rb;
+    std::memset(rec, 0, size_t(rb));
+    for (int64_t g = 0; g < groups; ++g) {
+      // the group over the zero-padded row
+      float lo = 0.0f, hi = 0.0f, amax = 0.0f;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+        const float v = k < K ? w[n * K + k] : 0.0f;
+        if (k == g * G || v < lo) lo = v;
+        if (k == g * G || v > hi) hi = v;
+        amax = std::max(amax, std::fabs(v));
+      }
+      if (type == QType::kQ8) {
+        const uint16_t dh = float_to_half(amax / 127.0f);
+        const float d = half_to_float(dh), inv = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k)
+          rec[k] = uint8_t(int8_t(std::min(127.0f, std::max(-127.0f, std::nearbyint(w[n * K + k] * inv)))));
+        std::memcpy(rec + kp + 2 * g, &dh, 2);
+        continue;
+      }
+      const uint16_t mh = float_to_half(lo);
+      const float m = half_to_float(mh);
+      const uint16_t dh = float_to_half((hi - m) / 15.0f);
+      const float d = half_to_float(dh), inv = d > 0.0f ? 1.0f / d : 0.0f;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+        const float v = k < K ? w[n * K + k] : 0.0f;
+        const int q = int(std::min(15.0f, std::max(0.0f, std::nearbyint((v - m) * inv))));
+        rec[(k / 64) * 32 + k % 32] |= uint8_t((k / 32) % 2 ? q << 4 : q);
+      }
+      std::memcpy(rec + kp / 2 + 2 * g, &dh, 2);
+      std::memcpy(rec + kp / 2 + 2 * groups + 2 * g, &mh, 2);
+    }
+  }
+}
+
+void q_dequantize_row(const QWeight& w, int64_t n, float* out) {
+  const uint8_t* rec = w.data + n * q_row_bytes(w.type, w.K, w.G);
+  for (int64_t k = 0; k < w.K; ++k) {
+    int q;
+    float d, m;
+    q_element(w, rec, k, &q, &d, &m);
+    out[k] = d * float(q) + m;
+  }
+}
 
 void q_matmul(const QMatmulArgs& a) {
   const QWeight& w0 = a.parts[0];

@@ -6,11 +6,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
-import time
-import dataclasses
 from pathlib import Path
 from typing import Sequence, Union
 

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from fastlm.outputs import Choice, Chunk, Completion, Logprob, Timings, Usage
-from fastlm.sampling import Detokenizer, SamplingParams, SequenceSampler, StopStrings, log_softmax, top_logprobs
+from fastlm.sampling import (
+    Detokenizer,
+    SamplingParams,
+    SequenceSampler,
+    StopStrings,
+    log_softmax,
+    top_logprobs,
+)
 
 if TYPE_CHECKING:
     from fastlm.engine import Engine

@@ -371,7 +371,12 @@ def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method:
     from fastlm.models import ARCHITECTURES, Loader, architecture_of
     from fastlm.tokenizer import Tokenizer
     from fastlm.weights import open_checkpoint
-    from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
+    from fastlm.weights.gguf import (
+        GGUFFile,
+        GGUFStore,
+        llama_config,
+        tokenizer_from_gguf,
+    )
 
     scheme = QuantScheme(dtype, group_size=group_size, method=method, keep_8bit=keep_8bit)
     path = resolve(src)

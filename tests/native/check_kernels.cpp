@@ -144,6 +144,44 @@ static void int8_cases(const fl::KernelTable& t) {
   }
 }
 
+static void q_cases(const fl::KernelTable& t) {
+  const int64_t shapes[][3] = {{1, 64, 5}, {1, 577, 65}, {2, 100, 7}, {3, 1536, 9}, {5, 33, 4}, {12, 200, 40}};
+  for (int type = 0; type < 2; ++type) {
+    for (int64_t G : {32, 64, 128}) {
+      for (auto& s : shapes) {
+        const int64_t M = s[0], K = s[1], N = s[2];
+        const fl::QType qt = fl::QType(type);
+        auto x = randn(size_t(M * K)), w = randn(size_t(N * K)), b = randn(size_t(N));
+        const int64_t rb = fl::q_row_bytes(qt, K, G);
+        std::vector<uint8_t> r1(size_t(N * rb)), r2(size_t(N * rb));
+        fl::ref::q_quantize(w.data(), N, K, qt, G, r1.data());
+        t.q_quantize(w.data(), N, K, qt, G, r2.data());
+        const std::string tag = std::string(type ? " q4" : " q8") + " G" + std::to_string(G) + " " + std::to_string(M) +
+                                "x" + std::to_string(K) + "x" + std::to_string(N);
+        (r1 == r2 ? g_pass : g_fail)++;
+        if (r1 != r2) std::printf("FAIL q_quantize%s: not bit-exact\n", tag.c_str());
+        fl::QWeight qw{r1.data(), qt, N, K, G, b.data()};
+        std::vector<float> want(static_cast<size_t>(M * N)), got(static_cast<size_t>(M * N));
+        if (M < 9) {
+          fl::QMatmulArgs a{x.data(), M, K, &qw, 1, want.data(), N};
+          fl::ref::q_matmul(a);
+        } else {  // many rows run on dequantized weights with float activations
+          std::vector<float> wd(size_t(N * K));
+          for (int64_t n = 0; n < N; ++n) fl::ref::q_dequantize_row(qw, n, wd.data() + n * K);
+          fl::ref::matmul(x.data(), M, K, wd.data(), fl::WeightType::kF32, N, b.data(), want.data());
+        }
+        fl::QMatmulArgs a{x.data(), M, K, &qw, 1, got.data(), N};
+        t.q_matmul(a);
+        check("q_matmul" + tag, got.data(), want.data(), got.size(), 2e-5);
+        std::vector<float> d1(static_cast<size_t>(K)), d2(static_cast<size_t>(K));
+        fl::ref::q_dequantize_row(qw, N - 1, d1.data());
+        t.q_dequantize_row(qw, N - 1, d2.data());
+        check("q_dequantize_row" + tag, d2.data(), d1.data(), d1.size(), 0.0);
+      }
+    }
+  }
+}
+
 static void rope_cases(const fl::KernelTable& t) {
   const int64_t cases[][4] = {{1, 1, 2, 2}, {7, 3, 64, 64}, {5, 2, 80, 32}, {9, 4, 128, 128}, {3, 1, 14, 14}};
   for (auto& c : cases) {
@@ -178,6 +216,7 @@ int main() {
   attention_cases(t);
   row_op_cases(t);
   int8_cases(t);
+  q_cases(t);
   rope_cases(t);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
