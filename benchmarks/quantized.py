@@ -143,7 +143,7 @@ def quality(args) -> dict:
         ref = Engine.from_pretrained(path, dtype="float32", max_seq_len=args.ctx)
         ids = ref.tokenize(eval_text())[:args.tokens]
         cands = [("fastlm int8", dict(dtype="int8")), ("fastlm int4 rtn", dict(dtype="int4")),
-                 ("fastlm int4 gptq", dict(dtype="int4", quant_method="gptq"))]
+                 ("fastlm int4 gptq, down/v int8", dict(dtype="int4", quant_method="gptq", keep_8bit=("down", "v")))]
         for name, kw in cands:
             eng = Engine.from_pretrained(path, max_seq_len=args.ctx, **kw)
             for p in (["prefill", "decode"] if args.decode_path else ["prefill"]):
