@@ -87,8 +87,8 @@ inline int64_t q_row_bytes(QType t, int64_t K, int64_t G) {
 // (off_p = the rows of the parts before p; fused q|k|v or gate|up in one call). x: (M, K),
 // y: (M, ldy). x is quantized on the fly: against q8 weights to int16 with one scale per row (a
 // step of max|x| / 32767 keeps the outliers of real models harmless), against q4 weights to int8
-// with one scale per 32 elements (like ggml's Q8_1). many rows (prefill) dequantize the weights
-// panel by panel into the float GEMM instead.
+// with one scale per 32 elements (like ggml's Q8_1). more than 16 rows (prefill) dequantize the
+// weights panel by panel into the float GEMM instead (float activations).
 struct QMatmulArgs {
   const float* x;
   int64_t M, K;

@@ -26,7 +26,9 @@ namespace FASTLM_ISA_NS {
 namespace {
 
 constexpr int64_t kBlock = 32;          // the dot-product block, and the q4 nibble layout's unit
-constexpr int64_t kDequantMinRows = 9;  // from here a panel dequantized once feeds enough rows
+// from here a panel dequantized once feeds enough rows; decode batches (up to 16 rows) stay on the
+// integer path, so a sequence decodes to the same bits alone or in a batch
+constexpr int64_t kDequantMinRows = 17;
 
 // the activations of one call, quantized as the weights' kind wants
 struct QuantX {

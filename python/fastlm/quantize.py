@@ -298,6 +298,7 @@ class QuantScheme:
     keep_8bit: tuple = ()          # projections kept at q8 in a 4-bit model: "q", "k", "v", "o", "gate", "up", "down"
     overrides: dict = field(default_factory=dict)
     hessians: dict = field(default_factory=dict)  # tensor name -> (K, K) input second moments (gptq)
+    calibration: object = None  # called once, when GPTQ first needs hessians: () -> dict
 
     def __post_init__(self) -> None:
         if self.dtype not in QTYPES:
@@ -328,6 +329,9 @@ class QuantScheme:
     def quantize(self, name: str, w: np.ndarray, qtype: str, G: int) -> np.ndarray:
         from fastlm import kernels
 
+        if qtype == "q4" and self.method == "gptq" and not self.hessians and self.calibration is not None:
+            self.hessians = self.calibration()  # only when a tensor needs it (not for GGUF 4-bit blocks)
+            self.calibration = None
         if qtype == "q4" and self.method == "gptq" and name in self.hessians:
             return gptq_q4(w, self.hessians[name], G)
         if qtype == "q4" and self.method in ("search", "gptq"):
@@ -340,8 +344,9 @@ class QuantScheme:
 
 
 def calibrate(scheme: QuantScheme, config: dict, store, tokenizer, tokens: int = 2048, progress=None) -> None:
-    """For GPTQ: the float model's linear-input statistics over `tokens` tokens of calibration text
-    (fastlm.calibrate), into scheme.hessians. Other methods need none."""
+    """For GPTQ: arranges for the float model's linear-input statistics over `tokens` tokens of
+    calibration text (fastlm.calibrate) to be computed when the first tensor needs them. Other
+    methods need none."""
     if scheme.method != "gptq" or scheme.dtype != "int4":
         return
     from fastlm.calibrate import calibration_text, llama_hessians
@@ -351,8 +356,8 @@ def calibrate(scheme: QuantScheme, config: dict, store, tokenizer, tokens: int =
         raise ValueError("GPTQ calibration runs Llama-family models; use method 'search' for others")
     if tokenizer is None:
         raise ValueError("GPTQ calibration needs the model's tokenizer")
-    ids = tokenizer.encode(calibration_text())[:tokens]
-    scheme.hessians = llama_hessians(config, store, ids, progress=progress)
+    scheme.calibration = lambda: llama_hessians(config, store, tokenizer.encode(calibration_text())[:tokens],
+                                                progress=progress)
 
 
 # ---- quantized checkpoints ----
