@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "bindings/cuda.h"
 #include "bindings/kernels.h"
 #include "bindings/model.h"
 #include "runtime/cpu.h"
@@ -58,4 +59,6 @@ PYBIND11_MODULE(_C, m) {
   py::module_ r = k.def_submodule("ref", "scalar reference kernels (the test oracles)");
   fastlm::register_kernels(r, &fastlm::ref::kernel_table, false);
   fastlm::register_model(m);
+  py::module_ c = m.def_submodule("cuda", "CUDA kernels on device arrays (built when a CUDA toolkit was found)");
+  fastlm::register_cuda(c);
 }

@@ -23,6 +23,7 @@ def info_dict() -> dict:
         "cpu": _C.cpu_info(),
         "isa": _C.get_isa(),
         "threads": _C.get_num_threads(),
+        "cuda_devices": [_C.cuda.device_name(i) for i in range(_C.cuda.device_count())],
     }
 
 
@@ -35,7 +36,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"fastlm {d['version']} (Python {d['python']}, {d['platform']})")
     print(f"build:    {b['build_type']}, {b['compiler']}, native tuning {b['native']}, "
           f"ISA variants {', '.join(b['isas'])}")
-    print(f"cuda:     {b['cuda']}")
+    devices = ", ".join(d["cuda_devices"]) or "none visible"
+    print(f"cuda:     {b['cuda']}; devices: {devices}")
     print(f"cpu:      {c['brand'] or c['vendor']}, {c['physical_cores']} physical cores")
     print(f"features: {' '.join(c['features']) or '(none of interest)'}")
     print(f"kernels:  {d['isa']} (supported here: {', '.join(c['supported_isas'])}; FASTLM_ISA overrides)")

@@ -79,7 +79,8 @@ class Engine:
         KV cache capacity per sequence (default: the model's own context).
         """
         if device != "cpu":
-            raise ValueError(f"device {device!r} is not available: this build runs on 'cpu'")
+            raise ValueError(f"device {device!r} is not available: models run on 'cpu' (the CUDA kernels in "
+                             "fastlm.kernels.cuda have no decoder path yet)")
         if threads is not None:
             _runtime.set_num_threads(threads)
         if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)

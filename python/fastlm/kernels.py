@@ -11,7 +11,9 @@ on all the threads of fastlm's pool. ``out=`` writes into an existing array.
 >>> kernels.matmul(x, w).shape
 (4, 32)
 
-``fastlm.kernels.ref`` holds the scalar reference of each kernel (the test oracles).
+``fastlm.kernels.ref`` holds the scalar reference of each kernel (the test oracles), and
+``fastlm.kernels.cuda`` the CUDA variants built so far (matmul, rms_norm, layer_norm, softmax, add,
+silu_mul, gelu_tanh) on CUDA arrays, when the build found a CUDA toolkit.
 """
 from __future__ import annotations
 
@@ -37,8 +39,11 @@ from fastlm._C.kernels import (
 )
 
 ref = _k.ref
+# CUDA variants on device arrays (__cuda_array_interface__): cuda.built says whether this build has
+# them, cuda.available() whether a device is visible; without one every kernel raises RuntimeError
+from fastlm._C import cuda  # noqa: E402
 
 __all__ = [
     "PackedWeight", "add", "attention", "gelu_tanh", "int8_matmul", "layer_norm", "matmul", "pack",
-    "q_dequantize", "q_matmul", "q_quantize", "quantize_int8", "ref", "rms_norm", "rope", "silu_mul", "softmax",
+    "q_dequantize", "q_matmul", "q_quantize", "quantize_int8", "cuda", "ref", "rms_norm", "rope", "silu_mul", "softmax",
 ]
