@@ -40,3 +40,17 @@ def assert_close(got, want, rtol, what=""):
     scale = max(float(np.abs(want).max()), 1e-30)
     err = float(np.abs(got - want).max()) / scale
     assert err <= rtol, f"{what}: max error {err:.3g} of max |ref| {scale:.3g} exceeds {rtol:g}"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """tiny(kind) -> the folder of a tiny random Hugging Face model (tests/tiny_models.py), built once."""
+    from tiny_models import build
+
+    made = {}
+
+    def get(kind):
+        if kind not in made:
+            made[kind] = build(kind, tmp_path_factory.mktemp(kind))
+        return made[kind]
+    return get

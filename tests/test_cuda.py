@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
+from conftest import assert_close
 from fastlm import _C, cli
 from fastlm import kernels as K
-
-from conftest import assert_close
 
 cuda = K.cuda
 needs_gpu = pytest.mark.skipif(not cuda.available(), reason="no CUDA device visible")

@@ -13,17 +13,6 @@ from tiny_models import build
 KINDS = ["llama", "gpt2", "qwen2", "mistral", "llama3", "sharded", "odd"]
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    made = {}
-
-    def get(kind):
-        if kind not in made:
-            made[kind] = build(kind, tmp_path_factory.mktemp(kind))
-        return made[kind]
-    return get
-
-
 def hf_model(path):
     return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 

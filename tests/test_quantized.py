@@ -13,7 +13,6 @@ from fastlm import Engine, cli
 from fastlm import kernels as K
 from fastlm import quantize as Q
 from fastlm.perplexity import evaluate
-from tiny_models import build
 
 SHAPES = [(1, 1), (3, 7), (5, 33), (7, 100), (16, 576), (9, 1537)]
 
@@ -105,17 +104,6 @@ def test_gptq_lowers_the_output_error(rng):
 
 
 # ---- models ----
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    made = {}
-
-    def get(kind):
-        if kind not in made:
-            made[kind] = build(kind, tmp_path_factory.mktemp(kind))
-        return made[kind]
-    return get
-
 
 def prompt(n, seed=0):
     return np.random.default_rng(seed).integers(3, 320, size=n).tolist()

@@ -130,10 +130,11 @@ void Model::check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) c
   }
 }
 
-void Model::set_linear_q(int64_t layer, Proj proj, const uint8_t* data, QType type, int64_t N, int64_t K, int64_t G,
-                         const float* bias, bool borrow) {
-  check_linear_shape(layer, proj, N, K);
-  Linear& l = layers_[size_t(layer)].proj[int(proj)];
+namespace {
+// a quantized weight held by `l`: borrowed in place, or copied into memory the model owns
+template <typename L>
+void hold_quant(L& l, const uint8_t* data, QType type, int64_t N, int64_t K, int64_t G, const float* bias,
+                bool borrow) {
   const size_t bytes = size_t(N * q_row_bytes(type, K, G));
   l.packed.reset();
   if (!borrow) {
@@ -149,45 +150,25 @@ void Model::set_linear_q(int64_t layer, Proj proj, const uint8_t* data, QType ty
   l.parts = {QWeight{data, type, N, K, G, l.bias.empty() ? nullptr : l.bias.data()}};
   l.set = true;
 }
+}  // namespace
+
+void Model::set_linear_q(int64_t layer, Proj proj, const uint8_t* data, QType type, int64_t N, int64_t K, int64_t G,
+                         const float* bias, bool borrow) {
+  check_linear_shape(layer, proj, N, K);
+  hold_quant(layers_[size_t(layer)].proj[int(proj)], data, type, N, K, G, bias, borrow);
+}
 
 void Model::set_embedding_q(const uint8_t* data, QType type, int64_t G, bool borrow) {
   if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
   qembedding_.reset(new Linear());
-  Linear& l = *qembedding_;
-  const int64_t N = spec_.vocab, K = spec_.hidden;
-  const size_t bytes = size_t(N * q_row_bytes(type, K, G));
-  if (!borrow) {
-    l.packed.reset(static_cast<uint8_t*>(std::malloc(bytes)));
-    if (!l.packed) throw std::bad_alloc();
-    std::memcpy(l.packed.get(), data, bytes);
-    data = l.packed.get();
-  }
-  l.N = N;
-  l.K = K;
-  l.quant = true;
-  l.parts = {QWeight{data, type, N, K, G, nullptr}};
-  l.set = true;
+  hold_quant(*qembedding_, data, type, spec_.vocab, spec_.hidden, G, nullptr, borrow);
   embedding_.clear();
   has_embedding_ = true;
 }
 
 void Model::set_lm_head_q(const uint8_t* data, QType type, int64_t G, bool borrow) {
   if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
-  Linear& l = *head_;
-  const int64_t N = spec_.vocab, K = spec_.hidden;
-  const size_t bytes = size_t(N * q_row_bytes(type, K, G));
-  l.packed.reset();
-  if (!borrow) {
-    l.packed.reset(static_cast<uint8_t*>(std::malloc(bytes)));
-    if (!l.packed) throw std::bad_alloc();
-    std::memcpy(l.packed.get(), data, bytes);
-    data = l.packed.get();
-  }
-  l.N = N;
-  l.K = K;
-  l.quant = true;
-  l.parts = {QWeight{data, type, N, K, G, nullptr}};
-  l.set = true;
+  hold_quant(*head_, data, type, spec_.vocab, spec_.hidden, G, nullptr, borrow);
 }
 
 void Model::set_norm(int64_t layer, int which, const float* w, const float* b) {
