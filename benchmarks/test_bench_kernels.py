@@ -88,6 +88,35 @@ def test_int8_matmul(benchmark, rng, impl, M, K_, N):
     run(benchmark, impl, calls)
 
 
+# ---- quantized weights (q8 / q4 records, groups of 32): decode GEMV and prefill ----
+@pytest.mark.parametrize("impl", ["fastlm-q4", "fastlm-q8", "fastlm-fp32", "torch-dynamic-int8", "torch-fp32"])
+@pytest.mark.parametrize("M,K_,N", [(1, 576, 49152), (1, 576, 1536), (1, 1536, 576), (512, 576, 1536)],
+                         ids=lambda v: str(v))
+def test_q_matmul(benchmark, rng, impl, M, K_, N):
+    benchmark.group = f"quantized matmul {M}x{K_}x{N}"
+    x = rng.standard_normal((M, K_), dtype=np.float32)
+    w = rng.standard_normal((N, K_), dtype=np.float32)
+    q8, q4 = K.q_quantize(w, "q8", 32), K.q_quantize(w, "q4", 32)
+    nbytes = {"fastlm-q4": q4.nbytes, "fastlm-q8": q8.nbytes, "torch-dynamic-int8": N * K_}
+    record(benchmark, impl, float(nbytes.get(impl, w.nbytes)) if M == 1 else 2.0 * M * K_ * N,
+           "GB/s" if M == 1 else "GFLOP/s")
+    out = np.empty((M, N), np.float32)
+    pw = K.pack(w)
+    lin = torch.nn.Linear(K_, N, bias=False)
+    lin.weight.data = torch.from_numpy(w)
+    dq = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+    def dynamic():
+        with torch.no_grad():
+            return dq(xt)
+    calls = {"fastlm-q4": lambda: K.q_matmul(x, q4, "q4", 32, out=out),
+             "fastlm-q8": lambda: K.q_matmul(x, q8, "q8", 32, out=out),
+             "fastlm-fp32": lambda: K.matmul(x, pw, out=out),
+             "torch-dynamic-int8": dynamic, "torch-fp32": lambda: F.linear(xt, wt)}
+    run(benchmark, impl, calls)
+
+
 # ---- attention ----
 ATTN = {"decode S=2048": (9, 3, 1, 2048, 64), "prefill causal S=512": (9, 3, 512, 512, 64),
         "decode S=512": (9, 3, 1, 512, 64)}
