@@ -339,21 +339,53 @@ struct PanelSource {
 };
 
 // rows n0 .. n0 + NR - 1 of the parts stacked along N, as a (K, NR) panel
+#if defined(__AVX2__)
+// rows r[0..7] (8 floats each, from column k) -> out + t * ld for t = 0..7 (column t of the block)
+FASTLM_INLINE void transpose8(const float* const (&r)[8], int64_t k, float* out, int64_t ld) {
+  __m256 a[8], b[8];
+  for (int i = 0; i < 8; ++i) a[i] = _mm256_loadu_ps(r[i] + k);
+  for (int i = 0; i < 8; i += 2) {
+    b[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+    b[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    a[i] = _mm256_shuffle_ps(b[i], b[i + 2], 0x44);
+    a[i + 1] = _mm256_shuffle_ps(b[i], b[i + 2], 0xee);
+    a[i + 2] = _mm256_shuffle_ps(b[i + 1], b[i + 3], 0x44);
+    a[i + 3] = _mm256_shuffle_ps(b[i + 1], b[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * ld, _mm256_permute2f128_ps(a[i], a[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * ld, _mm256_permute2f128_ps(a[i], a[i + 4], 0x31));
+  }
+}
+#endif
+
+// rows n0 .. n0 + NR - 1 of the parts stacked along N, as a (K, NR) panel: eight rows at a time
+// are dequantized, then written across in 8 x 8 transposed blocks (whole cache lines of the panel,
+// not one float per line)
 void fill_panel(const void* ctx, int64_t n0, float* panel) {
   const PanelSource& src = *static_cast<const PanelSource*>(ctx);
   const int nr = gemm_panel_width();
   const int64_t K = src.parts[0].K;
-  thread_local std::vector<float> row;
-  row.resize(size_t(K));
-  for (int j = 0; j < nr; ++j) {
-    int64_t n = n0 + j, p = 0;
-    while (p < src.n_parts && n >= src.parts[p].N) n -= src.parts[p++].N;
-    if (p == src.n_parts) {
-      for (int64_t k = 0; k < K; ++k) panel[k * nr + j] = 0.0f;
-      continue;
+  thread_local std::vector<float> rows;
+  rows.resize(size_t(8 * K));
+  for (int j0 = 0; j0 < nr; j0 += 8) {
+    const float* r[8];
+    for (int i = 0; i < 8; ++i) {
+      float* dst = rows.data() + i * K;
+      r[i] = dst;
+      int64_t n = n0 + j0 + i, p = 0;
+      while (p < src.n_parts && n >= src.parts[p].N) n -= src.parts[p++].N;
+      if (p == src.n_parts) std::memset(dst, 0, size_t(K) * sizeof(float));
+      else q_dequantize_row(src.parts[p], n, dst);
     }
-    q_dequantize_row(src.parts[p], n, row.data());
-    for (int64_t k = 0; k < K; ++k) panel[k * nr + j] = row[size_t(k)];
+    int64_t k = 0;
+#if defined(__AVX2__)
+    for (; k + 8 <= K; k += 8) transpose8(r, k, panel + k * nr + j0, nr);
+#endif
+    for (; k < K; ++k)
+      for (int i = 0; i < 8; ++i) panel[k * nr + j0 + i] = r[i][k];
   }
 }
 
