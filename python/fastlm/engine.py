@@ -87,10 +87,15 @@ class Engine:
                                         or max_seq_len < 1):
             raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
         path = hub.resolve(model)
-        report = None
+        report = calib_report = None
         if progress:
+            verb = f"quantizing {path.name} to {dtype}" if dtype in ("int8", "int4") else f"loading {path.name}"
+
             def report(done: int, total: int) -> None:
-                print(f"\rloading {path.name}: layer {done}/{total}", end="" if done < total else "\n",
+                print(f"\r{verb}: layer {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+            def calib_report(done: int, total: int) -> None:
+                print(f"\rcalibrating (GPTQ): layer {done}/{total}", end="" if done < total else "\n",
                       file=sys.stderr, flush=True)
         scheme = None
         if dtype in ("int8", "int4"):
@@ -98,7 +103,7 @@ class Engine:
 
             scheme = QuantScheme(dtype, group_size=group_size, method=quant_method, keep_8bit=keep_8bit)
         if path.is_file():
-            return cls._from_gguf(path, dtype, max_seq_len, report, scheme)
+            return cls._from_gguf(path, dtype, max_seq_len, report, scheme, calib_report)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} has no config.json: not a model folder")
         config = _read_json(path / "config.json")
@@ -108,12 +113,13 @@ class Engine:
         if scheme is not None:
             from fastlm.quantize import calibrate
 
-            calibrate(scheme, config, store, tok)
+            calibrate(scheme, config, store, tok, progress=calib_report)
         m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(path))
 
     @classmethod
-    def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report, scheme=None) -> "Engine":
+    def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report, scheme=None,
+                   calib_report=None) -> "Engine":
         f = GGUFFile(path)
         config = llama_config(f)
         store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
@@ -122,7 +128,7 @@ class Engine:
         if scheme is not None:
             from fastlm.quantize import calibrate
 
-            calibrate(scheme, config, store, tok)
+            calibrate(scheme, config, store, tok, progress=calib_report)
         m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
         info["gguf_types"] = sorted({f.type_name(n) for n in f.tensors})
         return cls(m, tok, config, info, _eos_ids(config), str(path))

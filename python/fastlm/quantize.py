@@ -412,7 +412,7 @@ def write_quantized(src, out, dtype: str = "int8", group_size: int = 32, method:
     arch = architecture_of(config)
     if ARCHITECTURES.get(arch, ("", ""))[1] != "llama":
         raise ValueError(f"fastlm quantize writes Llama-family models; {arch} can be quantized at load instead")
-    calibrate(scheme, config, store, tok)
+    calibrate(scheme, config, store, tok, progress=progress)
     ld = Loader(store, dtype, scheme)
     tensors: dict[str, np.ndarray] = {}
     names = store.names()
