@@ -26,6 +26,22 @@ Proj proj_from(const std::string& name) {
   return it->second;
 }
 
+// a borrowed array stays alive as long as the model that reads it
+void hold(py::object& self, const py::array& a) {
+  if (!py::hasattr(self, "_borrowed")) self.attr("_borrowed") = py::list();
+  self.attr("_borrowed").cast<py::list>().append(a);
+}
+
+// quantized (vocab, hidden) records, checked
+QWeight vocab_rows(const Model& md, const py::object& q_obj, const std::string& qtype, int64_t G, py::array& keep,
+                   const char* what) {
+  QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
+  if (w.N != md.spec().vocab)
+    throw py::value_error(std::string("the quantized ") + what + " has " + std::to_string(w.N) +
+                          " rows, the vocabulary " + std::to_string(md.spec().vocab));
+  return w;
+}
+
 WeightType wtype_of(const py::array& a) { return is_bf16(a) ? WeightType::kBF16 : WeightType::kF32; }
 
 std::unique_ptr<Model> make_model(const py::dict& d) {
@@ -83,7 +99,7 @@ std::vector<int32_t> token_ids(const py::object& obj, const char* name) {
 
 void register_model(py::module_& m) {
   using namespace pybind11::literals;
-  py::class_<Model>(m, "Model", "A decoder executor: packed weights, KV cache slots, forward steps.")
+  py::class_<Model>(m, "Model", "A decoder executor: packed weights, KV cache slots, forward steps.", py::dynamic_attr())
       .def(py::init(&make_model), "spec"_a)
       .def_property_readonly("isa", &Model::isa)
       .def_property_readonly("vocab", [](const Model& md) { return md.spec().vocab; })
@@ -98,31 +114,30 @@ void register_model(py::module_& m) {
              py::gil_scoped_release nogil;
              md.set_linear(layer, p, w.data(), wt, w.shape(0), w.shape(1), bp);
            }, "layer"_a, "name"_a, "w"_a, "bias"_a = py::none())
-      .def("set_linear_q", [](Model& md, int64_t layer, const std::string& name, const py::object& q_obj,
+      .def("set_linear_q", [](py::object self, int64_t layer, const std::string& name, const py::object& q_obj,
                               const std::string& qtype, int64_t K, int64_t G, const py::object& b_obj, bool borrow) {
              py::array keep, b;
              QWeight w = qweight_of(q_obj, qtype, K, G, keep);
              const float* bp = optional_vec(b_obj, "bias", w.N, b);
-             md.set_linear_q(layer, proj_from(name), w.data, w.type, w.N, K, G, bp, borrow);
+             self.cast<Model&>().set_linear_q(layer, proj_from(name), w.data, w.type, w.N, K, G, bp, borrow);
+             if (borrow) hold(self, keep);
            }, "layer"_a, "name"_a, "q"_a, "qtype"_a, "K"_a, "group_size"_a, "bias"_a = py::none(), "borrow"_a = false,
-           py::keep_alive<1, 4>(),
-           "a quantized linear weight: (N, row_bytes) uint8 records; borrow=True reads them in place (kept alive)")
-      .def("set_embedding_q", [](Model& md, const py::object& q_obj, const std::string& qtype, int64_t G, bool borrow) {
+           "a quantized linear weight: (N, row_bytes) uint8 records; borrow=True reads them in place (the model "
+           "keeps a reference: a memory-mapped checkpoint stays mapped), else they are copied")
+      .def("set_embedding_q", [](py::object self, const py::object& q_obj, const std::string& qtype, int64_t G,
+                                 bool borrow) {
              py::array keep;
-             QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
-             if (w.N != md.spec().vocab)
-               throw py::value_error("the quantized embedding has " + std::to_string(w.N) + " rows, the vocabulary " +
-                                     std::to_string(md.spec().vocab));
-             md.set_embedding_q(w.data, w.type, G, borrow);
-           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false, py::keep_alive<1, 2>())
-      .def("set_lm_head_q", [](Model& md, const py::object& q_obj, const std::string& qtype, int64_t G, bool borrow) {
+             const QWeight w = vocab_rows(self.cast<Model&>(), q_obj, qtype, G, keep, "embedding");
+             self.cast<Model&>().set_embedding_q(w.data, w.type, G, borrow);
+             if (borrow) hold(self, keep);
+           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false)
+      .def("set_lm_head_q", [](py::object self, const py::object& q_obj, const std::string& qtype, int64_t G,
+                               bool borrow) {
              py::array keep;
-             QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
-             if (w.N != md.spec().vocab)
-               throw py::value_error("the quantized lm_head has " + std::to_string(w.N) + " rows, the vocabulary " +
-                                     std::to_string(md.spec().vocab));
-             md.set_lm_head_q(w.data, w.type, G, borrow);
-           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false, py::keep_alive<1, 2>())
+             const QWeight w = vocab_rows(self.cast<Model&>(), q_obj, qtype, G, keep, "lm_head");
+             self.cast<Model&>().set_lm_head_q(w.data, w.type, G, borrow);
+             if (borrow) hold(self, keep);
+           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false)
       .def("set_norm", [](Model& md, int64_t layer, int which, const py::object& w_obj, const py::object& b_obj) {
              py::array w, b;
              const float* wp = optional_vec(w_obj, "weight", md.spec().hidden, w);

@@ -69,13 +69,14 @@ class Loader:
             self.quantized[name] = (qt, g)
             return rec, qt, g, True
         direct = getattr(self.store, "ggml_records", lambda n: None)(name) if G == 32 and not transpose else None
+        # records made here are the model's own: borrowed, not copied again
         if direct is not None and direct[1] == qtype and direct[0].shape[0] == N:
             self.quantized[name] = (qtype, 32)
-            return direct[0], qtype, 32, False
+            return direct[0], qtype, 32, True
         w = self.raw(name, (K, N) if transpose else (N, K))
         w = np.ascontiguousarray(w.T if transpose else w, dtype=np.float32)
         self.quantized[name] = (qtype, G)
-        return self.scheme.quantize(name, w, qtype, G), qtype, G, False
+        return self.scheme.quantize(name, w, qtype, G), qtype, G, True
 
     def set_linear(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], bias=None,
                    transpose: bool = False) -> None:

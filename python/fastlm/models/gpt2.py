@@ -45,7 +45,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
                 model.set_linear(i, name, ld.convert(part), b[j * C:(j + 1) * C].copy())
             else:
                 q = ld.scheme.quantize(p + "attn.c_attn.weight", part, *fmt)
-                model.set_linear_q(i, name, q, fmt[0], C, fmt[1], b[j * C:(j + 1) * C].copy())
+                model.set_linear_q(i, name, q, fmt[0], C, fmt[1], b[j * C:(j + 1) * C].copy(), borrow=True)
         ld.set_linear(model, i, "o", p + "attn.c_proj.weight", (C, C), ld.f32(p + "attn.c_proj.bias", (C,)),
                       transpose=True)
         ld.set_linear(model, i, "up", p + "mlp.c_fc.weight", (F, C), ld.f32(p + "mlp.c_fc.bias", (F,)), transpose=True)
