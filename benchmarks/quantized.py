@@ -82,7 +82,7 @@ def no_repack() -> None:
 class FastLMMixed(FastLM):
     """int4 with the projections the quality bars need kept at int8 (see README)."""
 
-    def __init__(self, path, keep=("down", "v")):
+    def __init__(self, path, keep=("down", "v", "o")):
         self.name = f"fastlm int4 ({','.join(keep)} int8)"
         self.e = Engine.from_pretrained(path, dtype="int4", keep_8bit=keep, max_seq_len=2048)
         self.m = self.e.model
@@ -143,7 +143,7 @@ def quality(args) -> dict:
         ref = Engine.from_pretrained(path, dtype="float32", max_seq_len=args.ctx)
         ids = ref.tokenize(eval_text())[:args.tokens]
         cands = [("fastlm int8", dict(dtype="int8")), ("fastlm int4 rtn", dict(dtype="int4")),
-                 ("fastlm int4 gptq, down/v int8", dict(dtype="int4", quant_method="gptq", keep_8bit=("down", "v")))]
+                 ("fastlm int4 gptq, down/v/o int8", dict(dtype="int4", quant_method="gptq", keep_8bit=("down", "v", "o")))]
         for name, kw in cands:
             eng = Engine.from_pretrained(path, max_seq_len=args.ctx, **kw)
             for p in (["prefill", "decode"] if args.decode_path else ["prefill"]):

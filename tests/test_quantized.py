@@ -156,7 +156,7 @@ def test_quantized_checkpoint_loads_in_place(tiny, tmp_path):
 
 def test_gptq_checkpoint_with_8bit_projections(tmp_path):
     """fastlm quantize --dtype int4 defaults: GPTQ calibrated on the standard library's docstrings,
-    down and v projections at int8."""
+    down, v and o projections at int8."""
     pytest.importorskip("gguf")
     from tiny_gguf import build as build_gguf
 
@@ -165,6 +165,7 @@ def test_gptq_checkpoint_with_8bit_projections(tmp_path):
     eng = Engine.from_pretrained(tmp_path / "q")
     qz = eng.info["quantized"]
     assert qz["model.layers.1.mlp.down_proj.weight"] == ("q8", 32) and qz["model.layers.1.self_attn.v_proj.weight"] == ("q8", 32)
+    assert qz["model.layers.1.self_attn.o_proj.weight"] == ("q8", 32)
     assert qz["model.layers.1.mlp.gate_proj.weight"] == ("q4", 32)
     ref = Engine.from_pretrained(src, dtype="float32")
     ids = ref.tokenize("The quick brown fox jumps over the lazy dog")

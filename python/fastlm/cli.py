@@ -215,7 +215,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from fastlm.quantize import write_quantized
 
     method = args.method or ("gptq" if args.dtype == "int4" else "rtn")
-    keep = args.keep_8bit if args.keep_8bit is not None else ("down,v" if args.dtype == "int4" else "")
+    keep = args.keep_8bit if args.keep_8bit is not None else ("down,v,o" if args.dtype == "int4" else "")
     out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=method,
                           keep_8bit=keep, progress=_progress("quantizing"))
     size = (out / "model.safetensors").stat().st_size
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="4-bit: round to nearest over each group's range, a per-group scale search, or GPTQ "
                         "calibrated on the standard library's docstrings (default for int4: gptq)")
     q.add_argument("--keep-8bit", default=None, metavar="PROJ,...",
-                   help="projections kept at int8 in an int4 model (default for int4: down,v; '' for none)")
+                   help="projections kept at int8 in an int4 model (default for int4: down,v,o; '' for none)")
     q.set_defaults(func=cmd_quantize)
 
     pp = sub.add_parser("perplexity", help="perplexity over a text; KL and top-1 against a reference dtype")
