@@ -1,5 +1,5 @@
-// quantized linear layers: the q8 / q4 weight records of kernels.h, their round-to-nearest
-// quantizer, and y = x @ W^T over them.
+// quantized linear layers: y = x @ W^T over the q8 / q4 weight records of kernels.h (and their
+// quantizer, qformat.h, spread over threads).
 //
 // decode (few rows of x): each weight row streams once and is dotted in 32-element blocks:
 //   q8: int8 weights (sign-extended to int16) x int16 activations, vpmaddwd -> int32 per block;
@@ -15,6 +15,7 @@
 
 #include "kernels/half.h"
 #include "kernels/isa.h"
+#include "kernels/qformat.h"
 #include "runtime/threadpool.h"
 
 #if defined(__AVX2__)
@@ -104,11 +105,14 @@ FASTLM_INLINE void pair_q4(const uint8_t* w, const int8_t* x, __m256i& lo, __m25
   hi = _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32))), ones);
 }
 
-// 8 vectors of 8 int32 -> one vector of their 8 sums, in order
-FASTLM_INLINE __m256i reduce8(const __m256i (&s)[8]) {
-  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-  const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+// the sums of 8 blocks' int32 vectors, in order, in two steps: hadd4 folds 4 blocks into partial
+// sums per 128-bit lane, combine8 adds the lanes of two such results into one vector of 8 sums
+FASTLM_INLINE __m256i hadd4(__m256i a, __m256i b, __m256i c, __m256i d) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+}
+
+FASTLM_INLINE __m256i combine8(__m256i lo4, __m256i hi4) {
+  return _mm256_add_epi32(_mm256_permute2x128_si256(lo4, hi4, 0x20), _mm256_permute2x128_si256(lo4, hi4, 0x31));
 }
 
 // fp16 group scales of the 8 blocks starting at block b0 (a multiple of 8), one per block
@@ -165,13 +169,10 @@ void dot_q8x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* x, int64_
             _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k))), x0),
             _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k + 16))), x1));
       }
-      h0[half] = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
-      h1[half] = _mm256_hadd_epi32(_mm256_hadd_epi32(c[0], c[1]), _mm256_hadd_epi32(c[2], c[3]));
+      h0[half] = hadd4(a[0], a[1], a[2], a[3]);
+      h1[half] = hadd4(c[0], c[1], c[2], c[3]);
     }
-    const __m256i s0 = _mm256_add_epi32(_mm256_permute2x128_si256(h0[0], h0[1], 0x20),
-                                        _mm256_permute2x128_si256(h0[0], h0[1], 0x31));
-    const __m256i s1 = _mm256_add_epi32(_mm256_permute2x128_si256(h1[0], h1[1], 0x20),
-                                        _mm256_permute2x128_si256(h1[0], h1[1], 0x31));
+    const __m256i s0 = combine8(h0[0], h0[1]), s1 = combine8(h1[0], h1[1]);
     acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), scales8<GPB>(rec0 + kp, b0), acc0);
     acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), scales8<GPB>(rec1 + kp, b0), acc1);
   }
@@ -203,13 +204,10 @@ void dot_q4x2(const uint8_t* rec0, const uint8_t* rec1, const int8_t* x, const f
       pair_q4(rec1 + b * 16, x + b * kBlock, c0, c1);
       pair_q4(rec0 + b * 16 + 32, x + b * kBlock + 64, a2, a3);
       pair_q4(rec1 + b * 16 + 32, x + b * kBlock + 64, c2, c3);
-      h0[half] = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-      h1[half] = _mm256_hadd_epi32(_mm256_hadd_epi32(c0, c1), _mm256_hadd_epi32(c2, c3));
+      h0[half] = hadd4(a0, a1, a2, a3);
+      h1[half] = hadd4(c0, c1, c2, c3);
     }
-    const __m256i s0 = _mm256_add_epi32(_mm256_permute2x128_si256(h0[0], h0[1], 0x20),
-                                        _mm256_permute2x128_si256(h0[0], h0[1], 0x31));
-    const __m256i s1 = _mm256_add_epi32(_mm256_permute2x128_si256(h1[0], h1[1], 0x20),
-                                        _mm256_permute2x128_si256(h1[0], h1[1], 0x31));
+    const __m256i s0 = combine8(h0[0], h0[1]), s1 = combine8(h1[0], h1[1]);
     const __m256 xsv = _mm256_loadu_ps(xs + b0), sumv = _mm256_loadu_ps(xsum + b0);
     const uint8_t* d0 = rec0 + qbytes;
     const uint8_t* d1 = rec1 + qbytes;
@@ -287,49 +285,41 @@ FASTLM_INLINE void prefetch_rows(const uint8_t* rec, int64_t rb, int64_t left) {
   for (int64_t off = 0; off < 2 * rb; off += 64) __builtin_prefetch(p + off);
 }
 
-template <int GPB>
-void rows_q8(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  const int64_t rb = q_row_bytes(w.type, w.K, w.G), kp = q.kp;
-  for (int64_t n = n0; n < n1; n += 2) {
-    const uint8_t* rec0 = w.data + n * rb;
-    const uint8_t* rec1 = n + 1 < n1 ? rec0 + rb : rec0;  // an odd last row is done twice
-    prefetch_rows(rec0, rb, n1 - n);
-    for (int64_t m = 0; m < M; ++m) {
-      float y0, y1;
-      dot_q8x2<GPB>(rec0, rec1, q.x16.data() + m * kp, kp, y0, y1);
-      const float s = q.row_scale[size_t(m)];
-      y[m * ldy + n] = y0 * s + (w.bias ? w.bias[n] : 0.0f);
-      if (n + 1 < n1) y[m * ldy + n + 1] = y1 * s + (w.bias ? w.bias[n + 1] : 0.0f);
-    }
-  }
-}
-
-template <int GPB>
-void rows_q4(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+// y[:, n0:n1] for rows M of x, two weight rows per pass (an odd last row is computed twice)
+template <int GPB, QType T>
+void rows_typed(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const int64_t rb = q_row_bytes(w.type, w.K, w.G), kp = q.kp, nb = kp / kBlock;
   for (int64_t n = n0; n < n1; n += 2) {
     const uint8_t* rec0 = w.data + n * rb;
-    const uint8_t* rec1 = n + 1 < n1 ? rec0 + rb : rec0;  // an odd last row is done twice
+    const uint8_t* rec1 = n + 1 < n1 ? rec0 + rb : rec0;
     prefetch_rows(rec0, rb, n1 - n);
     for (int64_t m = 0; m < M; ++m) {
       float y0, y1;
-      dot_q4x2<GPB>(rec0, rec1, q.x8.data() + m * kp, q.blk_scale.data() + m * nb, q.blk_sum.data() + m * nb, kp, y0, y1);
+      if constexpr (T == QType::kQ8) {
+        dot_q8x2<GPB>(rec0, rec1, q.x16.data() + m * kp, kp, y0, y1);
+        y0 *= q.row_scale[size_t(m)];
+        y1 *= q.row_scale[size_t(m)];
+      } else {
+        dot_q4x2<GPB>(rec0, rec1, q.x8.data() + m * kp, q.blk_scale.data() + m * nb, q.blk_sum.data() + m * nb, kp,
+                      y0, y1);
+      }
       y[m * ldy + n] = y0 + (w.bias ? w.bias[n] : 0.0f);
       if (n + 1 < n1) y[m * ldy + n + 1] = y1 + (w.bias ? w.bias[n + 1] : 0.0f);
     }
   }
 }
 
-void rows(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+template <QType T>
+void rows_of(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const int64_t gpb = w.G / kBlock;
-  if (w.type == QType::kQ8) {
-    if (gpb == 1) return rows_q8<1>(w, q, M, n0, n1, y, ldy);
-    if (gpb == 2) return rows_q8<2>(w, q, M, n0, n1, y, ldy);
-    return rows_q8<4>(w, q, M, n0, n1, y, ldy);
-  }
-  if (gpb == 1) return rows_q4<1>(w, q, M, n0, n1, y, ldy);
-  if (gpb == 2) return rows_q4<2>(w, q, M, n0, n1, y, ldy);
-  rows_q4<4>(w, q, M, n0, n1, y, ldy);
+  if (gpb == 1) return rows_typed<1, T>(w, q, M, n0, n1, y, ldy);
+  if (gpb == 2) return rows_typed<2, T>(w, q, M, n0, n1, y, ldy);
+  rows_typed<4, T>(w, q, M, n0, n1, y, ldy);
+}
+
+void rows(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (w.type == QType::kQ8) return rows_of<QType::kQ8>(w, q, M, n0, n1, y, ldy);
+  rows_of<QType::kQ4>(w, q, M, n0, n1, y, ldy);
 }
 
 struct PanelSource {
@@ -392,41 +382,9 @@ void fill_panel(const void* ctx, int64_t n0, float* panel) {
 }  // namespace
 
 void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out) {
-  const int64_t kp = q_padded_k(type, K, G), groups = kp / G, rb = q_row_bytes(type, K, G);
+  const int64_t rb = q_row_bytes(type, K, G);
   parallel_range(N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* wr = w + n * K;
-      uint8_t* rec = out + n * rb;
-      std::memset(rec, 0, size_t(rb));
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t k0 = g * G, k1 = std::min(K, k0 + G);
-        if (type == QType::kQ8) {
-          float amax = 0.0f;
-          for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(wr[k]));
-          const uint16_t dh = float_to_half(amax / 127.0f);
-          const float d = half_to_float(dh), inv = d > 0.0f ? 1.0f / d : 0.0f;
-          for (int64_t k = k0; k < k1; ++k)
-            rec[k] = uint8_t(int8_t(std::min(127.0f, std::max(-127.0f, std::nearbyint(wr[k] * inv)))));
-          std::memcpy(rec + kp + 2 * g, &dh, 2);
-        } else {
-          float lo = k0 < k1 ? wr[k0] : 0.0f, hi = lo;
-          for (int64_t k = k0; k < k1; ++k) lo = std::min(lo, wr[k]), hi = std::max(hi, wr[k]);
-          if (k1 - k0 < G) lo = std::min(lo, 0.0f), hi = std::max(hi, 0.0f);  // the zero padding
-          const uint16_t mh = float_to_half(lo);
-          const float m = half_to_float(mh);
-          const uint16_t dh = float_to_half((hi - m) / 15.0f);
-          const float d = half_to_float(dh), inv = d > 0.0f ? 1.0f / d : 0.0f;
-          for (int64_t k = k0; k < k0 + G; ++k) {
-            const float v = k < k1 ? wr[k] : 0.0f;
-            const int qv = int(std::min(15.0f, std::max(0.0f, std::nearbyint((v - m) * inv))));
-            uint8_t& byte = rec[(k / 64) * 32 + k % 32];
-            byte = uint8_t(byte | ((k / 32) & 1 ? qv << 4 : qv));
-          }
-          std::memcpy(rec + kp / 2 + 2 * g, &dh, 2);
-          std::memcpy(rec + kp / 2 + 2 * groups + 2 * g, &mh, 2);
-        }
-      }
-    }
+    for (int64_t n = n0; n < n1; ++n) q_quantize_row(w + n * K, K, type, G, out + n * rb);
   });
 }
 

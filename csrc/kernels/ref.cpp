@@ -7,6 +7,7 @@
 
 #include "kernels/half.h"
 #include "kernels/kernels.h"
+#include "kernels/qformat.h"
 
 namespace fastlm {
 namespace ref {
@@ -195,41 +196,11 @@ static void q_element(const QWeight& w, const uint8_t* rec, int64_t k, int* q, f
   *m = half_to_float(h);
 }
 
+// the quantizer has one implementation (qformat.h), the same bits on every ISA: its independent
+// check is the NumPy twin in fastlm/quantize.py
 void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out) {
-  const int64_t kp = q_padded_k(type, K, G), groups = kp / G, rb = q_row_bytes(type, K, G);
-  for (int64_t n = 0; n < N; ++n) {
-    uint8_t* rec = out + n * rb;
-    std::memset(rec, 0, size_t(rb));
-    for (int64_t g = 0; g < groups; ++g) {
-      // the group over the zero-padded row
-      float lo = 0.0f, hi = 0.0f, amax = 0.0f;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) {
-        const float v = k < K ? w[n * K + k] : 0.0f;
-        if (k == g * G || v < lo) lo = v;
-        if (k == g * G || v > hi) hi = v;
-        amax = std::max(amax, std::fabs(v));
-      }
-      if (type == QType::kQ8) {
-        const uint16_t dh = float_to_half(amax / 127.0f);
-        const float d = half_to_float(dh), inv = d > 0.0f ? 1.0f / d : 0.0f;
-        for (int64_t k = g * G; k < std::min(K, (g + 1) * G); ++k)
-          rec[k] = uint8_t(int8_t(std::min(127.0f, std::max(-127.0f, std::nearbyint(w[n * K + k] * inv)))));
-        std::memcpy(rec + kp + 2 * g, &dh, 2);
-        continue;
-      }
-      const uint16_t mh = float_to_half(lo);
-      const float m = half_to_float(mh);
-      const uint16_t dh = float_to_half((hi - m) / 15.0f);
-      const float d = half_to_float(dh), inv = d > 0.0f ? 1.0f / d : 0.0f;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) {
-        const float v = k < K ? w[n * K + k] : 0.0f;
-        const int q = int(std::min(15.0f, std::max(0.0f, std::nearbyint((v - m) * inv))));
-        rec[(k / 64) * 32 + k % 32] |= uint8_t((k / 32) % 2 ? q << 4 : q);
-      }
-      std::memcpy(rec + kp / 2 + 2 * g, &dh, 2);
-      std::memcpy(rec + kp / 2 + 2 * groups + 2 * g, &mh, 2);
-    }
-  }
+  const int64_t rb = q_row_bytes(type, K, G);
+  for (int64_t n = 0; n < N; ++n) q_quantize_row(w + n * K, K, type, G, out + n * rb);
 }
 
 void q_dequantize_row(const QWeight& w, int64_t n, float* out) {
