@@ -124,18 +124,19 @@ class Generation:
                 logits[len(self.samples) - 1] = row
         self.timings.prefill_tokens = computed
         eos, stop_ids = set(eng.eos_token_ids), set(p.stop_token_ids)
+        # `logits` row i belongs to sample active[i]: the decode step's own output, never copied
         active = list(range(B))
         t_first = None
         while active:
             if p.plain_greedy:
-                toks = np.argmax(logits[active], axis=1).tolist()
+                toks = np.argmax(logits, axis=1).tolist()
             else:
-                toks = [self.samples[b].sampler.choose(logits[b]) for b in active]
+                toks = [self.samples[b].sampler.choose(logits[i]) for i, b in enumerate(active)]
             if t_first is None:
                 t_first = time.perf_counter()
                 self.timings.time_to_first_token_s = self.timings.prefill_s = t_first - t0
-            for b, tok in zip(active, toks):
-                yield self._advance(self.samples[b], tok, logits[b], eos, stop_ids)
+            for i, (b, tok) in enumerate(zip(active, toks)):
+                yield self._advance(self.samples[b], tok, logits[i], eos, stop_ids)
                 if self.stale:
                     raise RuntimeError("this generation was interrupted: another call on the same Engine "
                                        "took over its KV cache")
@@ -143,10 +144,9 @@ class Generation:
             if active:
                 slots = np.asarray([self.samples[b].slot for b in active], np.int64)
                 fed = [self.samples[b].out[-1] for b in active]
-                out = m.decode(slots, np.asarray(fed, np.int32))
-                for i, b in enumerate(active):
-                    cache[self.samples[b].slot].append(fed[i])
-                    logits[b] = out[i]
+                logits = m.decode(slots, np.asarray(fed, np.int32))
+                for b, tok in zip(active, fed):
+                    cache[self.samples[b].slot].append(tok)
                 self.timings.decode_tokens += len(active)
         self.timings.decode_s = time.perf_counter() - (t_first or t0)
         self.done = True
@@ -189,7 +189,6 @@ class Generation:
         return self.completions()
 
     def completions(self) -> list[Completion]:
-        p = self.params
         out = []
         for j, prompt in enumerate(self.prompts):
             samples = [s for s in self.samples if s.prompt_index == j]
@@ -200,7 +199,6 @@ class Generation:
                           cached_tokens=self.cached[j])
             out.append(Completion(choices=choices, usage=usage, timings=self.timings, model=self.engine.source,
                                   chat=self.chat))
-        assert all(len(c.choices) == p.n for c in out)
         return out
 
 
