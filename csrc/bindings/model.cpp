@@ -32,14 +32,18 @@ void hold(py::object& self, const py::array& a) {
   self.attr("_borrowed").cast<py::list>().append(a);
 }
 
-// quantized (vocab, hidden) records, checked
-QWeight vocab_rows(const Model& md, const py::object& q_obj, const std::string& qtype, int64_t G, py::array& keep,
-                   const char* what) {
-  QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
-  if (w.N != md.spec().vocab)
-    throw py::value_error(std::string("the quantized ") + what + " has " + std::to_string(w.N) +
-                          " rows, the vocabulary " + std::to_string(md.spec().vocab));
-  return w;
+// the binding of a quantized (vocab, hidden) setter: records checked, borrowed ones held
+auto set_vocab_q(void (Model::*set)(const uint8_t*, QType, int64_t, bool), const char* what) {
+  return [set, what](py::object self, const py::object& q_obj, const std::string& qtype, int64_t G, bool borrow) {
+    Model& md = self.cast<Model&>();
+    py::array keep;
+    const QWeight w = qweight_of(q_obj, qtype, md.spec().hidden, G, keep);
+    if (w.N != md.spec().vocab)
+      throw py::value_error(std::string("the quantized ") + what + " has " + std::to_string(w.N) +
+                            " rows, the vocabulary " + std::to_string(md.spec().vocab));
+    (md.*set)(w.data, w.type, G, borrow);
+    if (borrow) hold(self, keep);
+  };
 }
 
 WeightType wtype_of(const py::array& a) { return is_bf16(a) ? WeightType::kBF16 : WeightType::kF32; }
@@ -124,20 +128,10 @@ void register_model(py::module_& m) {
            }, "layer"_a, "name"_a, "q"_a, "qtype"_a, "K"_a, "group_size"_a, "bias"_a = py::none(), "borrow"_a = false,
            "a quantized linear weight: (N, row_bytes) uint8 records; borrow=True reads them in place (the model "
            "keeps a reference: a memory-mapped checkpoint stays mapped), else they are copied")
-      .def("set_embedding_q", [](py::object self, const py::object& q_obj, const std::string& qtype, int64_t G,
-                                 bool borrow) {
-             py::array keep;
-             const QWeight w = vocab_rows(self.cast<Model&>(), q_obj, qtype, G, keep, "embedding");
-             self.cast<Model&>().set_embedding_q(w.data, w.type, G, borrow);
-             if (borrow) hold(self, keep);
-           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false)
-      .def("set_lm_head_q", [](py::object self, const py::object& q_obj, const std::string& qtype, int64_t G,
-                               bool borrow) {
-             py::array keep;
-             const QWeight w = vocab_rows(self.cast<Model&>(), q_obj, qtype, G, keep, "lm_head");
-             self.cast<Model&>().set_lm_head_q(w.data, w.type, G, borrow);
-             if (borrow) hold(self, keep);
-           }, "q"_a, "qtype"_a, "group_size"_a, "borrow"_a = false)
+      .def("set_embedding_q", set_vocab_q(&Model::set_embedding_q, "embedding"), "q"_a, "qtype"_a, "group_size"_a,
+           "borrow"_a = false)
+      .def("set_lm_head_q", set_vocab_q(&Model::set_lm_head_q, "lm_head"), "q"_a, "qtype"_a, "group_size"_a,
+           "borrow"_a = false)
       .def("set_norm", [](Model& md, int64_t layer, int which, const py::object& w_obj, const py::object& b_obj) {
              py::array w, b;
              const float* wp = optional_vec(w_obj, "weight", md.spec().hidden, w);

@@ -64,11 +64,6 @@ class Timings:
     def total_s(self) -> float:
         return self.prefill_s + self.decode_s
 
-    def as_dict(self) -> dict:
-        return {"time_to_first_token_s": self.time_to_first_token_s, "prefill_s": self.prefill_s,
-                "decode_s": self.decode_s, "prefill_tokens_per_s": self.prefill_tokens_per_s,
-                "decode_tokens_per_s": self.decode_tokens_per_s}
-
 
 @dataclass
 class Completion:

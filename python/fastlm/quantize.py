@@ -217,21 +217,14 @@ def _q4_from_dm(g: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((g.astype(np.float32) - mf[..., None]) * inv[..., None]), 0, 15)
 
 
-def quantize_q4_search(w: np.ndarray, G: int = 32, importance: np.ndarray | None = None,
-                       steps: int = 12) -> np.ndarray:
-    """4-bit groups whose scale and minimum minimize the (importance-weighted) squared error rather
-    than span the range (see _fit_dm). importance: (K,) per-input-channel weights, e.g. the mean
-    squared activation of each channel; None: w^2 + the group's mean w^2 (llama.cpp's default)."""
+def quantize_q4_search(w: np.ndarray, G: int = 32, steps: int = 12) -> np.ndarray:
+    """4-bit groups whose scale and minimum minimize the squared error, weighted by w^2 + the
+    group's mean w^2 (llama.cpp's default without an importance matrix), rather than span the
+    range (see _fit_dm)."""
     _check("q4", G)
     g = _groups(w, "q4", G).astype(np.float64)
-    N, ng, _ = g.shape
-    if importance is not None:
-        imp = np.zeros(ng * G)
-        imp[:len(importance)] = np.asarray(importance, dtype=np.float64)
-        wt = np.broadcast_to(imp.reshape(1, ng, G), g.shape) + 1e-12
-    else:
-        wt = g ** 2 + (g ** 2).mean(axis=2, keepdims=True)
-    d, m = _fit_dm(g, wt, steps)
+    N = g.shape[0]
+    d, m = _fit_dm(g, g ** 2 + (g ** 2).mean(axis=2, keepdims=True), steps)
     q = _q4_from_dm(g, d, m)
     return records_q4(q.reshape(N, -1), d.astype(np.float16), m.astype(np.float16))
 
@@ -347,9 +340,6 @@ class QuantScheme:
             return quantize_q4_search(w, G)
         return kernels.q_quantize(np.ascontiguousarray(w, dtype=np.float32), qtype, G)
 
-    def to_json(self) -> str:
-        return json.dumps({"dtype": self.dtype, "group_size": self.group_size, "method": self.method,
-                           "keep_8bit": list(self.keep_8bit), "overrides": self.overrides})
 
 
 def calibrate(scheme: QuantScheme, config: dict, store, tokenizer, tokens: int = 2048, progress=None) -> None:

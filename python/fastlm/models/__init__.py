@@ -89,21 +89,15 @@ class Loader:
             q, qtype, G, borrow = rec
             model.set_linear_q(layer, proj, q, qtype, shape[1], G, bias, borrow)
 
-    def set_embedding(self, model, name: str, shape: tuple[int, int]) -> None:
+    def set_vocab_matrix(self, model, which: str, name: str, shape: tuple[int, int]) -> None:
+        """The (vocab, hidden) embedding or lm_head (which: "embedding" / "lm_head"), quantized
+        (q8) when the dtype is."""
         rec = self.records(name, shape, embedding=True)
         if rec is None:
-            model.set_embedding(self.weight(name, shape))
+            getattr(model, f"set_{which}")(self.weight(name, shape))
         else:
             q, qtype, G, borrow = rec
-            model.set_embedding_q(q, qtype, G, borrow)
-
-    def set_lm_head(self, model, name: str, shape: tuple[int, int]) -> None:
-        rec = self.records(name, shape, embedding=True)
-        if rec is None:
-            model.set_lm_head(self.weight(name, shape))
-        else:
-            q, qtype, G, borrow = rec
-            model.set_lm_head_q(q, qtype, G, borrow)
+            getattr(model, f"set_{which}_q")(q, qtype, G, borrow)
 
     def raw(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         if name not in self.store:

@@ -56,7 +56,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
         if progress:
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32(prefix + "ln_f.weight", (C,)), ld.f32(prefix + "ln_f.bias", (C,)))
-    ld.set_embedding(model, prefix + "wte.weight", (V, C))
+    ld.set_vocab_matrix(model, "embedding", prefix + "wte.weight", (V, C))
     model.set_position_embedding(ld.f32(prefix + "wpe.weight", (P, C)))
     model.tie_lm_head()
     missing = model.missing()

@@ -96,12 +96,12 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
         if progress:
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32("model.norm.weight", (C,)))
-    ld.set_embedding(model, "model.embed_tokens.weight", (V, C))
+    ld.set_vocab_matrix(model, "embedding", "model.embed_tokens.weight", (V, C))
     tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in store
     if tied:
         model.tie_lm_head()
     else:
-        ld.set_lm_head(model, "lm_head.weight", (V, C))
+        ld.set_vocab_matrix(model, "lm_head", "lm_head.weight", (V, C))
     missing = model.missing()
     if missing:
         raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
