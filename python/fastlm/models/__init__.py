@@ -74,9 +74,21 @@ class Loader:
             self.quantized[name] = (qtype, 32)
             return direct[0], qtype, 32, True
         w = self.raw(name, (K, N) if transpose else (N, K))
-        w = np.ascontiguousarray(w.T if transpose else w, dtype=np.float32)
-        self.quantized[name] = (qtype, G)
-        return self.scheme.quantize(name, w, qtype, G), qtype, G, True
+        return self._quantize(name, w.T if transpose else w, qtype, G)
+
+    def _quantize(self, name: str, w: np.ndarray, qtype: str, G: int, key: str | None = None):
+        self.quantized[key or name] = (qtype, G)
+        return self.scheme.quantize(name, np.ascontiguousarray(w, dtype=np.float32), qtype, G), qtype, G, True
+
+    def set_linear_part(self, model, layer: int, proj: str, name: str, w: np.ndarray, bias=None) -> None:
+        """A linear weight (out, in) cut from a fused checkpoint tensor `name` (GPT-2's c_attn holds
+        q, k and v): float-converted or quantized as `name` would be."""
+        fmt = self.scheme.format_for(name) if self.scheme else None
+        if fmt is None:
+            model.set_linear(layer, proj, self.convert(w), bias)
+            return
+        q, qtype, G, borrow = self._quantize(name, w, *fmt, key=f"{name}[{proj}]")
+        model.set_linear_q(layer, proj, q, qtype, w.shape[1], G, bias, borrow)
 
     def set_linear(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], bias=None,
                    transpose: bool = False) -> None:

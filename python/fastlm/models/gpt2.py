@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 from fastlm import _C
 from fastlm.models import Loader, resolve_dtype
 from fastlm.weights import TensorStore
@@ -39,13 +37,8 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
         w = ld.raw(p + "attn.c_attn.weight", (C, 3 * C))
         b = ld.f32(p + "attn.c_attn.bias", (3 * C,))
         for j, name in enumerate("qkv"):
-            part = np.ascontiguousarray(w[:, j * C:(j + 1) * C].T, dtype=np.float32)
-            fmt = ld.scheme.format_for(p + "attn.c_attn.weight") if ld.scheme else None
-            if fmt is None:
-                model.set_linear(i, name, ld.convert(part), b[j * C:(j + 1) * C].copy())
-            else:
-                q = ld.scheme.quantize(p + "attn.c_attn.weight", part, *fmt)
-                model.set_linear_q(i, name, q, fmt[0], C, fmt[1], b[j * C:(j + 1) * C].copy(), borrow=True)
+            ld.set_linear_part(model, i, name, p + "attn.c_attn.weight", w[:, j * C:(j + 1) * C].T,
+                               b[j * C:(j + 1) * C].copy())
         ld.set_linear(model, i, "o", p + "attn.c_proj.weight", (C, C), ld.f32(p + "attn.c_proj.bias", (C,)),
                       transpose=True)
         ld.set_linear(model, i, "up", p + "mlp.c_fc.weight", (F, C), ld.f32(p + "mlp.c_fc.bias", (F,)), transpose=True)
