@@ -130,6 +130,8 @@ FASTLM_INLINE __m256 scales8(const uint8_t* scales, int64_t b0) {
   return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_cvtsi32_si128(v)), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
 }
 
+// 256-bit sums: simd.h's vsum takes the ISA's own vector (512 bits in the AVX-512 copy, which
+// runs these AVX2 dot products too)
 FASTLM_INLINE float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
