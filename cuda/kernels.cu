@@ -1,48 +1,16 @@
-// CUDA kernels (see kernels.h). Reductions: a block per row, warp shuffles then one shared-memory
-// pass. SGEMM: 64x64 output tiles per 256-thread block, K in steps of 16 through shared memory,
-// 4x4 outputs per thread in registers (the classic register-blocked tiling; no tensor cores).
-#include <cuda_runtime.h>
+// CUDA kernels (see kernels.h): the device runtime, norms, the element-wise ops, embedding, rope,
+// the fp32 SGEMM and the few-row GEMV. Reductions: a block per row, warp shuffles then one
+// shared-memory pass. SGEMM: 64x64 output tiles per 256-thread block, K in steps of 16 through
+// shared memory, 4x4 outputs per thread in registers (the classic register-blocked tiling).
+#include <cstdlib>
+#include <cstring>
 
-#include <stdexcept>
-#include <string>
-
-#include "kernels.h"
+#include "common.cuh"
 
 namespace fastlm {
-namespace cuda {
+namespace FASTLM_GPU_NS {
+using namespace detail;
 namespace {
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
-}
-
-void check_launch(const char* what) {
-  check(cudaGetLastError(), what);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// a block-wide reduction of one value per thread (blockDim.x a multiple of 32, at most 1024)
-template <bool kMax>
-__device__ float block_reduce(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = kMax ? warp_max(v) : warp_sum(v);
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  float r = lane < warps ? part[lane] : (kMax ? -INFINITY : 0.0f);
-  r = kMax ? warp_max(r) : warp_sum(r);
-  __syncthreads();  // part[] is reused by the next call
-  return r;
-}
 
 constexpr int kRowThreads = 256;
 
@@ -79,20 +47,55 @@ __global__ void softmax_kernel(const float* x, float* y, int64_t cols) {
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = __expf(xr[c] - m) * inv;
 }
 
+#define FASTLM_GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
 __global__ void add_kernel(const float* a, const float* b, float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = a[i] + b[i];
+  FASTLM_GRID_STRIDE(i, n) y[i] = a[i] + b[i];
 }
 
 __global__ void silu_mul_kernel(const float* g, const float* u, float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = g[i] / (1.0f + __expf(-g[i])) * u[i];
+  FASTLM_GRID_STRIDE(i, n) y[i] = g[i] / (1.0f + __expf(-g[i])) * u[i];
 }
 
 __global__ void gelu_tanh_kernel(const float* x, float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  FASTLM_GRID_STRIDE(i, n) {
     const float v = x[i];
     y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+  }
+}
+
+__global__ void cast_kernel(const void* x, DType from, void* y, DType to, int64_t n) {
+  FASTLM_GRID_STRIDE(i, n) store_from_float(y, i, to, load_as_float(x, i, from));
+}
+
+// a block per token
+__global__ void embedding_kernel(const int32_t* ids, const void* table, DType tt, int64_t vocab, int64_t hidden,
+                                 float* out, int32_t* bad) {
+  const int32_t id = ids[blockIdx.x];
+  float* o = out + int64_t(blockIdx.x) * hidden;
+  if (id < 0 || id >= vocab) {
+    for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) o[c] = NAN;
+    if (bad && threadIdx.x == 0) *bad = 1;
+    return;
+  }
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) o[c] = load_as_float(table, int64_t(id) * hidden + c, tt);
+}
+
+// a block per (row, head), a thread per rotated pair; the angle in float32 as Hugging Face
+// computes it, its cos / sin in double (fast-math's __sinf is too coarse at large positions)
+__global__ void rope_kernel(float* x, int64_t heads, int64_t head_dim, int64_t row_stride, const int64_t* pos,
+                            const float* inv_freq, int64_t rotary_dim, bool interleaved) {
+  const int64_t r = blockIdx.x / heads, h = blockIdx.x % heads, half = rotary_dim / 2;
+  float* xh = x + r * row_stride + h * head_dim;
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = float(pos[r]) * inv_freq[i];
+    const float c = float(cos(double(angle))), s = float(sin(double(angle)));
+    float* p0 = interleaved ? xh + 2 * i : xh + i;
+    float* p1 = interleaved ? xh + 2 * i + 1 : xh + i + half;
+    const float a = *p0, b = *p1;
+    *p0 = a * c - b * s;
+    *p1 = b * c + a * s;
   }
 }
 
@@ -142,13 +145,76 @@ __global__ void __launch_bounds__(256) sgemm_kernel(const float* x, const float*
   }
 }
 
-int grid_for(int64_t n, int threads) {
-  const int64_t blocks = (n + threads - 1) / threads;
-  return int(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
+// GEMV for up to kGemvRows rows of x: a warp per output column n, lanes striding K (fp32 weights
+// four at a time, bf16 eight at a time), x rows from L1/L2; W is read exactly once
+constexpr int kGemvRows = 8, kGemvWarps = 8;
+
+template <class WT>
+__global__ void __launch_bounds__(256) gemv_kernel(const float* x, const WT* w, const float* bias, float* y, int M,
+                                                   int64_t N, int64_t K) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = int64_t(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const WT* wr = w + n * K;
+  float acc[kGemvRows] = {};
+  constexpr int kVec = sizeof(WT) == 4 ? 4 : 8;  // 16 bytes of W per lane per step
+  const bool vec_ok = (K % kVec) == 0;
+  if (vec_ok) {
+    for (int64_t k = int64_t(lane) * kVec; k < K; k += 32 * kVec) {
+      float wv[kVec];
+      if constexpr (sizeof(WT) == 4) {
+        const float4 q = *reinterpret_cast<const float4*>(wr + k);
+        wv[0] = q.x, wv[1] = q.y, wv[2] = q.z, wv[3] = q.w;
+      } else {
+        const uint4 q = *reinterpret_cast<const uint4*>(wr + k);
+        const unsigned u[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          wv[2 * i] = __int_as_float(int(u[i] << 16));
+          wv[2 * i + 1] = __int_as_float(int(u[i] & 0xffff0000u));
+        }
+      }
+      for (int m = 0; m < M; ++m) {
+        const float* xr = x + m * K + k;
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) acc[m] = fmaf(wv[i], xr[i], acc[m]);
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      float wk;
+      if constexpr (sizeof(WT) == 4) {
+        wk = wr[k];
+      } else {
+        wk = bf16_to_f32(wr[k]);
+      }
+      for (int m = 0; m < M; ++m) acc[m] = fmaf(wk, x[m * K + k], acc[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    const float s = warp_sum(acc[m]);
+    if (lane == 0) y[m * N + n] = s + (bias ? bias[n] : 0.0f);
+  }
 }
 
 }  // namespace
 
+#if defined(FASTLM_SIMT)
+int device_count() { return 1; }
+std::string device_name(int) { return "SIMT emulation on the host CPU"; }
+std::string runtime_version() { return "emulated"; }
+std::string compiled_archs() { return "host"; }
+void* device_alloc(size_t bytes) {
+  void* p = std::aligned_alloc(256, ((bytes ? bytes : 1) + 255) / 256 * 256);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+void device_free(void* p) { std::free(p); }
+void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void copy_device(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
+void synchronize() {}
+#else
 int device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -181,43 +247,66 @@ void* device_alloc(size_t bytes) {
 void device_free(void* p) { cudaFree(p); }
 void copy_to_device(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device"); }
 void copy_to_host(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host"); }
+void copy_device(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "copy on device"); }
 void synchronize() { check(cudaDeviceSynchronize(), "synchronize"); }
+#endif
 
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
-  const dim3 grid(unsigned((N + BN - 1) / BN), unsigned((M + BM - 1) / BM));
-  sgemm_kernel<<<grid, 256>>>(x, w, bias, y, M, N, K);
-  check_launch("sgemm");
+  launch("sgemm", dim3(unsigned((N + BN - 1) / BN), unsigned((M + BM - 1) / BM)), dim3(256), 0, sgemm_kernel, x, w,
+         bias, y, M, N, K);
+}
+
+void gemv(const float* x, const void* w, DType wt, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
+  for (int64_t m0 = 0; m0 < M; m0 += kGemvRows) {
+    const int rows = int(M - m0 < kGemvRows ? M - m0 : kGemvRows);
+    const dim3 grid(unsigned((N + kGemvWarps - 1) / kGemvWarps));
+    if (wt == DType::kBF16)
+      launch("gemv", grid, dim3(32 * kGemvWarps), 0, gemv_kernel<uint16_t>, x + m0 * K,
+             static_cast<const uint16_t*>(w), bias, y + m0 * N, rows, N, K);
+    else
+      launch("gemv", grid, dim3(32 * kGemvWarps), 0, gemv_kernel<float>, x + m0 * K, static_cast<const float*>(w),
+             bias, y + m0 * N, rows, N, K);
+  }
 }
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps) {
-  rms_norm_kernel<<<unsigned(rows), kRowThreads>>>(x, w, y, cols, eps);
-  check_launch("rms_norm");
+  launch("rms_norm", dim3(unsigned(rows)), dim3(kRowThreads), 0, rms_norm_kernel, x, w, y, cols, eps);
 }
 
 void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t cols, float eps) {
-  layer_norm_kernel<<<unsigned(rows), kRowThreads>>>(x, w, b, y, cols, eps);
-  check_launch("layer_norm");
+  launch("layer_norm", dim3(unsigned(rows)), dim3(kRowThreads), 0, layer_norm_kernel, x, w, b, y, cols, eps);
 }
 
 void softmax(const float* x, float* y, int64_t rows, int64_t cols) {
-  softmax_kernel<<<unsigned(rows), kRowThreads>>>(x, y, cols);
-  check_launch("softmax");
+  launch("softmax", dim3(unsigned(rows)), dim3(kRowThreads), 0, softmax_kernel, x, y, cols);
 }
 
 void add(const float* a, const float* b, float* y, int64_t n) {
-  add_kernel<<<grid_for(n, 256), 256>>>(a, b, y, n);
-  check_launch("add");
+  launch("add", dim3(blocks_for(n, 256)), dim3(256), 0, add_kernel, a, b, y, n);
 }
 
 void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
-  silu_mul_kernel<<<grid_for(n, 256), 256>>>(gate, up, y, n);
-  check_launch("silu_mul");
+  launch("silu_mul", dim3(blocks_for(n, 256)), dim3(256), 0, silu_mul_kernel, gate, up, y, n);
 }
 
 void gelu_tanh(const float* x, float* y, int64_t n) {
-  gelu_tanh_kernel<<<grid_for(n, 256), 256>>>(x, y, n);
-  check_launch("gelu_tanh");
+  launch("gelu_tanh", dim3(blocks_for(n, 256)), dim3(256), 0, gelu_tanh_kernel, x, y, n);
 }
 
-}  // namespace cuda
+void cast(const void* x, DType from, void* y, DType to, int64_t n) {
+  launch("cast", dim3(blocks_for(n, 256)), dim3(256), 0, cast_kernel, x, from, y, to, n);
+}
+
+void embedding(const int32_t* ids, int64_t n, const void* table, DType tt, int64_t vocab, int64_t hidden, float* out,
+               int32_t* bad) {
+  launch("embedding", dim3(unsigned(n)), dim3(128), 0, embedding_kernel, ids, table, tt, vocab, hidden, out, bad);
+}
+
+void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_stride, const int64_t* pos,
+          const float* inv_freq, int64_t rotary_dim, bool interleaved) {
+  launch("rope", dim3(unsigned(rows * heads)), dim3(64), 0, rope_kernel, x, heads, head_dim, row_stride, pos, inv_freq,
+         rotary_dim, interleaved);
+}
+
+}  // namespace FASTLM_GPU_NS
 }  // namespace fastlm

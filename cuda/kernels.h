@@ -1,14 +1,31 @@
 // CUDA variants of the kernels: plain C++ declarations over device pointers (no CUDA types), so
 // the bindings compile with the host compiler. Every function launches on the default stream,
 // checks the launch, and throws std::runtime_error with CUDA's message on failure. Shapes follow
-// the CPU kernels (csrc/kernels/kernels.h): row-major, float32.
+// the CPU kernels (csrc/kernels/kernels.h): row-major.
+//
+// The same sources compile twice: with nvcc into fastlm::cuda, and with the host compiler under
+// the SIMT emulation (simt.h, FASTLM_SIMT) into fastlm::cuda_emu, where "device" memory is host
+// memory and kernels run on fibers: the tests check every kernel's arithmetic that way on machines
+// without a GPU.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
+#ifndef FASTLM_GPU_NS
+#define FASTLM_GPU_NS cuda
+#endif
+
 namespace fastlm {
-namespace cuda {
+
+// element types of device arrays
+enum class DType { kF32 = 0, kBF16, kF16, kI8, kI32 };
+inline size_t dtype_size(DType t) {
+  return t == DType::kF32 || t == DType::kI32 ? 4 : t == DType::kI8 ? 1 : 2;
+}
+
+namespace FASTLM_GPU_NS {
 
 int device_count();                 // 0 when no device or no driver is visible (never throws)
 std::string device_name(int device);
@@ -19,16 +36,51 @@ void* device_alloc(size_t bytes);
 void device_free(void* p);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_device(void* dst, const void* src, size_t bytes);
 void synchronize();
 
 // y = x @ W^T (+ b): x (M, K), W (N, K), y (M, N); shared-memory tiles, register blocking, fp32 FMA
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
+// the same on tensor cores: x and W bf16 or f16 (both the same), fp32 accumulation, y fp32 or
+// the input type, bias fp32. K a multiple of 8 (16-byte rows for cp.async)
+void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y, DType out, int64_t M, int64_t N,
+             int64_t K);
+// int8 tensor cores: acc = x (M, K) int8 @ W (N, K) int8 ^T in int32; y int32 = acc, or fp32 =
+// acc * sx[m] * sw[n] (per-row and per-channel scales). K a multiple of 16
+void gemm_s8(const int8_t* x, const int8_t* w, const float* sx, const float* sw, void* y, DType out, int64_t M,
+             int64_t N, int64_t K);
+// few rows (decode): y = x @ W^T (+ b), x fp32 (M <= 8, K), W fp32 or bf16 (N, K); a warp per
+// output column, W read once
+void gemv(const float* x, const void* w, DType wt, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
+
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps);
 void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t cols, float eps);
 void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void add(const float* a, const float* b, float* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* y, int64_t n);
 void gelu_tanh(const float* x, float* y, int64_t n);
+void cast(const void* x, DType from, void* y, DType to, int64_t n);
+// out[i] = table[ids[i]] as fp32: table (vocab, hidden) fp32 / bf16 / f16; ids checked on the
+// device (an id outside [0, vocab) writes NaN rows and sets *bad = 1 when bad is given)
+void embedding(const int32_t* ids, int64_t n, const void* table, DType tt, int64_t vocab, int64_t hidden, float* out,
+               int32_t* bad);
+// rotary embedding in place on x (rows, heads, head_dim) with the row stride of the CPU kernel:
+// row r at position pos[r]; inv_freq[rotary_dim / 2]; interleaved pairs (GPT-J) or halves (NeoX)
+void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_stride, const int64_t* pos,
+          const float* inv_freq, int64_t rotary_dim, bool interleaved);
 
-}  // namespace cuda
+// attention of T queries over S keys, fp32, any T (prefill chunks and decode): q (T, H, D) with
+// row stride q_stride; k, v (S, Hkv, D) with row strides; query i sees keys [0, S - T + i]
+// (causal) or all keys; out (T, H, D). Split-KV: a block per (query, head, key chunk), merged by
+// a second pass (ws: workspace of attention_workspace floats)
+size_t attention_workspace(int64_t T, int64_t H, int64_t D, int64_t S);
+void attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride, float* out,
+               int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale, bool causal, float* ws);
+// FlashAttention-2 on tensor cores: q (T, H, D), k, v (S, Hkv, D), out (T, H, D), bf16 or f16
+// (all the same); D 64 or 128; causal as above. 64 queries per block, 64-key tiles double
+// buffered through cp.async, online softmax in registers
+void flash_attention(const void* q, const void* k, const void* v, void* out, DType dt, int64_t T, int64_t S,
+                     int64_t H, int64_t Hkv, int64_t D, float scale, bool causal);
+
+}  // namespace FASTLM_GPU_NS
 }  // namespace fastlm

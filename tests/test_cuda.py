@@ -1,5 +1,9 @@
-"""The CUDA kernels (fastlm.kernels.cuda) against the CPU kernels, on device arrays. Without a
-CUDA device every kernel test skips; the build and import checks run everywhere."""
+"""The CUDA kernels (fastlm.kernels.cuda) against NumPy and the CPU kernels.
+
+Every kernel test runs on two backends: "emulated", the same CUDA sources compiled for the host
+under the SIMT emulation (cuda/simt.h: fibers per thread, real barriers, warp shuffles, ldmatrix,
+mma and cp.async modelled lane by lane), which runs everywhere; and "cuda", a real GPU, which
+skips without one. The emulation checks arithmetic and indexing, not speed or memory races."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,13 +13,44 @@ from fastlm import _C, cli
 from fastlm import kernels as K
 
 cuda = K.cuda
-needs_gpu = pytest.mark.skipif(not cuda.available(), reason="no CUDA device visible")
+emulated = _C.cuda_emulated
+
+
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.skipif(
+    not cuda.available(), reason="no CUDA device visible"))])
+def be(request):
+    return emulated if request.param == "emulated" else cuda
+
+
+def up(be, a, dtype=""):
+    return be.DeviceArray.from_numpy(np.ascontiguousarray(a), dtype)
+
+
+def bf16(a):
+    """float32 rounded to bfloat16 (nearest even), as float32."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def attention_ref(q, k, v, causal):
+    T, H, D = q.shape
+    S, Hkv, _ = k.shape
+    out = np.zeros((T, H, D))
+    for h in range(H):
+        s = q[:, h].astype(np.float64) @ k[:, h // (H // Hkv)].T / np.sqrt(D)
+        if causal:
+            s[np.arange(S)[None, :] > (S - T + np.arange(T))[:, None]] = -np.inf
+        p = np.exp(s - s.max(1, keepdims=True))
+        out[:, h] = (p / p.sum(1, keepdims=True)) @ v[:, h // (H // Hkv)]
+    return out
 
 
 def test_build_reports_cuda(capsys):
     status = _C.build_info()["cuda"]
     assert status.startswith("built for sm_80 sm_90") if cuda.built else "not built" in status or status == "off"
     assert isinstance(cuda.available(), bool) and cuda.device_count() >= 0
+    assert emulated.built and emulated.emulated and emulated.available()
     assert cli.main(["info"]) == 0
     assert "cuda:" in capsys.readouterr().out
 
@@ -26,34 +61,146 @@ def test_no_device_raises_clearly():
         cuda.DeviceArray.from_numpy(np.ones((2, 2), np.float32))
 
 
-def up(a):
-    return cuda.DeviceArray.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-@needs_gpu
-@pytest.mark.parametrize("M,N,Kd", [(1, 1, 1), (7, 65, 129), (64, 64, 64), (130, 257, 1000), (512, 1536, 576)])
-def test_matmul(rng, M, N, Kd):
+@pytest.mark.parametrize("M,N,Kd", [(1, 1, 1), (7, 65, 129), (64, 64, 64), (70, 130, 100)])
+def test_sgemm(be, rng, M, N, Kd):
     x, w, b = rng.standard_normal((M, Kd)), rng.standard_normal((N, Kd)), rng.standard_normal(N)
-    got = cuda.matmul(up(x), up(w), up(b)).to_numpy()
-    assert_close(got, x @ w.T + b, 1e-5, "cuda sgemm")
+    got = be.matmul(up(be, x, "float32"), up(be, w, "float32"), up(be, b, "float32")).to_numpy()
+    assert_close(got, x @ w.T + b, 1e-5, "sgemm")
 
 
-@needs_gpu
-@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (64, 576), (5, 4097)])
-def test_norms_softmax_elementwise(rng, rows, cols):
+@pytest.mark.parametrize("M,N,Kd", [(1, 9, 64), (3, 40, 100), (8, 33, 576), (11, 17, 32)])
+def test_gemv(be, rng, M, N, Kd):
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w = rng.standard_normal((N, Kd)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    assert_close(be.gemv(up(be, x), up(be, w), up(be, b)).to_numpy(), x @ w.T + b, 1e-5, "gemv f32")
+    got = be.gemv(up(be, x), up(be, w, "bfloat16")).to_numpy()
+    assert_close(got, x @ bf16(w).T, 1e-5, "gemv bf16")
+
+
+@pytest.mark.parametrize("M,N,Kd", [(1, 1, 8), (130, 257, 200), (128, 128, 64), (17, 9, 8)])
+def test_gemm_tensor_cores(be, rng, M, N, Kd):
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w = rng.standard_normal((N, Kd)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    want = bf16(x).astype(np.float64) @ bf16(w).T + b
+    got = be.gemm(up(be, x, "bfloat16"), up(be, w, "bfloat16"), up(be, b)).to_numpy()
+    assert_close(got, want, 1e-5, "gemm bf16 -> f32")
+    got = be.gemm(up(be, x, "bfloat16"), up(be, w, "bfloat16"), up(be, b), "bfloat16").to_numpy()
+    assert_close(got, want, 8e-3, "gemm bf16 -> bf16")
+    x16, w16 = x.astype(np.float16), w.astype(np.float16)
+    got = be.gemm(up(be, x16), up(be, w16)).to_numpy()
+    assert_close(got, x16.astype(np.float64) @ w16.T.astype(np.float64), 1e-5, "gemm f16")
+
+
+@pytest.mark.parametrize("M,N,Kd", [(1, 1, 16), (130, 257, 144), (64, 8, 64)])
+def test_int8_gemm(be, rng, M, N, Kd):
+    x = rng.integers(-128, 128, (M, Kd)).astype(np.int8)
+    w = rng.integers(-128, 128, (N, Kd)).astype(np.int8)
+    exact = x.astype(np.int64) @ w.T.astype(np.int64)
+    got = be.int8_matmul(up(be, x), up(be, w)).to_numpy()
+    assert got.dtype == np.int32 and np.array_equal(got, exact)
+    sx = rng.random(M).astype(np.float32)
+    sw = rng.random(N).astype(np.float32)
+    got = be.int8_matmul(up(be, x), up(be, w), up(be, sx), up(be, sw)).to_numpy()
+    assert_close(got, exact * sx[:, None] * sw[None, :], 1e-6, "int8 scaled")
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (4, 576), (2, 1300)])
+def test_norms_softmax_elementwise(be, rng, rows, cols):
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     u = rng.standard_normal((rows, cols)).astype(np.float32)
     w = rng.standard_normal(cols).astype(np.float32)
     b = rng.standard_normal(cols).astype(np.float32)
-    assert_close(cuda.rms_norm(up(x), up(w), 1e-5).to_numpy(), K.rms_norm(x, w, 1e-5), 1e-5, "rms_norm")
-    assert_close(cuda.layer_norm(up(x), up(w), up(b), 1e-5).to_numpy(), K.layer_norm(x, w, b, 1e-5), 1e-5, "layer_norm")
-    assert_close(cuda.softmax(up(x)).to_numpy(), K.softmax(x), 1e-5, "softmax")
-    assert_close(cuda.add(up(x), up(u)).to_numpy(), x + u, 1e-6, "add")
-    assert_close(cuda.silu_mul(up(x), up(u)).to_numpy(), K.silu_mul(x, u), 1e-5, "silu_mul")
-    assert_close(cuda.gelu_tanh(up(x)).to_numpy(), K.gelu_tanh(x), 1e-5, "gelu_tanh")
+    X, U = up(be, x), up(be, u)
+    assert_close(be.rms_norm(X, up(be, w), 1e-5).to_numpy(), K.rms_norm(x, w, 1e-5), 1e-5, "rms_norm")
+    assert_close(be.layer_norm(X, up(be, w), up(be, b), 1e-5).to_numpy(), K.layer_norm(x, w, b, 1e-5), 1e-5, "layer_norm")
+    assert_close(be.softmax(X).to_numpy(), K.softmax(x), 1e-5, "softmax")
+    assert_close(be.add(X, U).to_numpy(), x + u, 1e-6, "add")
+    assert_close(be.silu_mul(X, U).to_numpy(), K.silu_mul(x, u), 1e-5, "silu_mul")
+    assert_close(be.gelu_tanh(X).to_numpy(), K.gelu_tanh(x), 1e-5, "gelu_tanh")
+    assert_close(be.cast(X, "bfloat16").to_numpy(), bf16(x), 0, "cast to bf16")
+    assert np.array_equal(be.cast(up(be, x * 50), "int8").to_numpy(), np.clip(np.rint(x * 50), -128, 127).astype(np.int8))
 
 
-@needs_gpu
+def test_embedding_and_rope(be, rng):
+    table = rng.standard_normal((50, 24)).astype(np.float32)
+    ids = np.array([3, 0, 49, 3], np.int32)
+    assert_close(be.embedding(up(be, ids), up(be, table)).to_numpy(), table[ids], 0, "embedding f32")
+    assert_close(be.embedding(up(be, ids), up(be, table, "bfloat16")).to_numpy(), bf16(table)[ids], 0, "embedding bf16")
+    with pytest.raises(ValueError, match="out of range"):
+        be.embedding(up(be, np.array([1, 50], np.int32)), up(be, table))
+    x = rng.standard_normal((5, 3, 16)).astype(np.float32)
+    pos = np.array([0, 1, 7, 300, 4000], np.int32)
+    for interleaved in (False, True):
+        for rot in (16, 8):
+            inv = (1.0 / 10000.0 ** (np.arange(0, rot, 2) / rot)).astype(np.float32)
+            X = up(be, x)
+            be.rope(X, up(be, pos), up(be, inv), interleaved)
+            want = K.rope(x, pos.astype(np.int64), inv_freq=inv, rotary_dim=rot, interleaved=interleaved)
+            assert_close(X.to_numpy(), want, 1e-5, f"rope interleaved={interleaved} rot={rot}")
+
+
+@pytest.mark.parametrize("T,S,H,Hkv,D,causal", [
+    (1, 1, 1, 1, 64, True), (1, 700, 6, 2, 64, True), (5, 9, 4, 4, 32, True), (37, 37, 2, 1, 64, True),
+    (3, 1100, 3, 3, 48, False)])
+def test_attention_f32(be, rng, T, S, H, Hkv, D, causal):
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, D), (S, Hkv, D), (S, Hkv, D)))
+    got = be.attention(up(be, q), up(be, k), up(be, v), causal).to_numpy()
+    assert_close(got, attention_ref(q, k, v, causal), 1e-5, "attention")
+
+
+@pytest.mark.parametrize("T,S,H,Hkv,D,causal", [
+    (64, 64, 1, 1, 64, True), (70, 130, 4, 2, 64, True), (33, 200, 2, 2, 128, False), (1, 65, 1, 1, 128, True),
+    (130, 130, 1, 1, 64, True)])
+def test_flash_attention(be, rng, T, S, H, Hkv, D, causal):
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, D), (S, Hkv, D), (S, Hkv, D)))
+    got = be.flash_attention(*(up(be, a, "bfloat16") for a in (q, k, v)), causal).to_numpy()
+    # P is rounded to bf16 for the P V product, as in FlashAttention-2: ~2^-9 relative
+    assert_close(got, attention_ref(bf16(q), bf16(k), bf16(v), causal), 6e-3, "flash bf16")
+    h = [a.astype(np.float16) for a in (q, k, v)]
+    got = be.flash_attention(*(up(be, a) for a in h), causal).to_numpy()
+    assert_close(got, attention_ref(*(a.astype(np.float32) for a in h), causal), 1.5e-3, "flash f16")
+
+
+def test_bad_input_is_named(be):
+    x = up(be, np.ones((4, 16), np.float32))
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        be.gemm(x, x)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        be.gemm(up(be, np.ones((2, 12), np.float32), "bfloat16"), up(be, np.ones((2, 12), np.float32), "bfloat16"))
+    with pytest.raises(ValueError, match="matmul takes"):
+        be.matmul(x, up(be, np.ones((4, 8), np.float32)))
+    with pytest.raises(TypeError, match="int8"):
+        be.int8_matmul(x, x)
+    with pytest.raises(ValueError, match="head_dim 64 or 128"):
+        q = up(be, np.ones((2, 1, 32), np.float32), "bfloat16")
+        be.flash_attention(q, q, q)
+    with pytest.raises(ValueError, match="out has the wrong shape"):
+        be.add(x, x, out=up(be, np.ones((2, 2), np.float32)))
+    with pytest.raises(TypeError, match="device array"):
+        be.add([1.0], [2.0])
+
+
+def test_emulated_arrays_through_numpy_and_dlpack(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((6, 16)).astype(np.float32)
+    w = rng.standard_normal((5, 16)).astype(np.float32)
+    y = emulated.matmul(x, w)  # NumPy arrays in, through __array_interface__
+    t = torch.from_dlpack(y)  # a DeviceArray out, zero-copy through DLPack
+    assert t.shape == (6, 5) and t.dtype == torch.float32
+    assert_close(t.numpy(), x @ w.T, 1e-5, "dlpack export")
+    xb = torch.from_numpy(x).to(torch.bfloat16)  # bf16 in through DLPack
+    wb = torch.from_numpy(w).to(torch.bfloat16)
+    got = torch.from_dlpack(emulated.gemm(xb, wb))
+    torch.testing.assert_close(got, xb.float() @ wb.float().T, rtol=1e-5, atol=1e-5)
+    yb = emulated.gemm(xb, wb, out_dtype="bfloat16")
+    assert yb.dtype == "bfloat16" and torch.from_dlpack(yb).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="C-contiguous"):
+        emulated.add(x.T, x.T)
+
+
+@pytest.mark.skipif(not cuda.available(), reason="no CUDA device visible")
 def test_torch_interop(rng):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -65,7 +212,10 @@ def test_torch_interop(rng):
     out = torch.empty(33, 70, device="cuda")
     cuda.rms_norm(x, torch.ones(70, device="cuda"), 1e-6, out=out)
     torch.testing.assert_close(out, torch.nn.functional.rms_norm(x, (70,), eps=1e-6), rtol=1e-4, atol=1e-4)
+    xb, wb = x[:, :64].bfloat16().contiguous(), w[:, :64].bfloat16().contiguous()
+    yb = torch.from_dlpack(cuda.gemm(xb, wb))  # bf16 in and out through DLPack
+    torch.testing.assert_close(yb, xb.float() @ wb.float().T, rtol=1e-3, atol=1e-3)
     with pytest.raises(TypeError, match="float32"):
         cuda.add(x.half(), x.half())
-    with pytest.raises(TypeError, match="__cuda_array_interface__"):
+    with pytest.raises(TypeError, match="device array|wrong device"):
         cuda.add(np.ones(3, np.float32), np.ones(3, np.float32))

@@ -61,4 +61,6 @@ PYBIND11_MODULE(_C, m) {
   fastlm::register_model(m);
   py::module_ c = m.def_submodule("cuda", "CUDA kernels on device arrays (built when a CUDA toolkit was found)");
   fastlm::register_cuda(c);
+  py::module_ e = m.def_submodule("cuda_emulated", "the CUDA kernels' sources run on the host CPU under a SIMT emulation (for checking them without a GPU)");
+  fastlm::register_cuda_emulated(e);
 }

@@ -1,0 +1,307 @@
+// Attention kernels (see kernels.h).
+//
+// attention(): fp32 over a KV cache, for the device decoder; any number of queries. A block per
+// (query, head, key chunk): each warp scores keys (lanes split the head dimension), the block
+// takes the chunk's max and sum, then each thread accumulates one output column. With more than
+// one chunk (split-KV, so short decode steps still fill the GPU), a second kernel merges the
+// chunks' (max, sum, partial output) triples.
+//
+// flash_attention(): FlashAttention-2 on tensor cores for bf16 / f16. A block of 4 warps owns 64
+// queries of one head (16 per warp, Q fragments kept in registers); K and V move through shared
+// memory in 64-key tiles, double buffered with cp.async; S = Q K^T and O += P V are m16n8k16
+// mma's; the softmax is online, in registers, in base 2; P goes from the S accumulators straight
+// into A fragments.
+#include "common.cuh"
+
+namespace fastlm {
+namespace FASTLM_GPU_NS {
+using namespace detail;
+namespace {
+
+constexpr int kAttnThreads = 128, kChunk = 512;  // keys per block at most
+
+int attention_splits(int64_t S) { return int((S + kChunk - 1) / kChunk); }
+
+__global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q, int64_t q_stride, const float* k,
+                                                                 const float* v, int64_t kv_stride, float* out,
+                                                                 float* ws, int64_t T, int64_t S, int64_t H,
+                                                                 int64_t group, int64_t D, float scale, bool causal,
+                                                                 int splits) {
+  __shared__ float p[kChunk];
+  __shared__ float qs[256];
+  const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kvh = h / group;
+  const int split = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int64_t visible = causal ? S - T + t + 1 : S;
+  const int64_t k0 = int64_t(split) * kChunk;
+  const int64_t k1 = k0 + kChunk < visible ? k0 + kChunk : visible;
+  const float* qr = q + t * q_stride + h * D;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qr[d] * scale;
+  __syncthreads();
+  for (int64_t j = k0 + warp; j < k1; j += warps) {
+    const float* kr = k + j * kv_stride + kvh * D;
+    float s = 0.0f;
+    for (int64_t d = lane; d < D; d += 32) s = fmaf(qs[d], kr[d], s);
+    s = warp_sum(s);
+    if (lane == 0) p[j - k0] = s;
+  }
+  __syncthreads();
+  float m = -INFINITY;
+  for (int64_t j = k0 + threadIdx.x; j < k1; j += blockDim.x) m = fmaxf(m, p[j - k0]);
+  m = block_reduce<true>(m);
+  float l = 0.0f;
+  for (int64_t j = k0 + threadIdx.x; j < k1; j += blockDim.x) {
+    const float e = __expf(p[j - k0] - m);
+    p[j - k0] = e;
+    l += e;
+  }
+  l = block_reduce<false>(l);  // its barriers also publish p[]
+  const int64_t row = t * H + h;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.0f;
+    for (int64_t j = k0; j < k1; ++j) o = fmaf(p[j - k0], v[j * kv_stride + kvh * D + d], o);
+    if (splits == 1) {
+      out[row * D + d] = o / l;
+    } else {
+      float* w = ws + (row * splits + split) * (D + 2);
+      w[2 + d] = o;
+      if (d == 0) w[0] = k1 > k0 ? m : -INFINITY, w[1] = k1 > k0 ? l : 0.0f;
+    }
+  }
+}
+
+__global__ void attention_merge_kernel(const float* ws, float* out, int64_t D, int splits) {
+  const int64_t row = blockIdx.x;
+  const float* w = ws + row * splits * (D + 2);
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, w[s * (D + 2)]);
+  float l = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = w[s * (D + 2)];
+    if (ms != -INFINITY) l += __expf(ms - m) * w[s * (D + 2) + 1];
+  }
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = w[s * (D + 2)];
+      if (ms != -INFINITY) o += __expf(ms - m) * w[s * (D + 2) + 2 + d];
+    }
+    out[row * D + d] = o / l;
+  }
+}
+
+// ---- FlashAttention-2 ----
+
+constexpr int kFaRows = 64, kFaThreads = 128;
+
+struct Bf16Elem {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return pack_bf16(lo, hi); }
+  static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) { ptx::mma_bf16(d, a, b); }
+  static __device__ __forceinline__ void store(void* p, int64_t i, float v) { store_from_float(p, i, DType::kBF16, v); }
+};
+struct F16Elem {
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __half a = __float2half(lo), b = __float2half(hi);
+    return uint32_t(*reinterpret_cast<const uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&b)) << 16);
+  }
+  static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) { ptx::mma_f16(d, a, b); }
+  static __device__ __forceinline__ void store(void* p, int64_t i, float v) { store_from_float(p, i, DType::kF16, v); }
+};
+
+// a 64-row tile of D 16-bit elements: row r, 16-byte chunk c stored at chunk c ^ (r % 8)
+template <int D>
+__device__ __forceinline__ int fa_swz(int row, int chunk) {
+  return row * D * 2 + ((chunk ^ (row & 7)) << 4);
+}
+
+template <int D>
+__device__ __forceinline__ void fa_load_tile(unsigned char* dst, const unsigned char* src, int64_t row0, int64_t rows,
+                                             int64_t row_stride_bytes) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < kFaRows * kChunks; c += kFaThreads) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const bool valid = row0 + r < rows;
+    ptx::cp_async16(dst + fa_swz<D>(r, ch), valid ? src + (row0 + r) * row_stride_bytes + ch * 16 : src, valid);
+  }
+}
+
+template <int D, class E>
+__global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsigned char* q, const unsigned char* k,
+                                                                     const unsigned char* v, void* out, int64_t T,
+                                                                     int64_t S, int64_t H, int64_t group,
+                                                                     float scale_log2, bool causal) {
+  constexpr int kTile = kFaRows * D * 2;  // bytes of one 64-row tile
+  FASTLM_DYNAMIC_SMEM(unsigned char, smem);
+  unsigned char* Qs = smem;
+  unsigned char* Ks = smem + kTile;       // 2 stages
+  unsigned char* Vs = smem + 3 * kTile;   // 2 stages
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  const int64_t q0 = int64_t(blockIdx.x) * kFaRows, h = blockIdx.y, kvh = h / group;
+  const int64_t Hkv = H / group;
+  const int64_t q_stride = H * D * 2, kv_stride = Hkv * D * 2;
+  const unsigned char* kbase = k + kvh * D * 2;
+  const unsigned char* vbase = v + kvh * D * 2;
+
+  // the key tiles this block needs: causal, the last query (position S - T + q0 + 63) bounds them
+  int64_t n_tiles = (S + kFaRows - 1) / kFaRows;
+  if (causal) {
+    const int64_t last = S - T + q0 + kFaRows - 1;
+    const int64_t need = last < 0 ? 0 : last / kFaRows + 1;
+    n_tiles = need < n_tiles ? need : n_tiles;
+  }
+
+  fa_load_tile<D>(Qs, q + h * D * 2, q0, T, q_stride);
+  if (n_tiles > 0) {
+    fa_load_tile<D>(Ks, kbase, 0, S, kv_stride);
+    fa_load_tile<D>(Vs, vbase, 0, S, kv_stride);
+  }
+  ptx::cp_async_commit();
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+    ptx::ldmatrix_x4(qf[ks], Qs + fa_swz<D>(warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  const int64_t qpos0 = S - T + q0 + warp * 16 + g;  // positions of this thread's rows g and g + 8
+
+  for (int64_t j = 0; j < n_tiles; ++j) {
+    if (j > 0) {
+      ptx::cp_async_wait<0>();
+      __syncthreads();
+    }
+    if (j + 1 < n_tiles) {  // the next tile into the other stage, while this one computes
+      const int ns = int((j + 1) & 1);
+      fa_load_tile<D>(Ks + ns * kTile, kbase, (j + 1) * kFaRows, S, kv_stride);
+      fa_load_tile<D>(Vs + ns * kTile, vbase, (j + 1) * kFaRows, S, kv_stride);
+    }
+    ptx::cp_async_commit();
+    const unsigned char* Kt = Ks + int(j & 1) * kTile;
+    const unsigned char* Vt = Vs + int(j & 1) * kTile;
+
+    float s[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t r[4];
+        ptx::ldmatrix_x4(r, Kt + fa_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1)));
+        const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+        E::mma(s[2 * np], qf[ks], b0);
+        E::mma(s[2 * np + 1], qf[ks], b1);
+      }
+
+    // scale into base 2, mask, and the online softmax of rows g (e < 2) and g + 8 (e >= 2)
+    float m_new[2] = {m_run[0], m_run[1]};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = j * kFaRows + nt * 8 + 2 * t4 + (e & 1);
+        const int64_t qp = qpos0 + (e >> 1) * 8;
+        float x = s[nt][e] * scale_log2;
+        if (key >= S || (causal && key > qp)) x = -INFINITY;
+        s[nt][e] = x;
+        m_new[e >> 1] = fmaxf(m_new[e >> 1], x);
+      }
+    float corr[2], base[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 1));
+      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 2));
+      base[r] = m_new[r] == -INFINITY ? 0.0f : m_new[r];
+      corr[r] = exp2f(m_run[r] - base[r]);  // 0 while nothing was visible
+      m_run[r] = m_new[r];
+      l_run[r] *= corr[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pv = exp2f(s[nt][e] - base[e >> 1]);
+        s[nt][e] = pv;
+        l_run[e >> 1] += pv;
+      }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= corr[0], o[i][1] *= corr[0];
+      o[i][2] *= corr[1], o[i][3] *= corr[1];
+    }
+
+    // O += P V, P from the S accumulators: keys 16 kk .. 16 kk + 15 are n-tiles 2 kk and 2 kk + 1
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t pa[4] = {E::pack(s[2 * kk][0], s[2 * kk][1]), E::pack(s[2 * kk][2], s[2 * kk][3]),
+                              E::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), E::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t r[4];
+        ptx::ldmatrix_x4_trans(r, Vt + fa_swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
+        const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+        E::mma(o[2 * dp], pa, b0);
+        E::mma(o[2 * dp + 1], pa, b1);
+      }
+    }
+  }
+  ptx::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+  }
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = q0 + warp * 16 + g + (e >> 1) * 8;
+      if (row >= T) continue;
+      const float l = l_run[e >> 1];
+      E::store(out, (row * H + h) * D + i * 8 + 2 * t4 + (e & 1), l > 0.0f ? o[i][e] / l : 0.0f);
+    }
+}
+
+template <int D, class E>
+void run_flash(const void* q, const void* k, const void* v, void* out, int64_t T, int64_t S, int64_t H, int64_t Hkv,
+               float scale, bool causal) {
+  const dim3 grid(unsigned((T + kFaRows - 1) / kFaRows), unsigned(H));
+  launch("flash_attention", grid, dim3(kFaThreads), size_t(5) * kFaRows * D * 2, flash_attention_kernel<D, E>,
+         static_cast<const unsigned char*>(q), static_cast<const unsigned char*>(k),
+         static_cast<const unsigned char*>(v), out, T, S, H, H / Hkv, scale * 1.4426950408889634f, causal);
+}
+
+}  // namespace
+
+size_t attention_workspace(int64_t T, int64_t H, int64_t D, int64_t S) {
+  const int splits = attention_splits(S);
+  return splits > 1 ? size_t(T * H * splits * (D + 2)) : 0;
+}
+
+void attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride, float* out,
+               int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale, bool causal, float* ws) {
+  if (D > 256) throw std::invalid_argument("attention: head_dim above 256");
+  const int splits = attention_splits(S);
+  if (splits > 1 && !ws) throw std::invalid_argument("attention: workspace needed for S above 512");
+  launch("attention", dim3(unsigned(T * H), unsigned(splits)), dim3(kAttnThreads), 0, attention_kernel, q, q_stride, k,
+         v, kv_stride, out, ws, T, S, H, H / Hkv, D, scale, causal, splits);
+  if (splits > 1) launch("attention merge", dim3(unsigned(T * H)), dim3(128), 0, attention_merge_kernel, ws, out, D, splits);
+}
+
+void flash_attention(const void* q, const void* k, const void* v, void* out, DType dt, int64_t T, int64_t S, int64_t H,
+                     int64_t Hkv, int64_t D, float scale, bool causal) {
+  if (dt != DType::kBF16 && dt != DType::kF16) throw std::invalid_argument("flash_attention takes bf16 or f16");
+  if (D != 64 && D != 128) throw std::invalid_argument("flash_attention supports head_dim 64 or 128");
+  if (dt == DType::kBF16)
+    D == 64 ? run_flash<64, Bf16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal) : run_flash<128, Bf16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal);
+  else
+    D == 64 ? run_flash<64, F16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal) : run_flash<128, F16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal);
+}
+
+}  // namespace FASTLM_GPU_NS
+}  // namespace fastlm

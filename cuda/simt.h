@@ -1,0 +1,424 @@
+// A CPU emulation of the CUDA execution model, enough to run the kernels in cuda/ on the host and
+// check their arithmetic and indexing where no GPU is lent (tests/test_cuda.py, backend
+// "emulated"). Included only when FASTLM_SIMT is defined, instead of the CUDA headers.
+//
+// Blocks run one after another; the threads of a block are fibers (ucontext) on the calling OS
+// thread, switched at every barrier: __syncthreads() parks a thread until every live thread of
+// the block arrives, and warp-collective operations (shuffles, ldmatrix, mma) park it until every
+// live lane of its warp arrives. A barrier that can never complete (a divergent __syncthreads, a
+// warp whose lanes wait at different barriers) raises instead of hanging. cp.async copies are
+// deferred to the cp.async.wait that covers their group, so a kernel that reads shared memory
+// before waiting sees stale data here too. What this does not model: timing, bank conflicts,
+// memory-model races between threads that do not synchronize, and out-of-bounds accesses.
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace simt {
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+enum class Wait { kRun, kBlock, kWarp, kDone };
+
+struct CopyOp {
+  void* dst;
+  const void* src;
+  int bytes, src_bytes;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  uint3 tid;
+  int linear = 0;
+  Wait wait = Wait::kRun;
+  std::vector<std::vector<CopyOp>> groups;  // cp.async: committed groups, oldest first
+  std::vector<CopyOp> open;                 // cp.async: not yet committed
+};
+
+struct Launch {
+  dim3 grid, block;
+  uint3 block_idx;
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler;
+  Fiber* current = nullptr;
+  std::function<void()> body;
+  std::vector<char> dynamic_smem;
+  std::vector<unsigned char> exchange;  // kExchange bytes per lane, for warp-collective operations
+  std::string error;
+};
+
+constexpr int kExchange = 64;
+constexpr size_t kStack = 256 * 1024;
+
+inline Launch*& active() {
+  static Launch* launch = nullptr;
+  return launch;
+}
+
+inline Fiber& self() { return *active()->current; }
+inline int lane_id() { return self().linear & 31; }
+inline unsigned char* lane_slot(int lane) {
+  Launch& l = *active();
+  return l.exchange.data() + size_t((self().linear & ~31) + lane) * kExchange;
+}
+
+inline void park(Wait w) {
+  Launch& l = *active();
+  Fiber& f = self();
+  f.wait = w;
+  swapcontext(&f.ctx, &l.scheduler);
+}
+
+inline void syncthreads() { park(Wait::kBlock); }
+inline void syncwarp() { park(Wait::kWarp); }
+
+inline void fiber_entry() {
+  Launch& l = *active();
+  try {
+    l.body();
+  } catch (const std::exception& e) {
+    if (l.error.empty()) l.error = e.what();
+  }
+  l.current->wait = Wait::kDone;
+  swapcontext(&l.current->ctx, &l.scheduler);
+}
+
+// run one block to completion: every fiber until it parks, then release whichever barrier is full
+inline void run_block(Launch& l) {
+  const int n = int(l.fibers.size());
+  for (auto& f : l.fibers) {
+    f.wait = Wait::kRun;
+    f.groups.clear();
+    f.open.clear();
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.data();
+    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_entry, 0);
+  }
+  for (;;) {
+    for (auto& f : l.fibers) {
+      if (f.wait != Wait::kRun) continue;
+      l.current = &f;
+      swapcontext(&l.scheduler, &f.ctx);
+    }
+    if (!l.error.empty()) throw std::runtime_error("simt: kernel raised: " + l.error);
+    bool all_done = true, any_block = false, released = false;
+    for (auto& f : l.fibers) {
+      all_done &= f.wait == Wait::kDone;
+      any_block |= f.wait == Wait::kBlock;
+    }
+    if (all_done) return;
+    for (int w0 = 0; w0 < n; w0 += 32) {  // a warp barrier completes when every live lane waits at one
+      const int w1 = std::min(n, w0 + 32);
+      bool full = true, any = false;
+      for (int i = w0; i < w1; ++i) {
+        full &= l.fibers[i].wait == Wait::kWarp || l.fibers[i].wait == Wait::kDone;
+        any |= l.fibers[i].wait == Wait::kWarp;
+      }
+      if (full && any) {
+        for (int i = w0; i < w1; ++i)
+          if (l.fibers[i].wait == Wait::kWarp) l.fibers[i].wait = Wait::kRun;
+        released = true;
+      }
+    }
+    if (!released && any_block) {
+      bool full = true;
+      for (auto& f : l.fibers) full &= f.wait == Wait::kBlock || f.wait == Wait::kDone;
+      if (full) {
+        for (auto& f : l.fibers)
+          if (f.wait == Wait::kBlock) f.wait = Wait::kRun;
+        released = true;
+      }
+    }
+    if (!released) throw std::runtime_error("simt: deadlock: the threads of a block wait at different barriers");
+  }
+}
+
+template <class Fn>
+void launch(dim3 grid, dim3 block, size_t smem, Fn&& body) {
+  const int threads = int(block.x * block.y * block.z);
+  if (threads <= 0 || threads > 1024) throw std::runtime_error("simt: bad block size " + std::to_string(threads));
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw std::runtime_error("simt: empty grid");
+  Launch l;
+  l.grid = grid;
+  l.block = block;
+  l.body = std::forward<Fn>(body);
+  l.dynamic_smem.assign(smem + 16, 0);
+  l.exchange.assign(size_t((threads + 31) / 32) * 32 * kExchange, 0);
+  l.fibers.resize(threads);
+  for (int i = 0; i < threads; ++i) {
+    Fiber& f = l.fibers[i];
+    f.stack.resize(kStack);
+    f.linear = i;
+    f.tid.x = unsigned(i) % block.x;
+    f.tid.y = unsigned(i) / block.x % block.y;
+    f.tid.z = unsigned(i) / (block.x * block.y);
+  }
+  Launch* outer = active();
+  active() = &l;
+  try {
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          l.block_idx.x = x;
+          l.block_idx.y = y;
+          l.block_idx.z = z;
+          run_block(l);
+        }
+  } catch (...) {
+    active() = outer;
+    throw;
+  }
+  active() = outer;
+}
+
+inline void* dynamic_smem() {
+  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(active()->dynamic_smem.data()) + 15) & ~uintptr_t(15));
+}
+
+// warp shuffles: every lane publishes its value, then reads another lane's
+template <class T>
+T shfl(T v, int src_lane) {
+  static_assert(sizeof(T) <= kExchange, "shuffle of a large type");
+  std::memcpy(lane_slot(lane_id()), &v, sizeof(T));
+  syncwarp();
+  T r;
+  std::memcpy(&r, lane_slot(src_lane & 31), sizeof(T));
+  syncwarp();
+  return r;
+}
+
+// cp.async: deferred until a wait covers the group
+inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  self().open.push_back({dst, src, bytes, src_bytes});
+}
+inline void cp_async_commit() {
+  Fiber& f = self();
+  f.groups.push_back(std::move(f.open));
+  f.open.clear();
+}
+inline void cp_async_wait(int pending) {
+  Fiber& f = self();
+  while (int(f.groups.size()) > pending) {
+    for (const CopyOp& c : f.groups.front()) {
+      std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    }
+    f.groups.erase(f.groups.begin());
+  }
+}
+
+// ldmatrix .m8n8 .b16: lanes 8i..8i+7 name the rows of matrix i; lane t receives, of each matrix,
+// row t/4, b16 columns 2(t%4), 2(t%4)+1 (transposed: column t/4, rows 2(t%4), 2(t%4)+1)
+inline void ldmatrix(uint32_t* r, int count, const void* row_addr, bool trans) {
+  const int lane = lane_id();
+  std::memcpy(lane_slot(lane), &row_addr, sizeof(row_addr));
+  syncwarp();
+  for (int i = 0; i < count; ++i) {
+    uint16_t h[2];
+    for (int e = 0; e < 2; ++e) {
+      const int row = trans ? 2 * (lane % 4) + e : lane / 4;
+      const int col = trans ? lane / 4 : 2 * (lane % 4) + e;
+      const unsigned char* p;
+      std::memcpy(&p, lane_slot(8 * i + row), sizeof(p));
+      std::memcpy(&h[e], p + 2 * col, 2);
+    }
+    r[i] = uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+  }
+  syncwarp();
+}
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+inline float f16_to_float(uint16_t h) {
+  const uint32_t s = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t u;
+  if (e == 0) {
+    if (m == 0) {
+      u = s;
+    } else {  // subnormal
+      int k = -1;
+      uint32_t mm = m;
+      do {
+        ++k;
+        mm <<= 1;
+      } while (!(mm & 0x400u));
+      u = s | ((127 - 15 - k) << 23) | ((mm & 0x3ffu) << 13);
+    }
+  } else if (e == 31) {
+    u = s | 0x7f800000u | (m << 13);
+  } else {
+    u = s | ((e + 127 - 15) << 23) | (m << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t float_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t s = (u >> 16) & 0x8000u;
+  const int e = int((u >> 23) & 0xff) - 127 + 15;
+  uint32_t m = u & 0x7fffffu;
+  if (((u >> 23) & 0xff) == 0xff) return uint16_t(s | 0x7c00u | (m ? 0x200u : 0));
+  if (e >= 31) return uint16_t(s | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return uint16_t(s);
+    m |= 0x800000u;
+    const int shift = 14 - e;
+    uint32_t r = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1))) ++r;
+    return uint16_t(s | r);
+  }
+  uint32_t r = (uint32_t(e) << 10) | (m >> 13);
+  const uint32_t rem = m & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1))) ++r;
+  return uint16_t(s | r);
+}
+
+// mma.sync.m16n8k16 (bf16 or f16 inputs, f32 accumulate) and m16n8k32 (s8, s32 accumulate),
+// row.col: lanes hold fragments as in the PTX ISA (group g = lane / 4, t = lane % 4):
+//   A: a0 (g, k0..), a1 (g + 8, k0..), a2 (g, k0 + K/2..), a3 (g + 8, k0 + K/2..), k0 = t * elems
+//   B: b0 (k0.., n = g), b1 (k0 + K/2.., n = g); C/D: c0,c1 (g, 2t, 2t+1), c2,c3 (g + 8, 2t, 2t+1)
+struct MmaSlot {
+  uint32_t a[4], b[2];
+};
+
+template <class Acc, class Elem>
+void mma(Acc* d, const uint32_t* a, const uint32_t* b, const Acc* c, Elem elem, int K) {
+  const int lane = lane_id();
+  MmaSlot mine;
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  std::memcpy(mine.b, b, sizeof(mine.b));
+  std::memcpy(lane_slot(lane), &mine, sizeof(mine));
+  syncwarp();
+  const int per = K == 16 ? 2 : 4;  // elements per 32-bit register
+  auto a_at = [&](int row, int k) {
+    const int half = k / (K / 2), kk = k % (K / 2);
+    MmaSlot s;
+    std::memcpy(&s, lane_slot((row % 8) * 4 + kk / per), sizeof(s));
+    return elem(s.a[(row / 8) + 2 * half], kk % per);
+  };
+  auto b_at = [&](int k, int n) {
+    const int half = k / (K / 2), kk = k % (K / 2);
+    MmaSlot s;
+    std::memcpy(&s, lane_slot(n * 4 + kk / per), sizeof(s));
+    return elem(s.b[half], kk % per);
+  };
+  const int g = lane / 4, t = lane % 4;
+  Acc out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + (i % 2);
+    Acc acc = c[i];
+    for (int k = 0; k < K; ++k) acc += a_at(row, k) * b_at(k, col);
+    out[i] = acc;
+  }
+  syncwarp();
+  std::memcpy(d, out, sizeof(out));
+}
+
+}  // namespace simt
+
+// the CUDA names the kernels use, mapped onto the emulation
+using simt::dim3;
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__
+#define __shared__ static
+#define threadIdx (::simt::self().tid)
+#define blockIdx (::simt::active()->block_idx)
+#define blockDim (::simt::active()->block)
+#define gridDim (::simt::active()->grid)
+#define __syncthreads() ::simt::syncthreads()
+#define __syncwarp(...) ::simt::syncwarp()
+
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int mask) {
+  return simt::shfl(v, simt::lane_id() ^ mask);
+}
+template <class T>
+T __shfl_sync(unsigned, T v, int src) {
+  return simt::shfl(v, src);
+}
+template <class T>
+T __shfl_down_sync(unsigned, T v, int delta) {
+  const int lane = simt::lane_id();
+  return simt::shfl(v, lane + delta < 32 ? lane + delta : lane);
+}
+inline float __expf(float x) { return std::exp(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+template <class T>
+T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+struct __half {
+  uint16_t x;
+};
+inline float __bfloat162float(__nv_bfloat16 h) { return simt::bf16_to_float(h.x); }
+inline __nv_bfloat16 __float2bfloat16(float f) { return {simt::float_to_bf16(f)}; }
+inline float __half2float(__half h) { return simt::f16_to_float(h.x); }
+inline __half __float2half(float f) { return {simt::float_to_f16(f)}; }
