@@ -6,3 +6,4 @@
 #include "kernels.cu"
 #include "gemm.cu"
 #include "attention.cu"
+#include "model.cpp"

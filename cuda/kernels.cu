@@ -65,6 +65,21 @@ __global__ void gelu_tanh_kernel(const float* x, float* y, int64_t n) {
   }
 }
 
+__global__ void swiglu_rows_kernel(const float* gu, float* y, int64_t rows, int64_t F) {
+  FASTLM_GRID_STRIDE(i, rows * F) {
+    const int64_t r = i / F, c = i % F;
+    const float g = gu[r * 2 * F + c];
+    y[i] = g / (1.0f + __expf(-g)) * gu[r * 2 * F + F + c];
+  }
+}
+
+__global__ void copy_rows_kernel(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols) {
+  FASTLM_GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    dst[r * ds + c] = src[r * ss + c];
+  }
+}
+
 __global__ void cast_kernel(const void* x, DType from, void* y, DType to, int64_t n) {
   FASTLM_GRID_STRIDE(i, n) store_from_float(y, i, to, load_as_float(x, i, from));
 }
@@ -291,6 +306,14 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
 
 void gelu_tanh(const float* x, float* y, int64_t n) {
   launch("gelu_tanh", dim3(blocks_for(n, 256)), dim3(256), 0, gelu_tanh_kernel, x, y, n);
+}
+
+void swiglu_rows(const float* gu, float* y, int64_t rows, int64_t F) {
+  launch("swiglu_rows", dim3(blocks_for(rows * F, 256)), dim3(256), 0, swiglu_rows_kernel, gu, y, rows, F);
+}
+
+void copy_rows(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols) {
+  launch("copy_rows", dim3(blocks_for(rows * cols, 256)), dim3(256), 0, copy_rows_kernel, src, ss, dst, ds, rows, cols);
 }
 
 void cast(const void* x, DType from, void* y, DType to, int64_t n) {

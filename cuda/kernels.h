@@ -59,6 +59,10 @@ void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void add(const float* a, const float* b, float* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* y, int64_t n);
 void gelu_tanh(const float* x, float* y, int64_t n);
+// y[r] = silu(gu[r, :F]) * gu[r, F:] for rows of a fused [gate | up] projection; y (rows, F)
+void swiglu_rows(const float* gu, float* y, int64_t rows, int64_t F);
+// rows x cols floats from src (row stride ss) to dst (row stride ds)
+void copy_rows(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols);
 void cast(const void* x, DType from, void* y, DType to, int64_t n);
 // out[i] = table[ids[i]] as fp32: table (vocab, hidden) fp32 / bf16 / f16; ids checked on the
 // device (an id outside [0, vocab) writes NaN rows and sets *bad = 1 when bad is given)

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,7 +46,7 @@ struct CopyOp {
 
 struct Fiber {
   ucontext_t ctx;
-  std::vector<char> stack;
+  char* stack = nullptr;  // kStack bytes from stack_pool()
   uint3 tid;
   int linear = 0;
   Wait wait = Wait::kRun;
@@ -66,7 +67,15 @@ struct Launch {
 };
 
 constexpr int kExchange = 64;
-constexpr size_t kStack = 256 * 1024;
+constexpr size_t kStack = 128 * 1024;
+
+// fiber stacks, kept across launches (allocating and clearing them per launch costs more than the
+// kernels); uninitialised memory, as a thread's stack is
+inline char* stack_for(int thread) {
+  static std::vector<std::unique_ptr<char[]>> pool;
+  while (int(pool.size()) <= thread) pool.emplace_back(new char[kStack]);
+  return pool[size_t(thread)].get();
+}
 
 inline Launch*& active() {
   static Launch* launch = nullptr;
@@ -109,8 +118,8 @@ inline void run_block(Launch& l) {
     f.groups.clear();
     f.open.clear();
     getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.data();
-    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStack;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_entry, 0);
   }
@@ -158,6 +167,8 @@ void launch(dim3 grid, dim3 block, size_t smem, Fn&& body) {
   const int threads = int(block.x * block.y * block.z);
   if (threads <= 0 || threads > 1024) throw std::runtime_error("simt: bad block size " + std::to_string(threads));
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw std::runtime_error("simt: empty grid");
+  static std::mutex one_at_a_time;  // the emulated device runs one launch at a time (callers drop the GIL)
+  std::lock_guard<std::mutex> lock(one_at_a_time);
   Launch l;
   l.grid = grid;
   l.block = block;
@@ -167,7 +178,7 @@ void launch(dim3 grid, dim3 block, size_t smem, Fn&& body) {
   l.fibers.resize(threads);
   for (int i = 0; i < threads; ++i) {
     Fiber& f = l.fibers[i];
-    f.stack.resize(kStack);
+    f.stack = stack_for(i);
     f.linear = i;
     f.tid.x = unsigned(i) % block.x;
     f.tid.y = unsigned(i) / block.x % block.y;

@@ -219,3 +219,59 @@ def test_torch_interop(rng):
         cuda.add(x.half(), x.half())
     with pytest.raises(TypeError, match="device array|wrong device"):
         cuda.add(np.ones(3, np.float32), np.ones(3, np.float32))
+
+
+# ---- the decoder on the device: Engine.from_pretrained(..., device="cuda") ----
+
+@pytest.fixture(params=["cuda-emulated", pytest.param("cuda", marks=pytest.mark.skipif(
+    not cuda.available(), reason="no CUDA device visible"))])
+def device(request):
+    return request.param
+
+
+def ids_for(n, seed):
+    return np.random.default_rng(seed).integers(3, 320, size=n).tolist()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
+def test_device_logits_match_cpu(tiny, device, kind):
+    from fastlm import Engine
+
+    path = tiny(kind)
+    ids = ids_for(20, 1)
+    got = Engine.from_pretrained(path, device=device).logits(ids)
+    assert_close(got, Engine.from_pretrained(path).logits(ids), 2e-5, f"{kind} on {device}")
+
+
+def test_device_greedy_batches_and_samples_match_cpu(tiny, device):
+    from fastlm import Engine, SamplingParams
+
+    path = tiny("llama")
+    dev, cpu = Engine.from_pretrained(path, device=device), Engine.from_pretrained(path)
+    assert dev.model.device == device and dev.info["device"] == device
+    prompts = [ids_for(7, 2), ids_for(3, 3)]
+    got = dev.generate(prompts, max_tokens=6, ignore_eos=True)
+    want = cpu.generate(prompts, max_tokens=6, ignore_eos=True)
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    params = SamplingParams(max_tokens=4, temperature=0.8, seed=5, n=2, ignore_eos=True)
+    got = dev.generate(prompts[0], params)  # the two samples share the prefill (copy_slot on the device)
+    want = cpu.generate(prompts[0], params)
+    assert [c.token_ids for c in got.choices] == [c.token_ids for c in want.choices]
+    with pytest.raises(ValueError, match="context"):
+        dev.generate(ids_for(700, 4), max_tokens=1)
+
+
+def test_device_choice_is_checked(tiny):
+    from fastlm import Engine
+
+    path = tiny("llama")
+    with pytest.raises(ValueError, match="device must be one of"):
+        Engine.from_pretrained(path, device="tpu")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Engine.from_pretrained(path, device="cuda-emulated", dtype="int8")
+    if not cuda.available():
+        with pytest.raises(ValueError, match="device='cuda'"):
+            Engine.from_pretrained(path, device="cuda")
+    m = Engine.from_pretrained(path, device="cuda-emulated").model
+    with pytest.raises(ValueError, match="profil"):
+        m.set_profiling(True)

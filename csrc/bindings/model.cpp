@@ -10,21 +10,13 @@
 #include <string>
 
 #include "bindings/arrays.h"
+#include "bindings/model_api.h"
 #include "runtime/model.h"
 
 namespace py = pybind11;
 
 namespace fastlm {
 namespace {
-
-Proj proj_from(const std::string& name) {
-  static const std::map<std::string, Proj> names = {{"q", Proj::kQ},       {"k", Proj::kK},   {"v", Proj::kV},
-                                                    {"o", Proj::kO},       {"gate", Proj::kGate},
-                                                    {"up", Proj::kUp},     {"down", Proj::kDown}};
-  auto it = names.find(name);
-  if (it == names.end()) throw py::value_error("unknown projection '" + name + "' (q, k, v, o, gate, up, down)");
-  return it->second;
-}
 
 // a borrowed array stays alive as long as the model that reads it
 void hold(py::object& self, const py::array& a) {
@@ -46,78 +38,14 @@ auto set_vocab_q(void (Model::*set)(const uint8_t*, QType, int64_t, bool), const
   };
 }
 
-WeightType wtype_of(const py::array& a) { return is_bf16(a) ? WeightType::kBF16 : WeightType::kF32; }
-
-std::unique_ptr<Model> make_model(const py::dict& d) {
-  ModelSpec s;
-  auto get = [&](const char* key) {
-    if (!d.contains(key)) throw py::value_error(std::string("model spec lacks '") + key + "'");
-    return d[key];
-  };
-  s.n_layers = get("n_layers").cast<int64_t>();
-  s.hidden = get("hidden").cast<int64_t>();
-  s.n_heads = get("n_heads").cast<int64_t>();
-  s.n_kv_heads = get("n_kv_heads").cast<int64_t>();
-  s.head_dim = get("head_dim").cast<int64_t>();
-  s.ffn = get("ffn").cast<int64_t>();
-  s.vocab = get("vocab").cast<int64_t>();
-  s.max_seq = get("max_seq").cast<int64_t>();
-  s.norm_eps = get("norm_eps").cast<float>();
-  const std::string norm = get("norm").cast<std::string>(), mlp = get("mlp").cast<std::string>(),
-                    pos = get("pos").cast<std::string>();
-  if (norm != "rms" && norm != "layer") throw py::value_error("norm must be 'rms' or 'layer', got '" + norm + "'");
-  if (mlp != "swiglu" && mlp != "gelu") throw py::value_error("mlp must be 'swiglu' or 'gelu', got '" + mlp + "'");
-  if (pos != "rope" && pos != "learned") throw py::value_error("pos must be 'rope' or 'learned', got '" + pos + "'");
-  s.norm = norm == "rms" ? NormKind::kRms : NormKind::kLayer;
-  s.mlp = mlp == "swiglu" ? MlpKind::kSwiGLU : MlpKind::kGelu;
-  s.pos = pos == "rope" ? PosKind::kRope : PosKind::kLearned;
-  if (s.pos == PosKind::kRope) {
-    py::array f = checked(get("rope_inv_freq"), "rope_inv_freq", {DT::kF32}, 1, 1);
-    s.rope_inv_freq.assign(cf32(f), cf32(f) + f.shape(0));
-    s.rotary_dim = d.contains("rotary_dim") ? d["rotary_dim"].cast<int64_t>() : s.head_dim;
-    s.rope_interleaved = d.contains("rope_interleaved") && d["rope_interleaved"].cast<bool>();
-  }
-  return std::unique_ptr<Model>(new Model(std::move(s)));
-}
-
-py::array weight_2d(const py::object& obj, const char* name, int64_t N, int64_t K) {
-  py::array w = checked(obj, name, {DT::kF32, DT::kBF16}, 2, 2);
-  if (w.shape(0) != N || w.shape(1) != K)
-    throw py::value_error(std::string(name) + " must have shape (" + std::to_string(N) + ", " + std::to_string(K) +
-                          "), got " + shape_str(w));
-  return w;
-}
-
-std::vector<int32_t> token_ids(const py::object& obj, const char* name) {
-  py::array a = checked(obj, name, {DT::kI32, DT::kI64}, 1, 1);
-  std::vector<int32_t> out(static_cast<size_t>(a.shape(0)));
-  for (py::ssize_t i = 0; i < a.shape(0); ++i) {
-    int64_t v = has_dt(a, DT::kI32) ? static_cast<const int32_t*>(a.data())[i] : static_cast<const int64_t*>(a.data())[i];
-    if (v < INT32_MIN || v > INT32_MAX) throw py::value_error(std::string(name) + " holds an id out of range: " + std::to_string(v));
-    out[size_t(i)] = int32_t(v);
-  }
-  return out;
-}
-
 }  // namespace
 
 void register_model(py::module_& m) {
   using namespace pybind11::literals;
-  py::class_<Model>(m, "Model", "A decoder executor: packed weights, KV cache slots, forward steps.", py::dynamic_attr())
-      .def(py::init(&make_model), "spec"_a)
+  py::class_<Model> c(m, "Model", "A decoder executor: packed weights, KV cache slots, forward steps.", py::dynamic_attr());
+  c.def(py::init([](const py::dict& d) { return new Model(spec_from(d)); }), "spec"_a)
       .def_property_readonly("isa", &Model::isa)
-      .def_property_readonly("vocab", [](const Model& md) { return md.spec().vocab; })
-      .def_property_readonly("max_seq", [](const Model& md) { return md.spec().max_seq; })
-      .def("set_linear", [](Model& md, int64_t layer, const std::string& name, const py::object& w_obj,
-                            const py::object& b_obj) {
-             py::array w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
-             py::array b;
-             const float* bp = optional_vec(b_obj, "bias", w.shape(0), b);
-             Proj p = proj_from(name);
-             const WeightType wt = wtype_of(w);  // asks Python: before the GIL goes
-             py::gil_scoped_release nogil;
-             md.set_linear(layer, p, w.data(), wt, w.shape(0), w.shape(1), bp);
-           }, "layer"_a, "name"_a, "w"_a, "bias"_a = py::none())
+      .def_property_readonly("device", [](const Model&) { return "cpu"; })
       .def("set_linear_q", [](py::object self, int64_t layer, const std::string& name, const py::object& q_obj,
                               const std::string& qtype, int64_t K, int64_t G, const py::object& b_obj, bool borrow) {
              py::array keep, b;
@@ -132,77 +60,10 @@ void register_model(py::module_& m) {
            "borrow"_a = false)
       .def("set_lm_head_q", set_vocab_q(&Model::set_lm_head_q, "lm_head"), "q"_a, "qtype"_a, "group_size"_a,
            "borrow"_a = false)
-      .def("set_norm", [](Model& md, int64_t layer, int which, const py::object& w_obj, const py::object& b_obj) {
-             py::array w, b;
-             const float* wp = optional_vec(w_obj, "weight", md.spec().hidden, w);
-             if (!wp) throw py::type_error("norm weight must be a float32 array, got None");
-             const float* bp = optional_vec(b_obj, "bias", md.spec().hidden, b);
-             md.set_norm(layer, which, wp, bp);
-           }, "layer"_a, "which"_a, "weight"_a, "bias"_a = py::none())
-      .def("set_embedding", [](Model& md, const py::object& w_obj) {
-             py::array w = weight_2d(w_obj, "embedding", md.spec().vocab, md.spec().hidden);
-             md.set_embedding(w.data(), wtype_of(w));
-           }, "w"_a)
-      .def("set_position_embedding", [](Model& md, const py::object& w_obj) {
-             py::array w = checked(w_obj, "position embedding", {DT::kF32}, 2, 2);
-             if (w.shape(1) != md.spec().hidden)
-               throw py::value_error("position embedding must have " + std::to_string(md.spec().hidden) +
-                                     " columns, got shape " + shape_str(w));
-             md.set_position_embedding(cf32(w), w.shape(0));
-           }, "w"_a)
-      .def("set_lm_head", [](Model& md, const py::object& w_obj) {
-             py::array w = weight_2d(w_obj, "lm_head", md.spec().vocab, md.spec().hidden);
-             const WeightType wt = wtype_of(w);
-             py::gil_scoped_release nogil;
-             md.set_lm_head(w.data(), wt);
-           }, "w"_a)
-      .def("tie_lm_head", [](Model& md) {
-             py::gil_scoped_release nogil;
-             md.tie_lm_head();
-           })
-      .def("missing", &Model::missing)
       .def("set_profiling", &Model::set_profiling, "on"_a)
       .def("profile", &Model::profile, "seconds per kind of op since reset_profile()")
-      .def("reset_profile", &Model::reset_profile)
-      .def_property_readonly("weight_bytes", &Model::weight_bytes)
-      .def_property_readonly("kv_bytes_per_slot", &Model::kv_bytes_per_slot)
-      .def_property_readonly("n_slots", &Model::n_slots)
-      .def("ensure_slots", [](Model& md, int64_t n) {
-             if (n < 0) throw py::value_error("slots must be >= 0");
-             md.ensure_slots(n);
-           }, "n"_a)
-      .def("slot_len", &Model::slot_len, "slot"_a)
-      .def("truncate_slot", &Model::truncate_slot, "slot"_a, "length"_a)
-      .def("copy_slot", &Model::copy_slot, "src"_a, "dst"_a, "length"_a,
-           "the first `length` cached positions of slot src into slot dst")
-      .def("prefill", [](Model& md, int64_t slot, const py::object& tok_obj, bool all_logits) {
-             std::vector<int32_t> toks = token_ids(tok_obj, "tokens");
-             const int64_t T = int64_t(toks.size()), V = md.spec().vocab;
-             py::array_t<float> logits({all_logits ? T : int64_t(1), V});
-             float* lp = logits.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               md.prefill(slot, toks.data(), T, lp, all_logits);
-             }
-             return logits;
-           }, "slot"_a, "tokens"_a, "all_logits"_a = false,
-           "run tokens of one sequence after what its slot holds; logits of the last (or every) position")
-      .def("decode", [](Model& md, const py::object& slots_obj, const py::object& tok_obj) {
-             py::array sl = checked(slots_obj, "slots", {DT::kI64}, 1, 1);
-             std::vector<int32_t> toks = token_ids(tok_obj, "tokens");
-             if (int64_t(toks.size()) != sl.shape(0))
-               throw py::value_error("slots and tokens must have the same length, got " + std::to_string(sl.shape(0)) +
-                                     " and " + std::to_string(toks.size()));
-             const int64_t B = sl.shape(0), V = md.spec().vocab;
-             std::vector<int64_t> slots(static_cast<const int64_t*>(sl.data()), static_cast<const int64_t*>(sl.data()) + B);
-             py::array_t<float> logits({B, V});
-             float* lp = logits.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               md.decode(slots.data(), toks.data(), B, lp);
-             }
-             return logits;
-           }, "slots"_a, "tokens"_a, "one token for each sequence (one slot each); logits (B, vocab)");
+      .def("reset_profile", &Model::reset_profile);
+  def_model_api(c);
 }
 
 }  // namespace fastlm

@@ -18,7 +18,7 @@ import numpy as np
 from fastlm import _C, _runtime, hub
 from fastlm.generation import Generation, Stream
 from fastlm.hub import DEFAULT_MODEL
-from fastlm.models import build
+from fastlm.models import build, executor_class
 from fastlm.outputs import Completion
 from fastlm.sampling import SamplingParams
 from fastlm.tokenizer import Tokenizer
@@ -74,13 +74,14 @@ class Engine:
         at load (linear layers in groups of group_size; embeddings and head int8; GGUF Q8_0 / Q4_0 /
         Q4_1 blocks are taken as they are). quant_method for 4-bit: "rtn" (round to nearest over each
         group's range), "search" (per-group scale search) or "gptq" (calibrated on the standard
-        library's docstrings; slower); keep_8bit: projections kept at int8 in a 4-bit model (e.g.
+        library's docstrings; slower); device: "cpu", or "cuda" (the whole decoder on the GPU, KV cache
+        in device memory; float32 / bfloat16 weights); keep_8bit: projections kept at int8 in a 4-bit model (e.g.
         ("down", "v", "o"), which measured KL 0.033 / top-1 90.4% with gptq on a float SmolLM2). threads: kernel threads (default: physical cores). max_seq_len: the
         KV cache capacity per sequence (default: the model's own context).
         """
-        if device != "cpu":
-            raise ValueError(f"device {device!r} is not available: models run on 'cpu' (the CUDA kernels in "
-                             "fastlm.kernels.cuda have no decoder path yet)")
+        executor_class(device)  # an unknown or unavailable device fails before any loading
+        if device != "cpu" and dtype in ("int8", "int4"):
+            raise ValueError(f"dtype={dtype!r} runs on the CPU; device={device!r} takes float32 or bfloat16 weights")
         if threads is not None:
             _runtime.set_num_threads(threads)
         if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
@@ -103,7 +104,7 @@ class Engine:
 
             scheme = QuantScheme(dtype, group_size=group_size, method=quant_method, keep_8bit=keep_8bit)
         if path.is_file():
-            return cls._from_gguf(path, dtype, max_seq_len, report, scheme, calib_report)
+            return cls._from_gguf(path, dtype, max_seq_len, report, scheme, calib_report, device)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} has no config.json: not a model folder")
         config = _read_json(path / "config.json")
@@ -114,12 +115,14 @@ class Engine:
             from fastlm.quantize import calibrate
 
             calibrate(scheme, config, store, tok, progress=calib_report)
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme,
+                        device=device)
+        info["device"] = device
         return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(path))
 
     @classmethod
     def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report, scheme=None,
-                   calib_report=None) -> "Engine":
+                   calib_report=None, device: str = "cpu") -> "Engine":
         f = GGUFFile(path)
         config = llama_config(f)
         store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
@@ -129,7 +132,9 @@ class Engine:
             from fastlm.quantize import calibrate
 
             calibrate(scheme, config, store, tok, progress=calib_report)
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme)
+        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme,
+                        device=device)
+        info["device"] = device
         info["gguf_types"] = sorted({f.type_name(n) for n in f.tensors})
         return cls(m, tok, config, info, _eos_ids(config), str(path))
 

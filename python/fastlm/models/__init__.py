@@ -137,6 +137,27 @@ class Loader:
         return np.ascontiguousarray(a, dtype=np.float32)
 
 
+DEVICES = ("cpu", "cuda", "cuda-emulated")
+
+
+def executor_class(device: str):
+    """The executor for a device: the CPU one, the CUDA decoder, or the CUDA decoder's sources run
+    under the host SIMT emulation ("cuda-emulated": slow, for checking the device path without a
+    GPU)."""
+    if device == "cpu":
+        return _C.Model
+    if device == "cuda":
+        if not _C.cuda.built:
+            raise ValueError("device='cuda': this fastlm was built without CUDA (no CUDA toolkit was found at install; "
+                             "reinstall with nvcc on the PATH)")
+        if not _C.cuda.available():
+            raise ValueError("device='cuda': no CUDA device is visible")
+        return _C.cuda.Model
+    if device == "cuda-emulated":
+        return _C.cuda_emulated.Model
+    raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+
+
 # architecture -> (its config's model_type, the module that builds it)
 ARCHITECTURES = {"LlamaForCausalLM": ("llama", "llama"), "MistralForCausalLM": ("mistral", "llama"),
                  "Qwen2ForCausalLM": ("qwen2", "llama"), "GPT2LMHeadModel": ("gpt2", "gpt2")}
@@ -151,7 +172,8 @@ def architecture_of(config: dict) -> str:
 
 
 def build(config: dict, store: TensorStore, dtype: str = "auto", max_seq_len: int | None = None,
-          progress: Callable[[int, int], None] | None = None, scheme=None) -> tuple[_C.Model, dict]:
+          progress: Callable[[int, int], None] | None = None, scheme=None,
+          device: str = "cpu") -> tuple[_C.Model, dict]:
     """The executor for a Hugging Face config and checkpoint; returns (model, facts about it)."""
     import importlib
 
@@ -159,4 +181,4 @@ def build(config: dict, store: TensorStore, dtype: str = "auto", max_seq_len: in
     if arch not in ARCHITECTURES:
         raise ValueError(f"unsupported architecture {arch!r}: fastlm runs {', '.join(ARCHITECTURES)}")
     family = importlib.import_module(f"fastlm.models.{ARCHITECTURES[arch][1]}")
-    return family.build(config, store, dtype, max_seq_len, progress, scheme)
+    return family.build(config, store, dtype, max_seq_len, progress, scheme, device)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Callable
 
 from fastlm import _C
-from fastlm.models import Loader, resolve_dtype
+from fastlm.models import Loader, executor_class, resolve_dtype
 from fastlm.weights import TensorStore
 
 
 def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
-          progress: Callable[[int, int], None] | None, scheme=None) -> tuple[_C.Model, dict]:
+          progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
     C = int(config["n_embd"])
     L = int(config["n_layer"])
     H = int(config["n_head"])
@@ -27,7 +27,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
     spec = {"n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": H, "head_dim": C // H, "ffn": F, "vocab": V,
             "max_seq": max_seq, "norm": "layer", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
             "mlp": "gelu", "pos": "learned"}
-    model = _C.Model(spec)
+    model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
     if getattr(store, "stored_format", None) is not None and getattr(store, "quantized_dtype", None):
         raise ValueError("quantized checkpoints hold Llama-family models; quantize GPT-2 at load (dtype='int8')")

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from fastlm import _C
-from fastlm.models import Loader, architecture_of, resolve_dtype
+from fastlm.models import Loader, architecture_of, executor_class, resolve_dtype
 from fastlm.weights import TensorStore
 
 
@@ -53,7 +53,7 @@ def inv_freq(config: dict, rotary_dim: int) -> np.ndarray:
 
 
 def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
-          progress: Callable[[int, int], None] | None, scheme=None) -> tuple[_C.Model, dict]:
+          progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
     arch = architecture_of(config)
     C = int(config["hidden_size"])
     L = int(config["num_hidden_layers"])
@@ -76,7 +76,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
         "max_seq": max_seq, "norm": "rms", "norm_eps": float(config.get("rms_norm_eps", 1e-6)), "mlp": "swiglu",
         "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D,
     }
-    model = _C.Model(spec)
+    model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
     qkv_bias = arch == "Qwen2ForCausalLM" or bool(config.get("attention_bias", False))
     o_bias = bool(config.get("attention_bias", False)) and arch != "Qwen2ForCausalLM"
