@@ -160,6 +160,72 @@ __global__ void __launch_bounds__(256) sgemm_kernel(const float* x, const float*
   }
 }
 
+// the large SGEMM: a 256-thread block computes a 128 x 128 tile of y, each thread 8 x 8 outputs
+// (rows ty*4.. and 64+ty*4.., columns tx*4.. and 64+tx*4..: float4 reads of shared memory without
+// bank conflicts); K in steps of 8, the next step's tiles loaded (float4, global -> registers)
+// while this one computes, shared tiles double buffered: one barrier per step. Rows of x and W
+// must be 16-byte aligned (K % 4 == 0); other shapes take the 64 x 64 kernel above.
+constexpr int LBM = 128, LBN = 128, LBK = 8;
+
+__global__ void __launch_bounds__(256) sgemm_large_kernel(const float* x, const float* w, const float* bias, float* y,
+                                                          int64_t M, int64_t N, int64_t K) {
+  __shared__ __align__(16) float As[2][LBK][LBM];
+  __shared__ __align__(16) float Ws[2][LBK][LBN];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = int64_t(blockIdx.y) * LBM, n0 = int64_t(blockIdx.x) * LBN;
+  const int lr = tid / 2, lk = (tid % 2) * 4;  // this thread loads row lr, k lk..lk+3 of both tiles
+  const bool row_a = m0 + lr < M, row_w = n0 + lr < N;
+  const float* xa = x + (m0 + lr) * K;
+  const float* wa = w + (n0 + lr) * K;
+  auto fetch = [&](const float* row, bool ok, int64_t k) {
+    return ok && k < K ? *reinterpret_cast<const float4*>(row + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  };
+  auto stash = [&](float (*dst)[LBM], const float4& v) {
+    dst[lk][lr] = v.x, dst[lk + 1][lr] = v.y, dst[lk + 2][lr] = v.z, dst[lk + 3][lr] = v.w;
+  };
+  float4 ra = fetch(xa, row_a, lk), rw = fetch(wa, row_w, lk);
+  stash(As[0], ra);
+  stash(Ws[0], rw);
+  __syncthreads();
+  float acc[8][8] = {};
+  const int64_t steps = (K + LBK - 1) / LBK;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int cur = int(s & 1);
+    if (s + 1 < steps) {  // the next step's tiles into registers, in flight during the FMAs
+      ra = fetch(xa, row_a, (s + 1) * LBK + lk);
+      rw = fetch(wa, row_w, (s + 1) * LBK + lk);
+    }
+#pragma unroll
+    for (int k = 0; k < LBK; ++k) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&As[cur][k][ty * 4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&As[cur][k][64 + ty * 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&Ws[cur][k][tx * 4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&Ws[cur][k][64 + tx * 4]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    if (s + 1 < steps) {
+      stash(As[cur ^ 1], ra);
+      stash(Ws[cur ^ 1], rw);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
+      if (n < N) y[m * N + n] = acc[i][j] + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
 // GEMV for up to kGemvRows rows of x: a warp per output column n, lanes striding K (fp32 weights
 // four at a time, bf16 eight at a time), x rows from L1/L2; W is read exactly once
 constexpr int kGemvRows = 8, kGemvWarps = 8;
@@ -267,6 +333,12 @@ void synchronize() { check(cudaDeviceSynchronize(), "synchronize"); }
 #endif
 
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
+  const bool aligned = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+  if (aligned && M >= 64 && N >= 64) {
+    launch("sgemm", dim3(unsigned((N + LBN - 1) / LBN), unsigned((M + LBM - 1) / LBM)), dim3(256), 0,
+           sgemm_large_kernel, x, w, bias, y, M, N, K);
+    return;
+  }
   launch("sgemm", dim3(unsigned((N + BN - 1) / BN), unsigned((M + BM - 1) / BM)), dim3(256), 0, sgemm_kernel, x, w,
          bias, y, M, N, K);
 }

@@ -369,6 +369,7 @@ using simt::dim3;
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 #define threadIdx (::simt::self().tid)
 #define blockIdx (::simt::active()->block_idx)
