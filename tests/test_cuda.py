@@ -275,3 +275,24 @@ def test_device_choice_is_checked(tiny):
     m = Engine.from_pretrained(path, device="cuda-emulated").model
     with pytest.raises(ValueError, match="profil"):
         m.set_profiling(True)
+
+
+def test_cli_bench_on_the_emulated_device(tiny, capsys):
+    assert cli.main(["bench", "-m", str(tiny("llama")), "--device", "cuda-emulated", "-p", "8", "-n", "2", "-r", "1",
+                     "--ctx", "64", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"isa": "cuda-emulated"' in out and '"test": "tg2"' in out
+
+
+def test_cuda_benchmark_script_plumbing():
+    """benchmarks/cuda.py --emulated: the GPU benchmark's calls, checked against torch on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda.py"
+    r = subprocess.run([sys.executable, str(script), "--emulated"], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "gemm bf16 tensor cores" in r.stdout and "int8 gemm" in r.stdout

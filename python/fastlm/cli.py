@@ -9,6 +9,7 @@ import sys
 import time
 
 DTYPES = ["auto", "float32", "bfloat16", "int8", "int4"]
+DEVICES = ["cpu", "cuda", "cuda-emulated"]
 
 
 def info_dict() -> dict:
@@ -49,7 +50,8 @@ def _load(args: argparse.Namespace):
     from fastlm import Engine
 
     return Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads,
-                                  max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty())
+                                  max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty(),
+                                  device=args.device)
 
 
 def _params(args: argparse.Namespace):
@@ -231,7 +233,8 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from fastlm.perplexity import evaluate
 
     text = Path(args.file).read_text(encoding="utf-8")
-    kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method, keep_8bit=args.keep_8bit)
+    kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method, keep_8bit=args.keep_8bit,
+              device=args.device)
     engine = Engine.from_pretrained(args.model, dtype=args.dtype, max_seq_len=args.ctx, **kw)
     ids = engine.tokenize(text)
     if args.max_tokens:
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"a Hugging Face folder, a .gguf file or an alias (default: {DEFAULT_MODEL})")
         s.add_argument("--dtype", default="auto", choices=DTYPES, help="weight precision (default: auto)")
         s.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+        s.add_argument("--device", default="cpu", choices=DEVICES,
+                       help="cpu (default), cuda (the decoder on the GPU, float weights), or cuda-emulated (the CUDA "
+                            "decoder under the host emulation: slow, for checking)")
 
     def sampling_args(s):
         s.add_argument("--max-tokens", type=int, default=None, help="default: until EOS or the context")
