@@ -23,6 +23,34 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = xr[c] * inv * w[c];
 }
 
+// rows of cols % 4 == 0 up to 256 * 4 * V floats: each thread keeps its V float4 in registers, so
+// x is read once (16-byte loads) and written once
+template <int V>
+__global__ void __launch_bounds__(256) rms_norm_vec_kernel(const float* x, const float* w, float* y, int64_t cols,
+                                                           float eps) {
+  const float4* xr = reinterpret_cast<const float4*>(x + blockIdx.x * cols);
+  float4* yr = reinterpret_cast<float4*>(y + blockIdx.x * cols);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  const int64_t n4 = cols / 4;
+  float4 v[V];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const int64_t c = threadIdx.x + int64_t(i) * blockDim.x;
+    v[i] = c < n4 ? xr[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+  }
+  const float inv = rsqrtf(block_reduce<false>(ss) / float(cols) + eps);
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const int64_t c = threadIdx.x + int64_t(i) * blockDim.x;
+    if (c < n4) {
+      const float4 g = w4[c];
+      yr[c] = make_float4(v[i].x * inv * g.x, v[i].y * inv * g.y, v[i].z * inv * g.z, v[i].w * inv * g.w);
+    }
+  }
+}
+
 __global__ void layer_norm_kernel(const float* x, const float* w, const float* b, float* y, int64_t cols, float eps) {
   const float* xr = x + blockIdx.x * cols;
   float* yr = y + blockIdx.x * cols;
@@ -357,6 +385,17 @@ void gemv(const float* x, const void* w, DType wt, const float* bias, float* y, 
 }
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps) {
+  const bool aligned = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  const int64_t per_thread = (cols / 4 + kRowThreads - 1) / kRowThreads;  // float4 per thread
+  if (aligned && per_thread <= 8) {
+    const dim3 grid(static_cast<unsigned>(rows)), block(kRowThreads);
+    if (per_thread <= 1) launch("rms_norm", grid, block, 0, rms_norm_vec_kernel<1>, x, w, y, cols, eps);
+    else if (per_thread <= 2) launch("rms_norm", grid, block, 0, rms_norm_vec_kernel<2>, x, w, y, cols, eps);
+    else if (per_thread <= 4) launch("rms_norm", grid, block, 0, rms_norm_vec_kernel<4>, x, w, y, cols, eps);
+    else launch("rms_norm", grid, block, 0, rms_norm_vec_kernel<8>, x, w, y, cols, eps);
+    return;
+  }
   launch("rms_norm", dim3(unsigned(rows)), dim3(kRowThreads), 0, rms_norm_kernel, x, w, y, cols, eps);
 }
 

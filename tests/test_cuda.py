@@ -106,7 +106,7 @@ def test_int8_gemm(be, rng, M, N, Kd):
     assert_close(got, exact * sx[:, None] * sw[None, :], 1e-6, "int8 scaled")
 
 
-@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (4, 576), (2, 1300)])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (4, 576), (2, 1300), (2, 4096), (1, 8192), (1, 8196)])
 def test_norms_softmax_elementwise(be, rng, rows, cols):
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     u = rng.standard_normal((rows, cols)).astype(np.float32)
