@@ -63,6 +63,30 @@ __global__ void layer_norm_kernel(const float* x, const float* w, const float* b
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = (xr[c] - mean) * inv * w[c] + (b ? b[c] : 0.0f);
 }
 
+__global__ void add_norm_kernel(float* x, const float* d, const float* w, const float* b, float* y, int64_t cols,
+                                float eps, bool rms) {
+  float* xr = x + blockIdx.x * cols;
+  const float* dr = d + blockIdx.x * cols;
+  float* yr = y + blockIdx.x * cols;
+  float s = 0.0f, ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {  // each thread re-reads only what it wrote
+    const float v = xr[c] + dr[c];
+    xr[c] = v;
+    s += v;
+    ss += v * v;
+  }
+  if (rms) {
+    const float inv = rsqrtf(block_reduce<false>(ss) / float(cols) + eps);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = xr[c] * inv * w[c];
+    return;
+  }
+  const float mean = block_reduce<false>(s) / float(cols);
+  float var = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) var += (xr[c] - mean) * (xr[c] - mean);
+  const float inv = rsqrtf(block_reduce<false>(var) / float(cols) + eps);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = (xr[c] - mean) * inv * w[c] + (b ? b[c] : 0.0f);
+}
+
 __global__ void softmax_kernel(const float* x, float* y, int64_t cols) {
   const float* xr = x + blockIdx.x * cols;
   float* yr = y + blockIdx.x * cols;
@@ -401,6 +425,11 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t co
 
 void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t cols, float eps) {
   launch("layer_norm", dim3(unsigned(rows)), dim3(kRowThreads), 0, layer_norm_kernel, x, w, b, y, cols, eps);
+}
+
+void add_norm(float* x, const float* d, const float* w, const float* b, float* y, int64_t rows, int64_t cols,
+              float eps, bool rms) {
+  launch("add_norm", dim3(unsigned(rows)), dim3(kRowThreads), 0, add_norm_kernel, x, d, w, b, y, cols, eps, rms);
 }
 
 void softmax(const float* x, float* y, int64_t rows, int64_t cols) {

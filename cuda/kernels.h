@@ -55,6 +55,9 @@ void gemv(const float* x, const void* w, DType wt, const float* bias, float* y, 
 
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps);
 void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t cols, float eps);
+// the residual step and the next norm in one pass: x += d, then y = norm(x) (rms: w; layer: w, b)
+void add_norm(float* x, const float* d, const float* w, const float* b, float* y, int64_t rows, int64_t cols,
+              float eps, bool rms);
 void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void add(const float* a, const float* b, float* y, int64_t n);
 void silu_mul(const float* gate, const float* up, float* y, int64_t n);

@@ -1,7 +1,9 @@
 // The decoder on the GPU (see model.h): the CPU executor's step (runtime/model.cpp), kernel by
 // kernel. Linear layers: the GEMV kernel for up to 8 rows (decode: the weight read once), bf16
 // weights on tensor cores above that, fp32 weights on the SGEMM. q|k|v and gate|up are fused
-// into one weight each at the first step. The KV cache is fp32, (max_seq, Hkv, D) per layer.
+// into one weight each at the first step. The KV cache is fp32, (max_seq, 2, Hkv, D) per layer: a
+// step's k|v rows go in with one copy. Each residual add is fused with the norm that follows it,
+// and rope turns q and k (adjacent heads of the q|k|v row) in one launch: 9 launches a layer.
 #include "cuda/model.h"
 
 #include <algorithm>
@@ -155,8 +157,7 @@ size_t DeviceModel::kv_bytes_per_slot() const {
 void DeviceModel::ensure_slots(int64_t n) {
   while (int64_t(slots_.size()) < n) {
     std::unique_ptr<Slot> s(new Slot());
-    s->k = Buffer(kv_bytes_per_slot() / 2);
-    s->v = Buffer(kv_bytes_per_slot() / 2);
+    s->kv = Buffer(kv_bytes_per_slot());
     slots_.push_back(std::move(s));
   }
 }
@@ -190,11 +191,8 @@ void DeviceModel::copy_slot(int64_t src, int64_t dst, int64_t len) {
     throw std::invalid_argument("cannot copy " + std::to_string(len) + " positions of a sequence of " +
                                 std::to_string(a.len));
   if (src != dst && len > 0) {
-    const int64_t row = spec_.n_kv_heads * spec_.head_dim, layer = spec_.max_seq * row;
-    for (int64_t l = 0; l < spec_.n_layers; ++l) {
-      copy_rows(a.k.f() + l * layer, row, b.k.f() + l * layer, row, len, row);
-      copy_rows(a.v.f() + l * layer, row, b.v.f() + l * layer, row, len, row);
-    }
+    const int64_t row = 2 * spec_.n_kv_heads * spec_.head_dim, layer = spec_.max_seq * row;
+    for (int64_t l = 0; l < spec_.n_layers; ++l) copy_rows(a.kv.f() + l * layer, row, b.kv.f() + l * layer, row, len, row);
   }
   b.len = len;
 }
@@ -348,12 +346,13 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
     add(x, tmp_.f(), x, T * C);
   }
 
-  const int64_t kv_row = Hkv * D, kv_layer = s.max_seq * kv_row, qkv_w = (H + 2 * Hkv) * D;
+  const int64_t kv_row = 2 * Hkv * D, kv_layer = s.max_seq * kv_row, qkv_w = (H + 2 * Hkv) * D;
+  const bool rms = s.norm == NormKind::kRms;
+  norm(layers_[0].norm_w[0], layers_[0].norm_b[0], x, h, T);
   for (int64_t li = 0; li < s.n_layers; ++li) {
     Layer& L = layers_[size_t(li)];
-    norm(L.norm_w[0], L.norm_b[0], x, h, T);
     float* qp = qkv_.f();
-    int64_t qs = qkv_w;
+    const int64_t qs = qkv_w;
     if (L.qkv.set) {
       linear(L.qkv, h, T, qp);
     } else {  // parts of different dtypes: three launches into the same layout
@@ -365,25 +364,19 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
       copy_rows(attn_.f(), Hkv * D, qp + (H + Hkv) * D, qs, T, Hkv * D);
     }
     float* kp = qp + H * D;
-    float* vp = kp + Hkv * D;
-    if (s.pos == PosKind::kRope) {
-      const int64_t* pp = static_cast<const int64_t*>(pos_.get());
-      rope(qp, T, H, D, qs, pp, inv_freq_.f(), s.rotary_dim, s.rope_interleaved);
-      rope(kp, T, Hkv, D, qs, pp, inv_freq_.f(), s.rotary_dim, s.rope_interleaved);
-    }
+    if (s.pos == PosKind::kRope)  // q's H heads and k's Hkv heads lie side by side in each row
+      rope(qp, T, H + Hkv, D, qs, static_cast<const int64_t*>(pos_.get()), inv_freq_.f(), s.rotary_dim,
+           s.rope_interleaved);
     for (const Group& g : groups) {
       Slot& sl = *slots_[size_t(g.slot)];
-      float* kc = sl.k.f() + li * kv_layer;
-      float* vc = sl.v.f() + li * kv_layer;
-      copy_rows(kp + g.row0 * qs, qs, kc + sl.len * kv_row, kv_row, g.n, kv_row);
-      copy_rows(vp + g.row0 * qs, qs, vc + sl.len * kv_row, kv_row, g.n, kv_row);
-      attention(qp + g.row0 * qs, qs, kc, vc, kv_row, attn_.f() + g.row0 * H * D, g.n, sl.len + g.n, H, Hkv, D,
-                1.0f / std::sqrt(float(D)), true, ws_.f());
+      float* kv = sl.kv.f() + li * kv_layer;
+      copy_rows(kp + g.row0 * qs, qs, kv + sl.len * kv_row, kv_row, g.n, kv_row);  // k|v in one copy
+      attention(qp + g.row0 * qs, qs, kv, kv + Hkv * D, kv_row, attn_.f() + g.row0 * H * D, g.n, sl.len + g.n, H,
+                Hkv, D, 1.0f / std::sqrt(float(D)), true, ws_.f());
     }
     linear(L.proj[int(Proj::kO)], attn_.f(), T, tmp_.f());
-    add(x, tmp_.f(), x, T * C);
+    add_norm(x, tmp_.f(), L.norm_w[1].f(), L.norm_b[1].get() ? L.norm_b[1].f() : nullptr, h, T, C, s.norm_eps, rms);
 
-    norm(L.norm_w[1], L.norm_b[1], x, h, T);
     if (s.mlp == MlpKind::kSwiGLU && L.gate_up.set) {
       linear(L.gate_up, h, T, gu_.f());
       swiglu_rows(gu_.f(), act_.f(), T, F);
@@ -396,7 +389,12 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
       gelu_tanh(act_.f(), act_.f(), T * F);
     }
     linear(L.proj[int(Proj::kDown)], act_.f(), T, tmp_.f());
-    add(x, tmp_.f(), x, T * C);
+    if (li + 1 < s.n_layers) {  // the residual, then the next layer's first norm
+      const Layer& N = layers_[size_t(li + 1)];
+      add_norm(x, tmp_.f(), N.norm_w[0].f(), N.norm_b[0].get() ? N.norm_b[0].f() : nullptr, h, T, C, s.norm_eps, rms);
+    } else {
+      add(x, tmp_.f(), x, T * C);
+    }
   }
   for (const Group& g : groups) slots_[size_t(g.slot)]->len += g.n;
 

@@ -82,7 +82,7 @@ class DeviceModel {
     Linear qkv, gate_up;  // fused at the first step: one launch instead of three / two
   };
   struct Slot {
-    Buffer k, v;  // (n_layers, max_seq, Hkv, D)
+    Buffer kv;  // (n_layers, max_seq, 2, Hkv, D): a position's k and v rows side by side, as q|k|v has them
     int64_t len = 0;
   };
   struct Group {
