@@ -54,9 +54,9 @@ def float_gguf(src: Path, kind: str) -> Path:
 
 
 class FastLM:
-    def __init__(self, path, dtype):
-        self.name = f"fastlm {dtype}"
-        self.e = Engine.from_pretrained(path, dtype=dtype, max_seq_len=2048)
+    def __init__(self, path, dtype, device="cpu"):
+        self.name = f"fastlm {dtype}" if device == "cpu" else f"fastlm {device} {dtype}"
+        self.e = Engine.from_pretrained(path, dtype=dtype, max_seq_len=2048, device=device)
         self.m = self.e.model
         self.m.ensure_slots(1)
 

@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_engines import FastLM  # noqa: E402
 
 
 def event_timer(torch, reps: int):
@@ -103,24 +107,6 @@ def check(torch, be, dev):
         assert err < tol, f"{name}: fastlm and torch differ by {err:.2e}"
 
 
-class DecodeFastLM:
-    def __init__(self, path, dtype, device):
-        from fastlm import Engine
-
-        self.name = f"fastlm {device} {dtype}"
-        self.m = Engine.from_pretrained(path, dtype=dtype, device=device, max_seq_len=1024).model
-        self.m.ensure_slots(1)
-
-    def tokens_per_s(self, n):
-        self.m.truncate_slot(0, 0)
-        self.m.prefill(0, np.asarray([1], np.int32))
-        s, tok = np.zeros(1, np.int64), np.asarray([1], np.int32)
-        t = time.perf_counter()
-        for _ in range(n):
-            tok[0] = int(np.argmax(self.m.decode(s, tok)[0]))
-        return n / (time.perf_counter() - t)
-
-
 class DecodeTransformers:
     def __init__(self, torch, path: Path, dtype: str, device: str):
         import transformers
@@ -132,7 +118,7 @@ class DecodeTransformers:
                                                                        dtype=td).to(device).eval()
         self.device = device
 
-    def tokens_per_s(self, n):
+    def decode(self, n):
         torch = self.torch
         with torch.no_grad():
             out = self.model(torch.tensor([[1]], device=self.device), use_cache=True)
@@ -200,13 +186,13 @@ def main() -> None:
         device = "cuda-emulated" if args.emulated else "cuda"
         engines = []
         for dtype in ("float32", "bfloat16"):
-            engines += [DecodeFastLM(path, dtype, device), DecodeTransformers(torch, path, dtype, dev)]
+            engines += [FastLM(path, dtype, device), DecodeTransformers(torch, path, dtype, dev)]
         for e in engines:
-            e.tokens_per_s(2)
+            e.decode(2)
         tps = {e.name: [] for e in engines}
         for _ in range(args.rounds):
             for e in engines:
-                tps[e.name].append(e.tokens_per_s(args.decode))
+                tps[e.name].append(e.decode(args.decode))
         print(f"\nSmolLM2-135M greedy decode, {args.decode} tokens, {args.rounds} interleaved rounds, medians")
         print("| engine | tokens/s |")
         print("|---|---:|")

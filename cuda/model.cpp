@@ -19,30 +19,14 @@ constexpr int64_t kStepRows = 512;  // prefill rows per step
 
 DType dtype_of(WeightType wt) { return wt == WeightType::kBF16 ? DType::kBF16 : DType::kF32; }
 
-const char* proj_name(Proj p) {
-  static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
-  return names[int(p)];
-}
-
 }  // namespace
 
 DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   const ModelSpec& s = spec_;
-  auto need = [](bool ok, const std::string& what) {
-    if (!ok) throw std::invalid_argument("invalid model spec: " + what);
-  };
-  need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
-           s.vocab > 0 && s.max_seq > 0,
-       "every size must be positive");
-  need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
-  need(s.head_dim <= 256, "the device attention takes head_dim up to 256");
-  if (s.pos == PosKind::kRope) {
-    need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
-         "rotary_dim must be even and at most head_dim");
-    need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
-    inv_freq_ = Buffer::upload(s.rope_inv_freq.data(), s.rope_inv_freq.size() * 4);
-  }
+  validate_spec(s);
+  if (s.head_dim > 256) throw std::invalid_argument("invalid model spec: the device attention takes head_dim up to 256");
   if (device_count() == 0) throw std::runtime_error("no CUDA device is visible (fastlm.kernels.cuda.available() is False)");
+  if (s.pos == PosKind::kRope) inv_freq_ = Buffer::upload(s.rope_inv_freq.data(), s.rope_inv_freq.size() * 4);
   layers_.resize(size_t(s.n_layers));
 }
 
@@ -58,22 +42,7 @@ DeviceModel::Linear DeviceModel::upload_linear(const void* w, WeightType wt, int
 
 void DeviceModel::check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const {
   if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
-  if (layer < 0 || layer >= spec_.n_layers)
-    throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(spec_.n_layers) + ")");
-  const int64_t H = spec_.n_heads, Hkv = spec_.n_kv_heads, D = spec_.head_dim, C = spec_.hidden;
-  int64_t wantN = 0, wantK = C;
-  switch (proj) {
-    case Proj::kQ: wantN = H * D; break;
-    case Proj::kK: case Proj::kV: wantN = Hkv * D; break;
-    case Proj::kO: wantN = C; wantK = H * D; break;
-    case Proj::kGate: case Proj::kUp: wantN = spec_.ffn; break;
-    case Proj::kDown: wantN = C; wantK = spec_.ffn; break;
-    default: throw std::invalid_argument("unknown projection");
-  }
-  if (N != wantN || K != wantK)
-    throw std::invalid_argument("layer " + std::to_string(layer) + " " + proj_name(proj) + " weight has shape (" +
-                                std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
-                                std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
+  fastlm::check_linear_shape(spec_, layer, proj, N, K);
 }
 
 void DeviceModel::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
@@ -162,11 +131,7 @@ void DeviceModel::ensure_slots(int64_t n) {
   }
 }
 
-void DeviceModel::check_slot(int64_t slot) const {
-  if (slot < 0 || slot >= int64_t(slots_.size()))
-    throw std::invalid_argument("slot " + std::to_string(slot) + " does not exist (" + std::to_string(slots_.size()) +
-                                " slots)");
-}
+void DeviceModel::check_slot(int64_t slot) const { check_slot_index(slot, slots_.size()); }
 
 int64_t DeviceModel::slot_len(int64_t slot) const {
   check_slot(slot);
@@ -176,9 +141,7 @@ int64_t DeviceModel::slot_len(int64_t slot) const {
 void DeviceModel::truncate_slot(int64_t slot, int64_t len) {
   check_slot(slot);
   Slot& s = *slots_[size_t(slot)];
-  if (len < 0 || len > s.len)
-    throw std::invalid_argument("cannot truncate a sequence of " + std::to_string(s.len) + " positions to " +
-                                std::to_string(len));
+  check_truncate(s.len, len);
   s.len = len;
 }
 
@@ -187,9 +150,7 @@ void DeviceModel::copy_slot(int64_t src, int64_t dst, int64_t len) {
   check_slot(dst);
   const Slot& a = *slots_[size_t(src)];
   Slot& b = *slots_[size_t(dst)];
-  if (len < 0 || len > a.len)
-    throw std::invalid_argument("cannot copy " + std::to_string(len) + " positions of a sequence of " +
-                                std::to_string(a.len));
+  check_copy(a.len, len);
   if (src != dst && len > 0) {
     const int64_t row = 2 * spec_.n_kv_heads * spec_.head_dim, layer = spec_.max_seq * row;
     for (int64_t l = 0; l < spec_.n_layers; ++l) copy_rows(a.kv.f() + l * layer, row, b.kv.f() + l * layer, row, len, row);

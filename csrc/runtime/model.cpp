@@ -40,11 +40,6 @@ class Stopwatch {
   std::chrono::steady_clock::time_point t_;
 };
 
-std::string proj_name(Proj p) {
-  static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
-  return names[int(p)];
-}
-
 }  // namespace
 
 struct Model::Linear {
@@ -73,19 +68,7 @@ struct Model::Slot {
 
 Model::Model(ModelSpec spec) : spec_(std::move(spec)), table_(&kernels()) {
   const ModelSpec& s = spec_;
-  auto need = [](bool ok, const std::string& what) {
-    if (!ok) throw std::invalid_argument("invalid model spec: " + what);
-  };
-  need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
-           s.vocab > 0 && s.max_seq > 0,
-       "every size must be positive");
-  need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
-  need(s.norm_eps >= 0, "norm eps must be >= 0");
-  if (s.pos == PosKind::kRope) {
-    need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
-         "rotary_dim must be even and at most head_dim");
-    need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
-  }
+  validate_spec(s);
   layers_.resize(size_t(s.n_layers));
   head_.reset(new Linear());
 }
@@ -111,23 +94,7 @@ void Model::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, i
 
 void Model::check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const {
   if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
-  if (layer < 0 || layer >= spec_.n_layers)
-    throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(spec_.n_layers) + ")");
-  const int64_t H = spec_.n_heads, Hkv = spec_.n_kv_heads, D = spec_.head_dim, C = spec_.hidden;
-  int64_t wantN = 0, wantK = C;
-  switch (proj) {
-    case Proj::kQ: wantN = H * D; break;
-    case Proj::kK: case Proj::kV: wantN = Hkv * D; break;
-    case Proj::kO: wantN = C; wantK = H * D; break;
-    case Proj::kGate: case Proj::kUp: wantN = spec_.ffn; break;
-    case Proj::kDown: wantN = C; wantK = spec_.ffn; break;
-    default: throw std::invalid_argument("unknown projection");
-  }
-  if (N != wantN || K != wantK) {
-    throw std::invalid_argument("layer " + std::to_string(layer) + " " + proj_name(proj) + " weight has shape (" +
-                                std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
-                                std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
-  }
+  fastlm::check_linear_shape(spec_, layer, proj, N, K);
 }
 
 namespace {
@@ -288,11 +255,7 @@ void Model::ensure_slots(int64_t n) {
   }
 }
 
-void Model::check_slot(int64_t slot) const {
-  if (slot < 0 || slot >= int64_t(slots_.size()))
-    throw std::invalid_argument("slot " + std::to_string(slot) + " does not exist (" +
-                                std::to_string(slots_.size()) + " slots)");
-}
+void Model::check_slot(int64_t slot) const { check_slot_index(slot, slots_.size()); }
 
 int64_t Model::slot_len(int64_t slot) const {
   check_slot(slot);
@@ -302,9 +265,7 @@ int64_t Model::slot_len(int64_t slot) const {
 void Model::truncate_slot(int64_t slot, int64_t len) {
   check_slot(slot);
   Slot& s = *slots_[size_t(slot)];
-  if (len < 0 || len > s.len)
-    throw std::invalid_argument("cannot truncate a sequence of " + std::to_string(s.len) + " positions to " +
-                                std::to_string(len));
+  check_truncate(s.len, len);
   s.len = len;
 }
 
@@ -313,9 +274,7 @@ void Model::copy_slot(int64_t src, int64_t dst, int64_t len) {
   check_slot(dst);
   const Slot& a = *slots_[size_t(src)];
   Slot& b = *slots_[size_t(dst)];
-  if (len < 0 || len > a.len)
-    throw std::invalid_argument("cannot copy " + std::to_string(len) + " positions of a sequence of " +
-                                std::to_string(a.len));
+  check_copy(a.len, len);
   if (src == dst) {
     b.len = len;
     return;
@@ -613,6 +572,65 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
   norm(final_norm_w_, final_norm_b_, sel_.data(), h, n_out);
   linear(*head_, h, n_out, logits);
   sw.mark(kOpHead);
+}
+
+const char* proj_name(Proj p) {
+  static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+  return names[int(p)];
+}
+
+void validate_spec(const ModelSpec& s) {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("invalid model spec: " + what);
+  };
+  need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
+           s.vocab > 0 && s.max_seq > 0,
+       "every size must be positive");
+  need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
+  need(s.norm_eps >= 0, "norm eps must be >= 0");
+  if (s.pos == PosKind::kRope) {
+    need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
+         "rotary_dim must be even and at most head_dim");
+    need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
+  }
+}
+
+void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K) {
+  if (layer < 0 || layer >= spec.n_layers)
+    throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(spec.n_layers) + ")");
+  const int64_t H = spec.n_heads, Hkv = spec.n_kv_heads, D = spec.head_dim, C = spec.hidden;
+  int64_t wantN = 0, wantK = C;
+  switch (proj) {
+    case Proj::kQ: wantN = H * D; break;
+    case Proj::kK: case Proj::kV: wantN = Hkv * D; break;
+    case Proj::kO: wantN = C; wantK = H * D; break;
+    case Proj::kGate: case Proj::kUp: wantN = spec.ffn; break;
+    case Proj::kDown: wantN = C; wantK = spec.ffn; break;
+    default: throw std::invalid_argument("unknown projection");
+  }
+  if (N != wantN || K != wantK) {
+    throw std::invalid_argument("layer " + std::to_string(layer) + " " + proj_name(proj) + " weight has shape (" +
+                                std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
+                                std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
+  }
+}
+
+void check_slot_index(int64_t slot, size_t n_slots) {
+  if (slot < 0 || slot >= int64_t(n_slots))
+    throw std::invalid_argument("slot " + std::to_string(slot) + " does not exist (" + std::to_string(n_slots) +
+                                " slots)");
+}
+
+void check_truncate(int64_t have, int64_t len) {
+  if (len < 0 || len > have)
+    throw std::invalid_argument("cannot truncate a sequence of " + std::to_string(have) + " positions to " +
+                                std::to_string(len));
+}
+
+void check_copy(int64_t have, int64_t len) {
+  if (len < 0 || len > have)
+    throw std::invalid_argument("cannot copy " + std::to_string(len) + " positions of a sequence of " +
+                                std::to_string(have));
 }
 
 }  // namespace fastlm

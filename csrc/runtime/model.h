@@ -33,6 +33,15 @@ struct ModelSpec {
 // the linear layers of one decoder layer, by name
 enum class Proj { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kCount };
 
+// checks both executors (Model here, the CUDA DeviceModel in cuda/model.h) share; each throws
+// std::invalid_argument naming what is wrong
+const char* proj_name(Proj p);
+void validate_spec(const ModelSpec& s);
+void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K);
+void check_slot_index(int64_t slot, size_t n_slots);
+void check_truncate(int64_t have, int64_t len);  // keep len of have positions
+void check_copy(int64_t have, int64_t len);      // copy len of have positions
+
 class Model {
  public:
   explicit Model(ModelSpec spec);  // validates the spec (std::invalid_argument)
