@@ -135,7 +135,9 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsig
   unsigned char* Ks = smem + kTile;       // 2 stages
   unsigned char* Vs = smem + 3 * kTile;   // 2 stages
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-  const int64_t q0 = int64_t(blockIdx.x) * kFaRows, h = blockIdx.y, kvh = h / group;
+  // causal blocks near the end of the sequence have the most key tiles: they start first
+  const int64_t q_tile = causal ? int64_t(gridDim.x) - 1 - blockIdx.x : int64_t(blockIdx.x);
+  const int64_t q0 = q_tile * kFaRows, h = blockIdx.y, kvh = h / group;
   const int64_t Hkv = H / group;
   const int64_t q_stride = H * D * 2, kv_stride = Hkv * D * 2;
   const unsigned char* kbase = k + kvh * D * 2;
@@ -197,7 +199,10 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsig
         E::mma(s[2 * np + 1], qf[ks], b1);
       }
 
-    // scale into base 2, mask, and the online softmax of rows g (e < 2) and g + 8 (e >= 2)
+    // scale into base 2, mask, and the online softmax of rows g (e < 2) and g + 8 (e >= 2); only a
+    // tile that crosses this warp's diagonal or the end of the keys needs the mask
+    const int64_t tile_end = (j + 1) * kFaRows - 1;
+    const bool masked = tile_end >= S || (causal && tile_end > S - T + q0 + warp * 16);
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -206,7 +211,7 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsig
         const int64_t key = j * kFaRows + nt * 8 + 2 * t4 + (e & 1);
         const int64_t qp = qpos0 + (e >> 1) * 8;
         float x = s[nt][e] * scale_log2;
-        if (key >= S || (causal && key > qp)) x = -INFINITY;
+        if (masked && (key >= S || (causal && key > qp))) x = -INFINITY;
         s[nt][e] = x;
         m_new[e >> 1] = fmaxf(m_new[e >> 1], x);
       }
