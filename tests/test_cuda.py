@@ -296,3 +296,14 @@ def test_cuda_benchmark_script_plumbing():
                        check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "gemm bf16 tensor cores" in r.stdout and "int8 gemm" in r.stdout
+
+
+def test_the_emulation_keeps_cuda_semantics():
+    """What the emulated kernel tests rely on: lanes waiting at different barriers raise instead of
+    hanging, cp.async data is not there before its wait, shuffles exchange lanes within a warp."""
+    r = emulated._self_test()
+    assert "deadlock" in r["deadlock"]
+    assert r["cp_async_before_wait"] == [-1.0] * 4 and r["cp_async_after_wait"] == [1.0, 2.0, 3.0, 4.0]
+    lanes = np.arange(64)
+    warp_sums = np.where(lanes < 32, sum(range(32)), sum(range(32, 64)))
+    assert np.array_equal(np.asarray(r["shuffle"]), (lanes ^ 1) + 100.0 * warp_sums)

@@ -6,7 +6,66 @@
 #define FASTLM_GPU_NS cuda_emu
 #include "bindings/cuda.h"
 #include "bindings/gpu_backend.inc"
+#include "cuda/common.cuh"
 
 namespace fastlm {
-void register_cuda_emulated(pybind11::module_& m) { cuda_emu::register_backend(m); }
+namespace cuda_emu {
+namespace {
+
+// kernels that hold the emulation itself to the CUDA semantics the real kernels rely on
+
+__global__ void divergent_barrier_kernel() {
+  if ((threadIdx.x & 31) < 16)
+    __syncthreads();
+  else
+    __syncwarp();
+}
+
+__global__ void cp_async_kernel(const float* src, float* before, float* after) {
+  __shared__ __align__(16) float tile[4];
+  if (threadIdx.x == 0) tile[0] = tile[1] = tile[2] = tile[3] = -1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ptx::cp_async16(tile, src, true);
+    ptx::cp_async_commit();
+    for (int i = 0; i < 4; ++i) before[i] = tile[i];  // not waited for: still the old values
+    ptx::cp_async_wait<0>();
+    for (int i = 0; i < 4; ++i) after[i] = tile[i];
+  }
+}
+
+__global__ void shuffle_kernel(float* out) {
+  const float v = float(threadIdx.x);
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 1) + 100.0f * detail::warp_sum(v);
+}
+
+}  // namespace
+
+py::dict self_test() {
+  py::dict r;
+  try {
+    detail::launch("divergent barrier", dim3(1), dim3(64), 0, divergent_barrier_kernel);
+    r["deadlock"] = "not detected";
+  } catch (const std::exception& e) {
+    r["deadlock"] = std::string(e.what());
+  }
+  const float src[4] = {1, 2, 3, 4};
+  float before[4], after[4], shuf[64];
+  detail::launch("cp.async", dim3(1), dim3(32), 0, cp_async_kernel, static_cast<const float*>(src),
+                 static_cast<float*>(before), static_cast<float*>(after));
+  r["cp_async_before_wait"] = std::vector<float>(before, before + 4);
+  r["cp_async_after_wait"] = std::vector<float>(after, after + 4);
+  detail::launch("shuffle", dim3(1), dim3(64), 0, shuffle_kernel, static_cast<float*>(shuf));
+  r["shuffle"] = std::vector<float>(shuf, shuf + 64);
+  return r;
+}
+
+}  // namespace cuda_emu
+
+void register_cuda_emulated(pybind11::module_& m) {
+  cuda_emu::register_backend(m);
+  m.def("_self_test", &cuda_emu::self_test, "the emulation's own semantics: a divergent barrier raises, cp.async "
+        "lands at its wait, warp shuffles exchange lanes");
+}
+
 }  // namespace fastlm
