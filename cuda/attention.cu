@@ -302,6 +302,9 @@ void flash_attention(const void* q, const void* k, const void* v, void* out, DTy
                      int64_t Hkv, int64_t D, float scale, bool causal) {
   if (dt != DType::kBF16 && dt != DType::kF16) throw std::invalid_argument("flash_attention takes bf16 or f16");
   if (D != 64 && D != 128) throw std::invalid_argument("flash_attention supports head_dim 64 or 128");
+  need_aligned16(q, "flash_attention q");
+  need_aligned16(k, "flash_attention k");
+  need_aligned16(v, "flash_attention v");
   if (dt == DType::kBF16)
     D == 64 ? run_flash<64, Bf16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal) : run_flash<128, Bf16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal);
   else

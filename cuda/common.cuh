@@ -45,6 +45,13 @@ void launch(const char* what, dim3 grid, dim3 block, size_t smem, void (*kernel)
 #endif
 }
 
+// cp.async and 16-byte vector loads need 16-byte aligned addresses: a misaligned one is a sticky
+// CUDA error that ends the context, so it is refused here first
+inline void need_aligned16(const void* p, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 16)
+    throw std::invalid_argument(std::string(what) + " must start at a 16-byte aligned address (make a fresh contiguous copy)");
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return unsigned(b < 65535 ? (b > 0 ? b : 1) : 65535);

@@ -142,6 +142,8 @@ void run_gemm(const char* what, const void* x, const void* w, void* y, Epilogue 
 void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y, DType out, int64_t M, int64_t N,
              int64_t K) {
   if (K % 8) throw std::invalid_argument("gemm_tc needs K to be a multiple of 8");
+  need_aligned16(x, "gemm x");
+  need_aligned16(w, "gemm w");
   const Epilogue ep{bias, nullptr, nullptr, out};
   if (in == DType::kBF16)
     run_gemm<Bf16Op>("gemm_tc bf16", x, w, y, ep, M, N, K * 2);
@@ -154,6 +156,8 @@ void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y,
 void gemm_s8(const int8_t* x, const int8_t* w, const float* sx, const float* sw, void* y, DType out, int64_t M,
              int64_t N, int64_t K) {
   if (K % 16) throw std::invalid_argument("gemm_s8 needs K to be a multiple of 16");
+  need_aligned16(x, "int8_matmul x");
+  need_aligned16(w, "int8_matmul w");
   run_gemm<S8Op>("gemm_s8", x, w, y, Epilogue{nullptr, sx, sw, out}, M, N, K);
 }
 

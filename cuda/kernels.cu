@@ -284,14 +284,13 @@ constexpr int kGemvRows = 8, kGemvWarps = 8;
 
 template <class WT>
 __global__ void __launch_bounds__(256) gemv_kernel(const float* x, const WT* w, const float* bias, float* y, int M,
-                                                   int64_t N, int64_t K) {
+                                                   int64_t N, int64_t K, bool vec_ok) {
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
   if (n >= N) return;
   const WT* wr = w + n * K;
   float acc[kGemvRows] = {};
-  constexpr int kVec = sizeof(WT) == 4 ? 4 : 8;  // 16 bytes of W per lane per step
-  const bool vec_ok = (K % kVec) == 0;
+  constexpr int kVec = sizeof(WT) == 4 ? 4 : 8;  // 16 bytes of W per lane per step, when rows are 16-byte aligned
   if (vec_ok) {
     for (int64_t k = int64_t(lane) * kVec; k < K; k += 32 * kVec) {
       float wv[kVec];
@@ -396,15 +395,16 @@ void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t 
 }
 
 void gemv(const float* x, const void* w, DType wt, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
+  const bool vec_ok = (K * int64_t(dtype_size(wt))) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
   for (int64_t m0 = 0; m0 < M; m0 += kGemvRows) {
     const int rows = int(M - m0 < kGemvRows ? M - m0 : kGemvRows);
     const dim3 grid(unsigned((N + kGemvWarps - 1) / kGemvWarps));
     if (wt == DType::kBF16)
       launch("gemv", grid, dim3(32 * kGemvWarps), 0, gemv_kernel<uint16_t>, x + m0 * K,
-             static_cast<const uint16_t*>(w), bias, y + m0 * N, rows, N, K);
+             static_cast<const uint16_t*>(w), bias, y + m0 * N, rows, N, K, vec_ok);
     else
       launch("gemv", grid, dim3(32 * kGemvWarps), 0, gemv_kernel<float>, x + m0 * K, static_cast<const float*>(w),
-             bias, y + m0 * N, rows, N, K);
+             bias, y + m0 * N, rows, N, K, vec_ok);
   }
 }
 

@@ -198,6 +198,9 @@ def test_emulated_arrays_through_numpy_and_dlpack(rng):
     assert yb.dtype == "bfloat16" and torch.from_dlpack(yb).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="C-contiguous"):
         emulated.add(x.T, x.T)
+    odd = torch.zeros(1 + 16 * 8, dtype=torch.bfloat16)[1:].view(16, 8)  # 2 bytes past an aligned start
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        emulated.gemm(odd, odd)
 
 
 @pytest.mark.skipif(not cuda.available(), reason="no CUDA device visible")
