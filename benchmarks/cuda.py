@@ -11,6 +11,12 @@ against torch._int_mm; SmolLM2-135M greedy decode, fastlm device="cuda" against 
 the same GPU (both fp32, then both bf16). Kernel times are CUDA-event times of `--reps` calls
 after a warm-up; decode is wall clock per generated token.
 
+On a lent GPU machine (nothing can be fetched there), carry the default model's GGUF (94 MB, over
+one call's 64 MiB: split it, carry a half per call while the machine is warm, and join them
+there), build fastlm with `pip install --no-build-isolation .`, then pass --model. transformers
+reads the GGUF through the `gguf` package where it is installed, else from a folder that
+`fastlm.convert` writes beside the GGUF (the same float32 weights).
+
 --emulated checks the script's plumbing where no GPU is lent: fastlm's kernels run under the SIMT
 emulation (fastlm._C.cuda_emulated) and torch on the CPU, at sizes that finish in seconds; its
 "ratios" mean nothing, and the decode rows are left out (tests/test_cuda.py checks the emulated
@@ -114,8 +120,18 @@ class DecodeTransformers:
         self.torch = torch
         self.name = f"transformers {device} {dtype}"
         td = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                       dtype=td).to(device).eval()
+        try:
+            import gguf  # noqa: F401  (transformers reads GGUF through it)
+
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=td)
+        except ImportError:  # no gguf package (the GPU machines have none): the same weights as a HF folder
+            from fastlm.convert import convert_gguf
+
+            folder = path.with_suffix(".hf")
+            if not (folder / "config.json").exists():
+                convert_gguf(path, folder, "float32")
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=td)
+        self.model = model.to(device).eval()
         self.device = device
 
     def decode(self, n):
