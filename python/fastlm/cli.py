@@ -38,7 +38,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"build:    {b['build_type']}, {b['compiler']}, native tuning {b['native']}, "
           f"ISA variants {', '.join(b['isas'])}")
     devices = ", ".join(d["cuda_devices"]) or "none visible"
-    print(f"cuda:     {b['cuda']}; devices: {devices}")
+    print(f"cuda:     {b['cuda']}; devices: {devices}; emulation: fastlm.kernels.cuda_emulated, "
+          "device='cuda-emulated'")
     print(f"cpu:      {c['brand'] or c['vendor']}, {c['physical_cores']} physical cores")
     print(f"features: {' '.join(c['features']) or '(none of interest)'}")
     print(f"kernels:  {d['isa']} (supported here: {', '.join(c['supported_isas'])}; FASTLM_ISA overrides)")

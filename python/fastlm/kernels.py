@@ -12,8 +12,11 @@ on all the threads of fastlm's pool. ``out=`` writes into an existing array.
 (4, 32)
 
 ``fastlm.kernels.ref`` holds the scalar reference of each kernel (the test oracles), and
-``fastlm.kernels.cuda`` the CUDA variants built so far (matmul, rms_norm, layer_norm, softmax, add,
-silu_mul, gelu_tanh) on CUDA arrays, when the build found a CUDA toolkit.
+``fastlm.kernels.cuda`` the CUDA kernels (SGEMM, tensor-core bf16 / f16 / int8 GEMM, GEMV,
+FlashAttention-2, split-KV attention, norms, rope, embedding, element-wise ops) on device arrays
+(DeviceArray, torch / CuPy through DLPack or ``__cuda_array_interface__``) when the build found a
+CUDA toolkit; ``fastlm.kernels.cuda_emulated`` the same sources run on the host under a SIMT
+emulation, for checking them without a GPU (see cuda/README.md).
 """
 from __future__ import annotations
 
@@ -39,11 +42,12 @@ from fastlm._C.kernels import (
 )
 
 ref = _k.ref
-# CUDA variants on device arrays (__cuda_array_interface__): cuda.built says whether this build has
-# them, cuda.available() whether a device is visible; without one every kernel raises RuntimeError
+# CUDA variants on device arrays: cuda.built says whether this build has them, cuda.available()
+# whether a device is visible; without one every kernel raises RuntimeError
 from fastlm._C import cuda  # noqa: E402
+from fastlm._C import cuda_emulated  # noqa: E402
 
 __all__ = [
     "PackedWeight", "add", "attention", "gelu_tanh", "int8_matmul", "layer_norm", "matmul", "pack",
-    "q_dequantize", "q_matmul", "q_quantize", "quantize_int8", "cuda", "ref", "rms_norm", "rope", "silu_mul", "softmax",
+    "q_dequantize", "q_matmul", "q_quantize", "quantize_int8", "cuda", "cuda_emulated", "ref", "rms_norm", "rope", "silu_mul", "softmax",
 ]
