@@ -246,6 +246,20 @@ def test_device_logits_match_cpu(tiny, device, kind):
     assert_close(got, Engine.from_pretrained(path).logits(ids), 2e-5, f"{kind} on {device}")
 
 
+def test_device_bf16_prefill_on_tensor_cores(tiny, device):
+    """A bf16 model: prefill rows go through the tensor-core GEMM with bf16 activations (the CPU
+    keeps them in fp32), decode through the bf16 GEMV."""
+    from fastlm import Engine
+
+    path = tiny("bf16")
+    dev, cpu = Engine.from_pretrained(path, device=device), Engine.from_pretrained(path)
+    assert dev.info["dtype"] == "bfloat16"
+    ids = ids_for(20, 5)
+    assert_close(dev.logits(ids), cpu.logits(ids), 1e-2, "bf16 prefill")
+    assert dev.generate(ids[:5], max_tokens=6, ignore_eos=True).token_ids == \
+        cpu.generate(ids[:5], max_tokens=6, ignore_eos=True).token_ids
+
+
 def test_device_greedy_batches_and_samples_match_cpu(tiny, device):
     from fastlm import Engine, SamplingParams
 
