@@ -4,6 +4,13 @@
 // shared memory, 4x4 outputs per thread in registers (the classic register-blocked tiling).
 #include <cstdlib>
 #include <cstring>
+#if defined(FASTLM_SIMT)
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <mutex>
+#include <unordered_map>
+#endif
 
 #include "common.cuh"
 
@@ -332,16 +339,43 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float* x, const WT* w, 
 }  // namespace
 
 #if defined(FASTLM_SIMT)
+// emulated device memory ends at an inaccessible page, so a kernel that reads or writes past the
+// end of a buffer faults at once instead of reading neighbouring data (16-byte alignment kept)
+struct GuardedMapping {
+  void* base;
+  size_t length;
+};
+std::mutex& guard_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::unordered_map<void*, GuardedMapping>& guarded() {
+  static std::unordered_map<void*, GuardedMapping> m;
+  return m;
+}
+
 int device_count() { return 1; }
 std::string device_name(int) { return "SIMT emulation on the host CPU"; }
 std::string runtime_version() { return "emulated"; }
 std::string compiled_archs() { return "host"; }
 void* device_alloc(size_t bytes) {
-  void* p = std::aligned_alloc(256, ((bytes ? bytes : 1) + 255) / 256 * 256);
-  if (!p) throw std::bad_alloc();
+  const size_t page = size_t(sysconf(_SC_PAGESIZE)), used = ((bytes ? bytes : 1) + 15) / 16 * 16;
+  const size_t span = (used + page - 1) / page * page;
+  void* base = mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) throw std::bad_alloc();
+  mprotect(static_cast<char*>(base) + span, page, PROT_NONE);
+  void* p = static_cast<char*>(base) + (span - used);
+  std::lock_guard<std::mutex> lock(guard_mutex());
+  guarded()[p] = {base, span + page};
   return p;
 }
-void device_free(void* p) { std::free(p); }
+void device_free(void* p) {
+  std::lock_guard<std::mutex> lock(guard_mutex());
+  auto it = guarded().find(p);
+  if (it == guarded().end()) return;
+  munmap(it->second.base, it->second.length);
+  guarded().erase(it);
+}
 void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void copy_device(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }

@@ -8,8 +8,9 @@
 // live lane of its warp arrives. A barrier that can never complete (a divergent __syncthreads, a
 // warp whose lanes wait at different barriers) raises instead of hanging. cp.async copies are
 // deferred to the cp.async.wait that covers their group, so a kernel that reads shared memory
-// before waiting sees stale data here too. What this does not model: timing, bank conflicts,
-// memory-model races between threads that do not synchronize, and out-of-bounds accesses.
+// before waiting sees stale data here too. What this does not model: timing, bank conflicts and
+// memory-model races between threads that do not synchronize (emulated device buffers end at an
+// inaccessible page: see device_alloc in kernels.cu).
 #pragma once
 
 #include <ucontext.h>
