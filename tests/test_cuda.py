@@ -284,6 +284,8 @@ def test_device_choice_is_checked(tiny):
     path = tiny("llama")
     with pytest.raises(ValueError, match="device must be one of"):
         Engine.from_pretrained(path, device="tpu")
+    with pytest.raises(ValueError, match="first CUDA device only"):
+        Engine.from_pretrained(path, device="cuda:1")
     with pytest.raises(ValueError, match="runs on the CPU"):
         Engine.from_pretrained(path, device="cuda-emulated", dtype="int8")
     if not cuda.available():

@@ -146,7 +146,7 @@ def executor_class(device: str):
     GPU)."""
     if device == "cpu":
         return _C.Model
-    if device == "cuda":
+    if device in ("cuda", "cuda:0"):
         if not _C.cuda.built:
             raise ValueError("device='cuda': this fastlm was built without CUDA (no CUDA toolkit was found at install; "
                              "reinstall with nvcc on the PATH)")
@@ -155,6 +155,8 @@ def executor_class(device: str):
         return _C.cuda.Model
     if device == "cuda-emulated":
         return _C.cuda_emulated.Model
+    if device.startswith("cuda:"):
+        raise ValueError(f"device {device!r}: fastlm runs on the first CUDA device only ('cuda' or 'cuda:0')")
     raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
 
 
