@@ -4,6 +4,9 @@
 // 64 bytes of every row at a time (32 bf16 or 64 int8) through a 3-stage cp.async pipeline.
 // Shared rows are 64 bytes, four 16-byte chunks stored at chunk ^ ((row / 2) % 4) so the eight
 // rows one ldmatrix reads fall in distinct banks.
+#include <cstdio>
+#include <vector>
+
 #include "common.cuh"
 
 namespace fastlm {
@@ -129,6 +132,83 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_tc_kernel(const unsigned ch
       }
 }
 
+// ---- Hopper: wgmma ----
+// A 256-thread block, two warpgroups, computes a 128 x 128 tile of y: warpgroup g the rows 64 g ..
+// 64 g + 63 with wgmma.m64n128k16 from shared memory. K moves 64 bf16 (one 128-byte row) a step
+// through a 4-stage cp.async pipeline; each operand tile is 128 rows of 128 bytes in the 128-byte
+// swizzle (chunk c of row r at c ^ (r % 8)), which the wgmma descriptors name.
+constexpr int kWgStages = 4, kWgTileBytes = 128 * 128, kWgStageBytes = 2 * kWgTileBytes;
+
+__device__ __forceinline__ int sw128(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+
+__global__ void __launch_bounds__(256) gemm_wgmma_kernel(const unsigned char* x, const unsigned char* w, void* y,
+                                                         Epilogue ep, int64_t M, int64_t N, int64_t row_bytes) {
+  FASTLM_DYNAMIC_SMEM(unsigned char, raw);
+  unsigned char* smem = raw + ((1024 - (ptx::shared_address(raw) & 1023)) & 1023);  // swizzle atoms: 1024-aligned
+  const int tid = threadIdx.x, wg = tid >> 7;
+  const int64_t m0 = int64_t(blockIdx.y) * 128, n0 = int64_t(blockIdx.x) * 128;
+  const int64_t k_tiles = (row_bytes + 127) / 128;
+
+  auto load_stage = [&](int stage, int64_t kt) {
+    unsigned char* As = smem + stage * kWgStageBytes;
+    unsigned char* Bs = As + kWgTileBytes;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // 1024 chunks of each operand, four of each per thread
+      const int c = tid + i * 256, row = c >> 3, chunk = c & 7;
+      const int64_t kbyte = kt * 128 + chunk * 16;
+      const bool ka = kbyte < row_bytes;
+      const int64_t gm = m0 + row, gn = n0 + row;
+      const bool va = ka && gm < M, vb = ka && gn < N;
+      ptx::cp_async16(As + sw128(row, chunk), va ? x + gm * row_bytes + kbyte : x, va);
+      ptx::cp_async16(Bs + sw128(row, chunk), vb ? w + gn * row_bytes + kbyte : w, vb);
+    }
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kWgStages - 1; ++s) {
+    if (s < k_tiles) load_stage(s, s);
+    ptx::cp_async_commit();
+  }
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    ptx::cp_async_wait<kWgStages - 2>();
+    ptx::fence_proxy_async();  // cp.async wrote through the generic proxy; the tensor cores read next
+    __syncthreads();           // also: every warpgroup is done with the stage the next load overwrites
+    const int64_t next = kt + kWgStages - 1;
+    if (next < k_tiles) load_stage(int(next % kWgStages), next);
+    ptx::cp_async_commit();
+    const unsigned char* As = smem + int(kt % kWgStages) * kWgStageBytes + wg * 64 * 128;
+    const unsigned char* Bs = smem + int(kt % kWgStages) * kWgStageBytes + kWgTileBytes;
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)  // 16 bf16 (32 bytes) of K each
+      ptx::wgmma_m64n128k16_bf16(acc, ptx::wgmma_desc_sw128(As + ks * 32), ptx::wgmma_desc_sw128(Bs + ks * 32), true);
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+  }
+  ptx::cp_async_wait<0>();
+
+  const int wt = tid & 127, wr = wt >> 5, g = (wt & 31) >> 2, t = wt & 3;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const int j = i >> 2, e = i & 3;
+    const int64_t m = m0 + wg * 64 + wr * 16 + g + (e >> 1) * 8;
+    const int64_t n = n0 + j * 8 + 2 * t + (e & 1);
+    if (m >= M || n >= N) continue;
+    float v = acc[i];
+    if (ep.bias) v += ep.bias[n];
+    store_from_float(y, m * N + n, ep.out, v);
+  }
+}
+
+void run_wgmma(const void* x, const void* w, void* y, Epilogue ep, int64_t M, int64_t N, int64_t row_bytes) {
+  const dim3 grid(unsigned((N + 127) / 128), unsigned((M + 127) / 128));
+  launch("gemm_tc wgmma", grid, dim3(256), size_t(kWgStages) * kWgStageBytes + 1024, gemm_wgmma_kernel,
+         static_cast<const unsigned char*>(x), static_cast<const unsigned char*>(w), y, ep, M, N, row_bytes);
+}
+
 template <class Op>
 void run_gemm(const char* what, const void* x, const void* w, void* y, Epilogue ep, int64_t M, int64_t N,
               int64_t row_bytes) {
@@ -139,12 +219,81 @@ void run_gemm(const char* what, const void* x, const void* w, void* y, Epilogue 
 
 }  // namespace
 
+bool wgmma_built() {
+#if defined(FASTLM_SIMT)
+  return true;
+#else
+  return std::string(FASTLM_CUDA_ARCHS).find("sm_90a") != std::string::npos;
+#endif
+}
+
+// the wgmma kernel serves "auto" on a Hopper GPU of a build for sm_90a, once it has matched the
+// mma.sync kernel on a fixed problem: a kernel that no GPU has checked never answers silently
+bool wgmma_for_auto() {
+#if defined(FASTLM_SIMT)
+  return false;  // the emulation checks each kernel by name
+#else
+  static int state = -1;
+  if (state >= 0) return state == 1;
+  state = 0;
+  int dev = 0;
+  cudaDeviceProp p;
+  if (!wgmma_built() || cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess ||
+      p.major != 9)
+    return false;
+  const int64_t n = 256;
+  std::vector<uint16_t> a(size_t(n * n)), b(size_t(n * n));
+  uint32_t r = 12345;
+  for (auto* v : {&a, &b})
+    for (auto& e : *v) {
+      r = r * 1664525u + 1013904223u;
+      e = uint16_t(0x3c00 | ((r >> 16) & 0x807f));  // bf16 in +-[0.0078, 0.0156)
+    }
+  void *da = device_alloc(a.size() * 2), *db = device_alloc(b.size() * 2), *y1 = device_alloc(size_t(n * n) * 4),
+       *y2 = device_alloc(size_t(n * n) * 4);
+  copy_to_device(da, a.data(), a.size() * 2);
+  copy_to_device(db, b.data(), b.size() * 2);
+  const Epilogue ep{nullptr, nullptr, nullptr, DType::kF32};
+  run_gemm<Bf16Op>("gemm_tc check", da, db, y1, ep, n, n, n * 2);
+  run_wgmma(da, db, y2, ep, n, n, n * 2);
+  std::vector<float> h1(size_t(n * n)), h2(size_t(n * n));
+  copy_to_host(h1.data(), y1, h1.size() * 4);
+  copy_to_host(h2.data(), y2, h2.size() * 4);
+  for (void* q : {da, db, y1, y2}) device_free(q);
+  float worst = 0.0f, scale = 0.0f;
+  for (size_t i = 0; i < h1.size(); ++i) {
+    worst = fmaxf(worst, fabsf(h1[i] - h2[i]));
+    scale = fmaxf(scale, fabsf(h1[i]));
+  }
+  state = worst <= 1e-4f * scale ? 1 : 0;
+  if (!state) fprintf(stderr, "fastlm: the wgmma GEMM disagrees with the mma.sync GEMM (%g); using mma.sync\n", worst);
+  return state == 1;
+#endif
+}
+
 void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y, DType out, int64_t M, int64_t N,
-             int64_t K) {
+             int64_t K, GemmKernel kernel) {
   if (K % 8) throw std::invalid_argument("gemm_tc needs K to be a multiple of 8");
   need_aligned16(x, "gemm x");
   need_aligned16(w, "gemm w");
   const Epilogue ep{bias, nullptr, nullptr, out};
+  if (kernel == GemmKernel::kWgmma) {
+    if (in != DType::kBF16) throw std::invalid_argument("the wgmma GEMM takes bf16");
+#if !defined(FASTLM_SIMT)
+    int dev = 0;
+    cudaDeviceProp p;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
+    if (!wgmma_built() || p.major != 9)
+      throw std::invalid_argument("the wgmma GEMM needs a Hopper GPU (sm_90) and a build for sm_90a");
+#endif
+    run_wgmma(x, w, y, ep, M, N, K * 2);
+    return;
+  }
+  if (kernel == GemmKernel::kAuto && in == DType::kBF16 && wgmma_for_auto()) {
+    run_wgmma(x, w, y, ep, M, N, K * 2);
+    return;
+  }
   if (in == DType::kBF16)
     run_gemm<Bf16Op>("gemm_tc bf16", x, w, y, ep, M, N, K * 2);
   else if (in == DType::kF16)

@@ -42,9 +42,13 @@ void synchronize();
 // y = x @ W^T (+ b): x (M, K), W (N, K), y (M, N); shared-memory tiles, register blocking, fp32 FMA
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
 // the same on tensor cores: x and W bf16 or f16 (both the same), fp32 accumulation, y fp32 or
-// the input type, bias fp32. K a multiple of 8 (16-byte rows for cp.async)
+// the input type, bias fp32. K a multiple of 8 (16-byte rows for cp.async). kMma: mma.sync
+// (sm_80+); kWgmma: Hopper's warpgroup MMA (bf16, a build for sm_90a on an sm_90 GPU); kAuto:
+// wgmma where it runs and has matched mma.sync once on the device, else mma.sync
+enum class GemmKernel { kAuto = 0, kMma, kWgmma };
 void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y, DType out, int64_t M, int64_t N,
-             int64_t K);
+             int64_t K, GemmKernel kernel = GemmKernel::kAuto);
+bool wgmma_built();  // compiled for sm_90a (the emulation: always)
 // int8 tensor cores: acc = x (M, K) int8 @ W (N, K) int8 ^T in int32; y int32 = acc, or fp32 =
 // acc * sx[m] * sw[n] (per-row and per-channel scales). K a multiple of 16
 void gemm_s8(const int8_t* x, const int8_t* w, const float* sx, const float* sw, void* y, DType out, int64_t M,

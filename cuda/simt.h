@@ -45,6 +45,15 @@ struct CopyOp {
   int bytes, src_bytes;
 };
 
+// one wgmma.m64n128k16 (bf16, both operands in shared memory, K-major, 128-byte swizzle) of one
+// thread, done when a wgmma.wait_group covers it: like the hardware, it reads shared memory and
+// the accumulators asynchronously, so touching either before the wait shows up
+struct WgmmaOp {
+  float* d;
+  uint64_t a, b;
+  bool accumulate;
+};
+
 struct Fiber {
   ucontext_t ctx;
   char* stack = nullptr;  // kStack bytes from stack_pool()
@@ -53,7 +62,10 @@ struct Fiber {
   Wait wait = Wait::kRun;
   std::vector<std::vector<CopyOp>> groups;  // cp.async: committed groups, oldest first
   std::vector<CopyOp> open;                 // cp.async: not yet committed
+  std::vector<std::vector<WgmmaOp>> wg_groups;  // wgmma: committed groups, oldest first
+  std::vector<WgmmaOp> wg_open;                 // wgmma: issued, not yet committed
 };
+
 
 struct Launch {
   dim3 grid, block;
@@ -118,6 +130,8 @@ inline void run_block(Launch& l) {
     f.wait = Wait::kRun;
     f.groups.clear();
     f.open.clear();
+    f.wg_groups.clear();
+    f.wg_open.clear();
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStack;
@@ -174,7 +188,7 @@ void launch(dim3 grid, dim3 block, size_t smem, Fn&& body) {
   l.grid = grid;
   l.block = block;
   l.body = std::forward<Fn>(body);
-  l.dynamic_smem.assign(smem + 16, 0);
+  l.dynamic_smem.assign(smem + 1024, 0);
   l.exchange.assign(size_t((threads + 31) / 32) * 32 * kExchange, 0);
   l.fibers.resize(threads);
   for (int i = 0; i < threads; ++i) {
@@ -203,8 +217,17 @@ void launch(dim3 grid, dim3 block, size_t smem, Fn&& body) {
   active() = outer;
 }
 
+// the block's dynamic shared memory, 1024-byte aligned like a swizzle atom; shared-window
+// addresses (__cvta_generic_to_shared, wgmma descriptors) are offsets from it
 inline void* dynamic_smem() {
-  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(active()->dynamic_smem.data()) + 15) & ~uintptr_t(15));
+  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(active()->dynamic_smem.data()) + 1023) &
+                                 ~uintptr_t(1023));
+}
+inline uint32_t shared_address(const void* p) {
+  const auto base = reinterpret_cast<uintptr_t>(dynamic_smem()), q = reinterpret_cast<uintptr_t>(p);
+  if (q < base || q >= base + active()->dynamic_smem.size())
+    throw std::runtime_error("simt: a shared-window address of memory outside the dynamic shared memory");
+  return uint32_t(q - base);
 }
 
 // warp shuffles: every lane publishes its value, then reads another lane's
@@ -257,6 +280,46 @@ inline void ldmatrix(uint32_t* r, int count, const void* row_addr, bool trans) {
     r[i] = uint32_t(h[0]) | (uint32_t(h[1]) << 16);
   }
   syncwarp();
+}
+
+inline float bf16_to_float(uint16_t h);
+
+// element (r, k) of a K-major bf16 operand behind a wgmma descriptor (128-byte swizzle: 8-row
+// atoms of 1024 bytes, SBO apart; in each 128-byte row the 16-byte chunk c lies at c ^ (row % 8),
+// which is the XOR of address bits 4-6 with bits 7-9)
+inline float wgmma_operand(uint64_t desc, int r, int k) {
+  if ((desc >> 62) != 1) throw std::runtime_error("simt: only the 128-byte swizzle of wgmma is emulated");
+  const uint32_t start = uint32_t(desc & 0x3FFF) << 4, sbo = uint32_t((desc >> 32) & 0x3FFF) << 4;
+  uint32_t a = start + uint32_t(r / 8) * sbo + uint32_t(r % 8) * 128 + uint32_t(k) * 2;
+  a ^= ((a >> 7) & 7) << 4;
+  uint16_t h;
+  std::memcpy(&h, static_cast<const char*>(dynamic_smem()) + a, 2);
+  return bf16_to_float(h);
+}
+
+inline void wgmma_issue(float* d, uint64_t a, uint64_t b, bool accumulate) {
+  self().wg_open.push_back({d, a, b, accumulate});
+}
+inline void wgmma_commit() {
+  Fiber& f = self();
+  f.wg_groups.push_back(std::move(f.wg_open));
+  f.wg_open.clear();
+}
+// the accumulator fragment of m64nN: warp w of the warpgroup holds rows 16w + g and 16w + g + 8,
+// d[4j + e] at row 16w + g + 8 (e / 2), column 8j + 2t + e % 2 (g = lane / 4, t = lane % 4)
+inline void wgmma_wait(int pending) {
+  Fiber& f = self();
+  const int wt = f.linear % 128, w = wt / 32, g = (wt % 32) / 4, t = wt % 4;
+  while (int(f.wg_groups.size()) > pending) {
+    for (const WgmmaOp& op : f.wg_groups.front())
+      for (int i = 0; i < 64; ++i) {
+        const int j = i / 4, e = i % 4, row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
+        float acc = op.accumulate ? op.d[i] : 0.0f;
+        for (int k = 0; k < 16; ++k) acc += wgmma_operand(op.a, row, k) * wgmma_operand(op.b, col, k);
+        op.d[i] = acc;
+      }
+    f.wg_groups.erase(f.wg_groups.begin());
+  }
 }
 
 inline float bf16_to_float(uint16_t h) {

@@ -93,6 +93,26 @@ def test_gemm_tensor_cores(be, rng, M, N, Kd):
     assert_close(got, x16.astype(np.float64) @ w16.T.astype(np.float64), 1e-5, "gemm f16")
 
 
+@pytest.mark.parametrize("M,N,Kd", [(1, 1, 8), (130, 257, 200), (128, 128, 64), (64, 300, 520)])
+def test_gemm_wgmma(be, rng, M, N, Kd):
+    """Hopper's warpgroup MMA path, by name (on a GPU only where the build and the device have it)."""
+    if be is cuda and not cuda.wgmma_built:
+        pytest.skip("this build has no sm_90a code")
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w = rng.standard_normal((N, Kd)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    want = bf16(x).astype(np.float64) @ bf16(w).T + b
+    try:
+        got = be.gemm(up(be, x, "bfloat16"), up(be, w, "bfloat16"), up(be, b), kernel="wgmma").to_numpy()
+    except ValueError as e:
+        if be is cuda and "Hopper" in str(e):
+            pytest.skip(str(e))
+        raise
+    assert_close(got, want, 1e-5, "gemm wgmma bf16 -> f32")
+    got = be.gemm(up(be, x, "bfloat16"), up(be, w, "bfloat16"), None, "bfloat16", kernel="wgmma").to_numpy()
+    assert_close(got, want - b, 8e-3, "gemm wgmma bf16 -> bf16")
+
+
 @pytest.mark.parametrize("M,N,Kd", [(1, 1, 16), (130, 257, 144), (64, 8, 64)])
 def test_int8_gemm(be, rng, M, N, Kd):
     x = rng.integers(-128, 128, (M, Kd)).astype(np.int8)
@@ -173,6 +193,9 @@ def test_bad_input_is_named(be):
         be.matmul(x, up(be, np.ones((4, 8), np.float32)))
     with pytest.raises(TypeError, match="int8"):
         be.int8_matmul(x, x)
+    with pytest.raises(ValueError, match="kernel must be"):
+        xb = up(be, np.ones((4, 16), np.float32), "bfloat16")
+        be.gemm(xb, xb, kernel="tensor")
     with pytest.raises(ValueError, match="head_dim 64 or 128"):
         q = up(be, np.ones((2, 1, 32), np.float32), "bfloat16")
         be.flash_attention(q, q, q)
