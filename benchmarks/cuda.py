@@ -59,6 +59,16 @@ def wall_timer(reps: int):
     return run
 
 
+def wgmma_runs(be, xb, wb) -> bool:
+    """Hopper's wgmma kernel is there (a build for sm_90a on an sm_90 GPU, or the emulation)."""
+    try:
+        be.gemm(xb[:8, :64].contiguous(), wb[:8, :64].contiguous(), kernel="wgmma")
+        return True
+    except ValueError as e:
+        print(f"no wgmma row: {e}")
+        return False
+
+
 def kernel_cases(torch, be, dev: str, small: bool):
     """(name, work per call, fastlm call, torch call) for each kernel row; inputs shared."""
     F = torch.nn.functional
@@ -70,8 +80,12 @@ def kernel_cases(torch, be, dev: str, small: bool):
     cases = [("sgemm fp32 (TF32 off)", 2 * n ** 3, lambda: be.matmul(x, w, out=y), lambda: torch.matmul(x, w.T, out=y))]
     xb, wb = x.bfloat16(), w.bfloat16()
     yb = torch.empty(n, n, device=dev, dtype=torch.bfloat16)
-    cases.append(("gemm bf16 tensor cores", 2 * n ** 3, lambda: be.gemm(xb, wb, out_dtype="bfloat16", out=yb),
-                  lambda: torch.matmul(xb, wb.T, out=yb)))
+    for kernel, label in (("mma", "mma.sync"), ("wgmma", "wgmma")):
+        if kernel == "wgmma" and not wgmma_runs(be, xb, wb):
+            continue
+        cases.append((f"gemm bf16 tensor cores ({label})", 2 * n ** 3,
+                      lambda k=kernel: be.gemm(xb, wb, out_dtype="bfloat16", kernel=k, out=yb),
+                      lambda: torch.matmul(xb, wb.T, out=yb)))
     T, H, D = (128, 2, 64) if small else (2048, 16, 128)
     q, k, v = (torch.randn(T, H, D, device=dev, generator=g).bfloat16() for _ in range(3))
     o = torch.empty_like(q)

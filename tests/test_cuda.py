@@ -337,7 +337,7 @@ def test_cuda_benchmark_script_plumbing():
     r = subprocess.run([sys.executable, str(script), "--emulated"], capture_output=True, text=True, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "gemm bf16 tensor cores" in r.stdout and "int8 gemm" in r.stdout
+    assert "gemm bf16 tensor cores (mma.sync)" in r.stdout and "(wgmma)" in r.stdout and "int8 gemm" in r.stdout
 
 
 def test_the_emulation_keeps_cuda_semantics():
