@@ -73,7 +73,7 @@ __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], const 
 
 __device__ __forceinline__ void mma_f16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
 #if defined(FASTLM_SIMT)
-  simt::mma(d, a, b, d, [](uint32_t r, int i) { return simt::f16_to_float(uint16_t(r >> (16 * i))); }, 16);
+  simt::mma(d, a, b, d, [](uint32_t r, int i) { return simt::half_to_float(uint16_t(r >> (16 * i))); }, 16);
 #else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "

@@ -27,7 +27,14 @@
 #include <string>
 #include <vector>
 
+#include "kernels/half.h"
+
 namespace simt {
+
+using fastlm::bf16_to_float;
+using fastlm::float_to_bf16;
+using fastlm::float_to_half;
+using fastlm::half_to_float;
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -282,8 +289,6 @@ inline void ldmatrix(uint32_t* r, int count, const void* row_addr, bool trans) {
   syncwarp();
 }
 
-inline float bf16_to_float(uint16_t h);
-
 // element (r, k) of a K-major bf16 operand behind a wgmma descriptor (128-byte swizzle: 8-row
 // atoms of 1024 bytes, SBO apart; in each 128-byte row the 16-byte chunk c lies at c ^ (row % 8),
 // which is the XOR of address bits 4-6 with bits 7-9)
@@ -320,66 +325,6 @@ inline void wgmma_wait(int pending) {
       }
     f.wg_groups.erase(f.wg_groups.begin());
   }
-}
-
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-inline float f16_to_float(uint16_t h) {
-  const uint32_t s = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  uint32_t u;
-  if (e == 0) {
-    if (m == 0) {
-      u = s;
-    } else {  // subnormal
-      int k = -1;
-      uint32_t mm = m;
-      do {
-        ++k;
-        mm <<= 1;
-      } while (!(mm & 0x400u));
-      u = s | ((127 - 15 - k) << 23) | ((mm & 0x3ffu) << 13);
-    }
-  } else if (e == 31) {
-    u = s | 0x7f800000u | (m << 13);
-  } else {
-    u = s | ((e + 127 - 15) << 23) | (m << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint16_t float_to_f16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t s = (u >> 16) & 0x8000u;
-  const int e = int((u >> 23) & 0xff) - 127 + 15;
-  uint32_t m = u & 0x7fffffu;
-  if (((u >> 23) & 0xff) == 0xff) return uint16_t(s | 0x7c00u | (m ? 0x200u : 0));
-  if (e >= 31) return uint16_t(s | 0x7c00u);
-  if (e <= 0) {
-    if (e < -10) return uint16_t(s);
-    m |= 0x800000u;
-    const int shift = 14 - e;
-    uint32_t r = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (r & 1))) ++r;
-    return uint16_t(s | r);
-  }
-  uint32_t r = (uint32_t(e) << 10) | (m >> 13);
-  const uint32_t rem = m & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (r & 1))) ++r;
-  return uint16_t(s | r);
 }
 
 // mma.sync.m16n8k16 (bf16 or f16 inputs, f32 accumulate) and m16n8k32 (s8, s32 accumulate),
@@ -496,5 +441,5 @@ struct __half {
 };
 inline float __bfloat162float(__nv_bfloat16 h) { return simt::bf16_to_float(h.x); }
 inline __nv_bfloat16 __float2bfloat16(float f) { return {simt::float_to_bf16(f)}; }
-inline float __half2float(__half h) { return simt::f16_to_float(h.x); }
-inline __half __float2half(float f) { return {simt::float_to_f16(f)}; }
+inline float __half2float(__half h) { return simt::half_to_float(h.x); }
+inline __half __float2half(float f) { return {simt::float_to_half(f)}; }

@@ -1,5 +1,6 @@
-// IEEE binary16 <-> binary32 in plain C++ (round to nearest even), the same bits on every ISA:
-// quantizers use these, so a checkpoint does not depend on the machine that wrote it.
+// IEEE binary16 and bfloat16 <-> binary32 in plain C++ (round to nearest even), the same bits on
+// every ISA: quantizers use these, so a checkpoint does not depend on the machine that wrote it;
+// the CUDA bindings and the SIMT emulation (cuda/simt.h) convert with them too.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +49,20 @@ inline float half_to_float(uint16_t h) {
   float f;
   std::memcpy(&f, &x, 4);
   return f;
+}
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 }  // namespace fastlm
