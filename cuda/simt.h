@@ -61,16 +61,39 @@ struct WgmmaOp {
   bool accumulate;
 };
 
+// asynchronous operations of one thread (cp.async, wgmma): issued into an open group, committed,
+// and carried out only when a wait leaves at most `pending` groups outstanding, oldest first
+template <class Op>
+struct Deferred {
+  std::vector<std::vector<Op>> groups;
+  std::vector<Op> open;
+
+  void issue(const Op& op) { open.push_back(op); }
+  void commit() {
+    groups.push_back(std::move(open));
+    open.clear();
+  }
+  template <class Run>
+  void wait(int pending, Run run) {
+    while (int(groups.size()) > pending) {
+      for (const Op& op : groups.front()) run(op);
+      groups.erase(groups.begin());
+    }
+  }
+  void clear() {
+    groups.clear();
+    open.clear();
+  }
+};
+
 struct Fiber {
   ucontext_t ctx;
   char* stack = nullptr;  // kStack bytes from stack_pool()
   uint3 tid;
   int linear = 0;
   Wait wait = Wait::kRun;
-  std::vector<std::vector<CopyOp>> groups;  // cp.async: committed groups, oldest first
-  std::vector<CopyOp> open;                 // cp.async: not yet committed
-  std::vector<std::vector<WgmmaOp>> wg_groups;  // wgmma: committed groups, oldest first
-  std::vector<WgmmaOp> wg_open;                 // wgmma: issued, not yet committed
+  Deferred<CopyOp> copies;  // cp.async
+  Deferred<WgmmaOp> mmas;   // wgmma
 };
 
 
@@ -135,10 +158,8 @@ inline void run_block(Launch& l) {
   const int n = int(l.fibers.size());
   for (auto& f : l.fibers) {
     f.wait = Wait::kRun;
-    f.groups.clear();
-    f.open.clear();
-    f.wg_groups.clear();
-    f.wg_open.clear();
+    f.copies.clear();
+    f.mmas.clear();
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStack;
@@ -251,22 +272,14 @@ T shfl(T v, int src_lane) {
 
 // cp.async: deferred until a wait covers the group
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
-  self().open.push_back({dst, src, bytes, src_bytes});
+  self().copies.issue({dst, src, bytes, src_bytes});
 }
-inline void cp_async_commit() {
-  Fiber& f = self();
-  f.groups.push_back(std::move(f.open));
-  f.open.clear();
-}
+inline void cp_async_commit() { self().copies.commit(); }
 inline void cp_async_wait(int pending) {
-  Fiber& f = self();
-  while (int(f.groups.size()) > pending) {
-    for (const CopyOp& c : f.groups.front()) {
-      std::memcpy(c.dst, c.src, size_t(c.src_bytes));
-      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
-    }
-    f.groups.erase(f.groups.begin());
-  }
+  self().copies.wait(pending, [](const CopyOp& c) {
+    std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+    std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+  });
 }
 
 // ldmatrix .m8n8 .b16: lanes 8i..8i+7 name the rows of matrix i; lane t receives, of each matrix,
@@ -303,28 +316,22 @@ inline float wgmma_operand(uint64_t desc, int r, int k) {
 }
 
 inline void wgmma_issue(float* d, uint64_t a, uint64_t b, bool accumulate) {
-  self().wg_open.push_back({d, a, b, accumulate});
+  self().mmas.issue({d, a, b, accumulate});
 }
-inline void wgmma_commit() {
-  Fiber& f = self();
-  f.wg_groups.push_back(std::move(f.wg_open));
-  f.wg_open.clear();
-}
+inline void wgmma_commit() { self().mmas.commit(); }
 // the accumulator fragment of m64nN: warp w of the warpgroup holds rows 16w + g and 16w + g + 8,
 // d[4j + e] at row 16w + g + 8 (e / 2), column 8j + 2t + e % 2 (g = lane / 4, t = lane % 4)
 inline void wgmma_wait(int pending) {
   Fiber& f = self();
   const int wt = f.linear % 128, w = wt / 32, g = (wt % 32) / 4, t = wt % 4;
-  while (int(f.wg_groups.size()) > pending) {
-    for (const WgmmaOp& op : f.wg_groups.front())
-      for (int i = 0; i < 64; ++i) {
-        const int j = i / 4, e = i % 4, row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
-        float acc = op.accumulate ? op.d[i] : 0.0f;
-        for (int k = 0; k < 16; ++k) acc += wgmma_operand(op.a, row, k) * wgmma_operand(op.b, col, k);
-        op.d[i] = acc;
-      }
-    f.wg_groups.erase(f.wg_groups.begin());
-  }
+  f.mmas.wait(pending, [&](const WgmmaOp& op) {
+    for (int i = 0; i < 64; ++i) {
+      const int j = i / 4, e = i % 4, row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
+      float acc = op.accumulate ? op.d[i] : 0.0f;
+      for (int k = 0; k < 16; ++k) acc += wgmma_operand(op.a, row, k) * wgmma_operand(op.b, col, k);
+      op.d[i] = acc;
+    }
+  });
 }
 
 // mma.sync.m16n8k16 (bf16 or f16 inputs, f32 accumulate) and m16n8k32 (s8, s32 accumulate),
