@@ -40,6 +40,29 @@ struct Epilogue {
   DType out;
 };
 
+// one K step of both 128-row operand tiles through cp.async (256 threads): kChunks 16-byte chunks
+// a row, chunk c of row r stored at offset at(r, c); rows past M / N and bytes past the row are
+// zero-filled
+template <int kChunks, class Swz>
+__device__ __forceinline__ void load_tiles(unsigned char* As, unsigned char* Bs, const unsigned char* x,
+                                           const unsigned char* w, int64_t m0, int64_t n0, int64_t kb, int64_t M,
+                                           int64_t N, int64_t row_bytes, Swz at) {
+#pragma unroll
+  for (int i = 0; i < 128 * kChunks / 256; ++i) {
+    const int c = threadIdx.x + i * 256, row = c / kChunks, chunk = c % kChunks;
+    const int64_t kbyte = kb + chunk * 16;
+    const bool ka = kbyte < row_bytes;
+    const int64_t gm = m0 + row, gn = n0 + row;
+    const bool va = ka && gm < M, vb = ka && gn < N;
+    ptx::cp_async16(As + at(row, chunk), va ? x + gm * row_bytes + kbyte : x, va);
+    ptx::cp_async16(Bs + at(row, chunk), vb ? w + gn * row_bytes + kbyte : w, vb);
+  }
+}
+
+struct Swz64 {  // 64-byte rows
+  __device__ __forceinline__ int operator()(int row, int chunk) const { return swz(row, chunk); }
+};
+
 template <class Op>
 __global__ void __launch_bounds__(kGemmThreads) gemm_tc_kernel(const unsigned char* x, const unsigned char* w,
                                                                void* y, Epilogue ep, int64_t M, int64_t N,
@@ -53,19 +76,9 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_tc_kernel(const unsigned ch
 
   auto load_stage = [&](int stage, int64_t kt) {
     unsigned char* As = smem + stage * kStageBytes;
-    unsigned char* Bs = As + kTileM * kRowBytes;
-    const int64_t kb = kt * kRowBytes;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {  // 512 chunks of A and 512 of B, two of each per thread
-      const int c = tid + i * kGemmThreads, row = c >> 2, chunk = c & 3;
-      const int64_t kbyte = kb + chunk * 16;
-      const bool ka = kbyte < row_bytes;
-      const int64_t gm = m0 + row, gn = n0 + row;
-      const bool va = ka && gm < M, vb = ka && gn < N;
-      ptx::cp_async16(As + swz(row, chunk), va ? x + gm * row_bytes + kbyte : x, va);
-      ptx::cp_async16(Bs + swz(row, chunk), vb ? w + gn * row_bytes + kbyte : w, vb);
-    }
+    load_tiles<kRowBytes / 16>(As, As + kTileM * kRowBytes, x, w, m0, n0, kt * kRowBytes, M, N, row_bytes, Swz64());
   };
+
 
   Acc acc[4][4][4];
 #pragma unroll
@@ -139,7 +152,9 @@ __global__ void __launch_bounds__(kGemmThreads) gemm_tc_kernel(const unsigned ch
 // swizzle (chunk c of row r at c ^ (r % 8)), which the wgmma descriptors name.
 constexpr int kWgStages = 4, kWgTileBytes = 128 * 128, kWgStageBytes = 2 * kWgTileBytes;
 
-__device__ __forceinline__ int sw128(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+struct Swz128 {  // 128-byte rows, the wgmma 128-byte swizzle
+  __device__ __forceinline__ int operator()(int row, int chunk) const { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+};
 
 __global__ void __launch_bounds__(256) gemm_wgmma_kernel(const unsigned char* x, const unsigned char* w, void* y,
                                                          Epilogue ep, int64_t M, int64_t N, int64_t row_bytes) {
@@ -151,18 +166,9 @@ __global__ void __launch_bounds__(256) gemm_wgmma_kernel(const unsigned char* x,
 
   auto load_stage = [&](int stage, int64_t kt) {
     unsigned char* As = smem + stage * kWgStageBytes;
-    unsigned char* Bs = As + kWgTileBytes;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {  // 1024 chunks of each operand, four of each per thread
-      const int c = tid + i * 256, row = c >> 3, chunk = c & 7;
-      const int64_t kbyte = kt * 128 + chunk * 16;
-      const bool ka = kbyte < row_bytes;
-      const int64_t gm = m0 + row, gn = n0 + row;
-      const bool va = ka && gm < M, vb = ka && gn < N;
-      ptx::cp_async16(As + sw128(row, chunk), va ? x + gm * row_bytes + kbyte : x, va);
-      ptx::cp_async16(Bs + sw128(row, chunk), vb ? w + gn * row_bytes + kbyte : w, vb);
-    }
+    load_tiles<8>(As, As + kWgTileBytes, x, w, m0, n0, kt * 128, M, N, row_bytes, Swz128());
   };
+
 
   float acc[64];
 #pragma unroll
