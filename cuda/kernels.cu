@@ -158,7 +158,7 @@ __global__ void embedding_kernel(const int32_t* ids, const void* table, DType tt
 
 // a block per (row, head), a thread per rotated pair; the angle in float32 as Hugging Face
 // computes it, its cos / sin in double (fast-math's __sinf is too coarse at large positions)
-__global__ void rope_kernel(float* x, int64_t heads, int64_t head_dim, int64_t row_stride, const int64_t* pos,
+__global__ void rope_kernel(float* x, int64_t heads, int64_t head_dim, int64_t row_stride, const int32_t* pos,
                             const float* inv_freq, int64_t rotary_dim, bool interleaved) {
   const int64_t r = blockIdx.x / heads, h = blockIdx.x % heads, half = rotary_dim / 2;
   float* xh = x + r * row_stride + h * head_dim;
@@ -499,7 +499,7 @@ void embedding(const int32_t* ids, int64_t n, const void* table, DType tt, int64
   launch("embedding", dim3(unsigned(n)), dim3(128), 0, embedding_kernel, ids, table, tt, vocab, hidden, out, bad);
 }
 
-void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_stride, const int64_t* pos,
+void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_stride, const int32_t* pos,
           const float* inv_freq, int64_t rotary_dim, bool interleaved) {
   launch("rope", dim3(unsigned(rows * heads)), dim3(64), 0, rope_kernel, x, heads, head_dim, row_stride, pos, inv_freq,
          rotary_dim, interleaved);

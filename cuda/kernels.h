@@ -76,8 +76,8 @@ void cast(const void* x, DType from, void* y, DType to, int64_t n);
 void embedding(const int32_t* ids, int64_t n, const void* table, DType tt, int64_t vocab, int64_t hidden, float* out,
                int32_t* bad);
 // rotary embedding in place on x (rows, heads, head_dim) with the row stride of the CPU kernel:
-// row r at position pos[r]; inv_freq[rotary_dim / 2]; interleaved pairs (GPT-J) or halves (NeoX)
-void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_stride, const int64_t* pos,
+// row r at position pos[r] (int32); inv_freq[rotary_dim / 2]; interleaved pairs (GPT-J) or halves (NeoX)
+void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_stride, const int32_t* pos,
           const float* inv_freq, int64_t rotary_dim, bool interleaved);
 
 // attention of T queries over S keys, fp32, any T (prefill chunks and decode): q (T, H, D) with

@@ -172,9 +172,7 @@ void DeviceModel::ensure_buffers(int64_t rows) {
   act_ = Buffer(size_t(rows * F) * 4);
   xb_ = Buffer(size_t(rows * widest) * 2);  // activations as bf16 for the tensor-core GEMM
   ws_ = Buffer(std::max<size_t>(attention_workspace(rows, H, D, s.max_seq), 1) * 4);
-  tokens_ = Buffer(size_t(rows) * 4);
-  pos_ = Buffer(size_t(rows) * 8);
-  pos32_ = Buffer(size_t(rows) * 4);
+  ids_ = Buffer(size_t(2 * rows) * 4);
   sel_ = Buffer(size_t(rows * C) * 4);
   logits_ = Buffer(size_t(rows * s.vocab) * 4);
   buf_rows_ = rows;
@@ -290,20 +288,20 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
   }
   ensure_buffers(T);
 
-  std::vector<int64_t> pos(static_cast<size_t>(T));
-  std::vector<int32_t> pos32(static_cast<size_t>(T));
+  // the tokens and their positions go over in one copy
+  std::vector<int32_t> ids(static_cast<size_t>(2 * T));
+  std::copy(tokens, tokens + T, ids.begin());
   for (const Group& g : groups)
-    for (int64_t i = 0; i < g.n; ++i) pos[size_t(g.row0 + i)] = slots_[size_t(g.slot)]->len + i;
-  for (int64_t i = 0; i < T; ++i) pos32[size_t(i)] = int32_t(pos[size_t(i)]);
-  copy_to_device(tokens_.get(), tokens, size_t(T) * 4);
-  copy_to_device(pos_.get(), pos.data(), size_t(T) * 8);
+    for (int64_t i = 0; i < g.n; ++i) ids[size_t(T + g.row0 + i)] = int32_t(slots_[size_t(g.slot)]->len + i);
+  copy_to_device(ids_.get(), ids.data(), ids.size() * 4);
+  const int32_t* tok_d = static_cast<const int32_t*>(ids_.get());
+  const int32_t* pos_d = tok_d + T;
   float* x = x_.f();
   float* h = h_.f();
   const void* table = tied_ ? head_.w.get() : embedding_.get();
-  embedding(static_cast<int32_t*>(tokens_.get()), T, table, tied_ ? head_.wt : embedding_type_, s.vocab, C, x, nullptr);
+  embedding(tok_d, T, table, tied_ ? head_.wt : embedding_type_, s.vocab, C, x, nullptr);
   if (s.pos == PosKind::kLearned) {
-    copy_to_device(pos32_.get(), pos32.data(), size_t(T) * 4);
-    embedding(static_cast<int32_t*>(pos32_.get()), T, pos_embedding_.get(), DType::kF32, s.max_seq, C, tmp_.f(), nullptr);
+    embedding(pos_d, T, pos_embedding_.get(), DType::kF32, s.max_seq, C, tmp_.f(), nullptr);
     add(x, tmp_.f(), x, T * C);
   }
 
@@ -326,7 +324,7 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
     }
     float* kp = qp + H * D;
     if (s.pos == PosKind::kRope)  // q's H heads and k's Hkv heads lie side by side in each row
-      rope(qp, T, H + Hkv, D, qs, static_cast<const int64_t*>(pos_.get()), inv_freq_.f(), s.rotary_dim,
+      rope(qp, T, H + Hkv, D, qs, pos_d, inv_freq_.f(), s.rotary_dim,
            s.rope_interleaved);
     for (const Group& g : groups) {
       Slot& sl = *slots_[size_t(g.slot)];

@@ -107,7 +107,7 @@ class DeviceModel {
   bool has_embedding_ = false, tied_ = false, complete_ = false;
   std::vector<std::unique_ptr<Slot>> slots_;
   int64_t buf_rows_ = 0;
-  Buffer x_, h_, qkv_, attn_, tmp_, gu_, act_, xb_, ws_, tokens_, pos_, pos32_, sel_, logits_;
+  Buffer x_, h_, qkv_, attn_, tmp_, gu_, act_, xb_, ws_, ids_, sel_, logits_;  // ids_: a step's tokens, then positions
 };
 
 }  // namespace FASTLM_GPU_NS
