@@ -417,6 +417,10 @@ void copy_device(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(ds
 void synchronize() { check(cudaDeviceSynchronize(), "synchronize"); }
 #endif
 
+void require_device() {
+  if (device_count() == 0) throw std::runtime_error("no CUDA device is visible (fastlm.kernels.cuda.available() is False)");
+}
+
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
   const bool aligned = K % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
   if (aligned && M >= 64 && N >= 64) {

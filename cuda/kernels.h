@@ -28,6 +28,7 @@ inline size_t dtype_size(DType t) {
 namespace FASTLM_GPU_NS {
 
 int device_count();                 // 0 when no device or no driver is visible (never throws)
+void require_device();              // std::runtime_error saying so when device_count() is 0
 std::string device_name(int device);
 std::string runtime_version();      // "13.0"
 std::string compiled_archs();       // "sm_80 sm_90"

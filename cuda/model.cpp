@@ -25,7 +25,7 @@ DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   const ModelSpec& s = spec_;
   validate_spec(s);
   if (s.head_dim > 256) throw std::invalid_argument("invalid model spec: the device attention takes head_dim up to 256");
-  if (device_count() == 0) throw std::runtime_error("no CUDA device is visible (fastlm.kernels.cuda.available() is False)");
+  require_device();
   if (s.pos == PosKind::kRope) inv_freq_ = Buffer::upload(s.rope_inv_freq.data(), s.rope_inv_freq.size() * 4);
   layers_.resize(size_t(s.n_layers));
 }
