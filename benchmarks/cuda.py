@@ -8,7 +8,8 @@ The rows are the bars of the CUDA issue: fp32 SGEMM 4096^3 against cuBLAS with T
 tensor-core GEMM 4096^3 against cuBLAS; causal attention prefill (2048 tokens, 16 heads of 128)
 against torch SDPA's flash backend; rms_norm (4096 x 4096) against torch; int8 GEMM 4096^3
 against torch._int_mm; SmolLM2-135M greedy decode, fastlm device="cuda" against transformers on
-the same GPU (both fp32, then both bf16). Kernel times are CUDA-event times of `--reps` calls
+the same GPU (both fp32, then both bf16), with a row for fastlm's decode launched kernel by kernel
+(CUDA graphs off) beside it. Kernel times are CUDA-event times of `--reps` calls
 after a warm-up; decode is wall clock per generated token.
 
 On a lent GPU machine (nothing can be fetched there), carry the default model's GGUF (94 MB, over
@@ -163,6 +164,15 @@ class DecodeTransformers:
             return n / (time.perf_counter() - t)
 
 
+class FastLMEager(FastLM):
+    """The device decoder with its decode steps launched kernel by kernel (no CUDA graphs)."""
+
+    def __init__(self, path, dtype, device):
+        super().__init__(path, dtype, device)
+        self.m.graphs = False
+        self.name += " launch by launch"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
@@ -216,7 +226,8 @@ def main() -> None:
         device = "cuda-emulated" if args.emulated else "cuda"
         engines = []
         for dtype in ("float32", "bfloat16"):
-            engines += [FastLM(path, dtype, device), DecodeTransformers(torch, path, dtype, dev)]
+            engines += [FastLM(path, dtype, device), FastLMEager(path, dtype, device),
+                        DecodeTransformers(torch, path, dtype, dev)]
         for e in engines:
             e.decode(2)
         tps = {e.name: [] for e in engines}
@@ -231,8 +242,11 @@ def main() -> None:
         for dtype in ("float32", "bfloat16"):
             ours = statistics.median(tps[f"fastlm {device} {dtype}"])
             theirs = statistics.median(tps[f"transformers {dev} {dtype}"])
-            print(f"decode {dtype}: fastlm / transformers = {ours / theirs:.2f}x")
+            eager = statistics.median(tps[f"fastlm {device} {dtype} launch by launch"])
+            print(f"decode {dtype}: fastlm / transformers = {ours / theirs:.2f}x "
+                  f"(graphs / launch by launch = {ours / eager:.2f}x)")
             results[f"decode {dtype}"] = {"fastlm_tps": tps[f"fastlm {device} {dtype}"],
+                                          "fastlm_eager_tps": tps[f"fastlm {device} {dtype} launch by launch"],
                                           "transformers_tps": tps[f"transformers {dev} {dtype}"],
                                           "ratio": ours / theirs}
     if args.json:

@@ -20,20 +20,41 @@ namespace {
 
 constexpr int kAttnThreads = 128, kChunk = 512;  // keys per block at most
 
-int attention_splits(int64_t S) { return int((S + kChunk - 1) / kChunk); }
+// where a query row's keys lie. One sequence for every row: k and v (rows kv_stride apart); query t
+// sees S - T + t + 1 keys when causal, else S
+struct SharedKeys {
+  const float *k, *v;
+  int64_t T, S;
+  bool causal;
+  __device__ __forceinline__ int64_t visible(int64_t t) const { return causal ? S - T + t + 1 : S; }
+  __device__ __forceinline__ const float* keys(int64_t) const { return k; }
+  __device__ __forceinline__ const float* values(int64_t) const { return v; }
+};
 
-__global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q, int64_t q_stride, const float* k,
-                                                                 const float* v, int64_t kv_stride, float* out,
-                                                                 float* ws, int64_t T, int64_t S, int64_t H,
-                                                                 int64_t group, int64_t D, float scale, bool causal,
-                                                                 int splits) {
+// the decoder's: each row its own sequence's cache (a device array of pointers, plus one layer's
+// offset) and position, both read on the device, so a captured step replays at any length
+struct CachedKeys {
+  const float* const* caches;
+  int64_t offset, v_offset;
+  const int32_t* pos;
+  __device__ __forceinline__ int64_t visible(int64_t t) const { return int64_t(pos[t]) + 1; }
+  __device__ __forceinline__ const float* keys(int64_t t) const { return caches[t] + offset; }
+  __device__ __forceinline__ const float* values(int64_t t) const { return caches[t] + offset + v_offset; }
+};
+
+template <class Keys>
+__global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q, int64_t q_stride, Keys keys,
+                                                                 int64_t kv_stride, float* out, float* ws, int64_t H,
+                                                                 int64_t group, int64_t D, float scale, int splits) {
   __shared__ float p[kChunk];
   __shared__ float qs[256];
   const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kvh = h / group;
   const int split = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int64_t visible = causal ? S - T + t + 1 : S;
+  const int64_t visible = keys.visible(t);
   const int64_t k0 = int64_t(split) * kChunk;
   const int64_t k1 = k0 + kChunk < visible ? k0 + kChunk : visible;
+  const float* k = keys.keys(t);
+  const float* v = keys.values(t);
   const float* qr = q + t * q_stride + h * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qr[d] * scale;
   __syncthreads();
@@ -87,6 +108,26 @@ __global__ void attention_merge_kernel(const float* ws, float* out, int64_t D, i
     }
     out[row * D + d] = o / l;
   }
+}
+
+template <class Keys>
+void run_attention(const float* q, int64_t q_stride, Keys keys, int64_t kv_stride, float* out, int64_t T,
+                   int64_t max_keys, int64_t H, int64_t Hkv, int64_t D, float scale, float* ws) {
+  if (D > 256) throw std::invalid_argument("attention: head_dim above 256");
+  const int splits = attention_splits(max_keys);
+  if (splits > 1 && !ws) throw std::invalid_argument("attention: workspace needed for more than 512 keys");
+  launch("attention", dim3(unsigned(T * H), unsigned(splits)), dim3(kAttnThreads), 0, attention_kernel<Keys>, q,
+         q_stride, keys, kv_stride, out, ws, H, H / Hkv, D, scale, splits);
+  if (splits > 1) launch("attention merge", dim3(unsigned(T * H)), dim3(128), 0, attention_merge_kernel, ws, out, D, splits);
+}
+
+// a step's k|v rows into their caches: row t to caches[t] + offset + pos[t] * kv_stride
+__global__ void store_kv_kernel(const float* src, int64_t src_stride, float* const* caches, int64_t offset,
+                                int64_t kv_stride, const int32_t* pos, int64_t cols) {
+  const int64_t t = blockIdx.x;
+  const float* s = src + t * src_stride;
+  float* d = caches[t] + offset + int64_t(pos[t]) * kv_stride;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s[c];
 }
 
 // ---- FlashAttention-2 ----
@@ -283,6 +324,8 @@ void run_flash(const void* q, const void* k, const void* v, void* out, int64_t T
 
 }  // namespace
 
+int attention_splits(int64_t keys) { return keys > kChunk ? int((keys + kChunk - 1) / kChunk) : 1; }
+
 size_t attention_workspace(int64_t T, int64_t H, int64_t D, int64_t S) {
   const int splits = attention_splits(S);
   return splits > 1 ? size_t(T * H * splits * (D + 2)) : 0;
@@ -290,12 +333,20 @@ size_t attention_workspace(int64_t T, int64_t H, int64_t D, int64_t S) {
 
 void attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride, float* out,
                int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale, bool causal, float* ws) {
-  if (D > 256) throw std::invalid_argument("attention: head_dim above 256");
-  const int splits = attention_splits(S);
-  if (splits > 1 && !ws) throw std::invalid_argument("attention: workspace needed for S above 512");
-  launch("attention", dim3(unsigned(T * H), unsigned(splits)), dim3(kAttnThreads), 0, attention_kernel, q, q_stride, k,
-         v, kv_stride, out, ws, T, S, H, H / Hkv, D, scale, causal, splits);
-  if (splits > 1) launch("attention merge", dim3(unsigned(T * H)), dim3(128), 0, attention_merge_kernel, ws, out, D, splits);
+  run_attention(q, q_stride, SharedKeys{k, v, T, S, causal}, kv_stride, out, T, S, H, Hkv, D, scale, ws);
+}
+
+void cached_attention(const float* q, int64_t q_stride, const float* const* caches, int64_t offset, int64_t v_offset,
+                      int64_t kv_stride, const int32_t* pos, float* out, int64_t T, int64_t max_keys, int64_t H,
+                      int64_t Hkv, int64_t D, float scale, float* ws) {
+  run_attention(q, q_stride, CachedKeys{caches, offset, v_offset, pos}, kv_stride, out, T, max_keys, H, Hkv, D, scale,
+                ws);
+}
+
+void store_kv(const float* src, int64_t src_stride, float* const* caches, int64_t offset, int64_t kv_stride,
+              const int32_t* pos, int64_t T, int64_t cols) {
+  if (T > 0) launch("store_kv", dim3(unsigned(T)), dim3(128), 0, store_kv_kernel, src, src_stride, caches, offset,
+                    kv_stride, pos, cols);
 }
 
 void flash_attention(const void* q, const void* k, const void* v, void* out, DType dt, int64_t T, int64_t S, int64_t H,

@@ -16,8 +16,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels.h"
 #include "ptx.h"
@@ -32,15 +34,28 @@ inline void check(cudaError_t e, const char* what) {
 }
 #endif
 
+#if defined(FASTLM_SIMT)
+// the launches this thread is recording (capture_begin), or null
+std::vector<std::function<void()>>*& capture_list();
+#else
+// the stream this thread launches on: the legacy default stream, or its capture stream while
+// capturing (capture_begin)
+cudaStream_t& launch_stream();
+#endif
+
 // kernel<<<grid, block, smem>>>(args...) on the GPU; under FASTLM_SIMT, the same kernel on fibers
 template <class... P, class... A>
 void launch(const char* what, dim3 grid, dim3 block, size_t smem, void (*kernel)(P...), A... args) {
 #if defined(FASTLM_SIMT)
   (void)what;
-  simt::launch(grid, block, smem, [=] { kernel(P(args)...); });
+  auto run = [=] { simt::launch(grid, block, smem, [=] { kernel(P(args)...); }); };
+  if (std::vector<std::function<void()>>* list = capture_list())
+    list->push_back(run);
+  else
+    run();
 #else
   if (smem > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), what);
-  kernel<<<grid, block, smem>>>(P(args)...);
+  kernel<<<grid, block, smem, launch_stream()>>>(P(args)...);
   check(cudaGetLastError(), what);
 #endif
 }

@@ -4,6 +4,7 @@
 // shared memory, 4x4 outputs per thread in registers (the classic register-blocked tiling).
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #if defined(FASTLM_SIMT)
 #include <sys/mman.h>
 #include <unistd.h>
@@ -338,6 +339,13 @@ __global__ void __launch_bounds__(256) gemv_kernel(const float* x, const WT* w, 
 
 }  // namespace
 
+namespace {
+// what a replay would not repeat is refused while a graph is being captured
+void not_while_capturing(const char* what) {
+  if (capturing()) throw std::logic_error(std::string(what) + " while capturing a graph (only kernel launches are recorded)");
+}
+}  // namespace
+
 #if defined(FASTLM_SIMT)
 // emulated device memory ends at an inaccessible page, so a kernel that reads or writes past the
 // end of a buffer faults at once instead of reading neighbouring data (16-byte alignment kept)
@@ -359,6 +367,7 @@ std::string device_name(int) { return "SIMT emulation on the host CPU"; }
 std::string runtime_version() { return "emulated"; }
 std::string compiled_archs() { return "host"; }
 void* device_alloc(size_t bytes) {
+  not_while_capturing("device allocation");
   const size_t page = size_t(sysconf(_SC_PAGESIZE)), used = ((bytes ? bytes : 1) + 15) / 16 * 16;
   const size_t span = (used + page - 1) / page * page;
   void* base = mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -376,10 +385,50 @@ void device_free(void* p) {
   munmap(it->second.base, it->second.length);
   guarded().erase(it);
 }
-void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-void copy_device(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
-void synchronize() {}
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  not_while_capturing("copy to device");
+  std::memcpy(dst, src, bytes);
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  not_while_capturing("copy to host");
+  std::memcpy(dst, src, bytes);
+}
+void copy_device(void* dst, const void* src, size_t bytes) {
+  not_while_capturing("copy on device");
+  std::memmove(dst, src, bytes);
+}
+void synchronize() { not_while_capturing("synchronize"); }
+
+namespace detail {
+std::vector<std::function<void()>>*& capture_list() {
+  thread_local std::vector<std::function<void()>>* list = nullptr;
+  return list;
+}
+}  // namespace detail
+
+struct Graph::Impl {
+  std::vector<std::function<void()>> launches;
+};
+Graph::~Graph() { delete impl_; }
+void Graph::replay() const {
+  if (!impl_) throw std::logic_error("replay of an empty graph");
+  for (const auto& run : impl_->launches) run();
+}
+bool capturing() { return capture_list() != nullptr; }
+void capture_begin() {
+  if (capturing()) throw std::logic_error("a graph capture is already under way on this thread");
+  capture_list() = new std::vector<std::function<void()>>();
+}
+Graph capture_end() {
+  if (!capturing()) throw std::logic_error("capture_end without capture_begin");
+  std::unique_ptr<std::vector<std::function<void()>>> list(capture_list());
+  capture_list() = nullptr;
+  return Graph(new Graph::Impl{std::move(*list)});
+}
+void capture_abort() {
+  delete capture_list();
+  capture_list() = nullptr;
+}
 #else
 int device_count() {
   int n = 0;
@@ -405,17 +454,98 @@ std::string runtime_version() {
 std::string compiled_archs() { return FASTLM_CUDA_ARCHS; }
 
 void* device_alloc(size_t bytes) {
+  not_while_capturing("device allocation");
   void* p = nullptr;
   check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
   return p;
 }
 
 void device_free(void* p) { cudaFree(p); }
-void copy_to_device(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device"); }
-void copy_to_host(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host"); }
-void copy_device(void* dst, const void* src, size_t bytes) { check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "copy on device"); }
-void synchronize() { check(cudaDeviceSynchronize(), "synchronize"); }
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  not_while_capturing("copy to device");
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  not_while_capturing("copy to host");
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+}
+void copy_device(void* dst, const void* src, size_t bytes) {
+  not_while_capturing("copy on device");
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "copy on device");
+}
+void synchronize() {
+  not_while_capturing("synchronize");
+  check(cudaDeviceSynchronize(), "synchronize");
+}
+
+namespace detail {
+cudaStream_t& launch_stream() {
+  thread_local cudaStream_t stream = nullptr;
+  return stream;
+}
+}  // namespace detail
+
+namespace {
+// this thread's capture stream, made at its first capture. It only records: graphs replay on the
+// legacy default stream, in order with everything else
+cudaStream_t capture_stream() {
+  thread_local cudaStream_t stream = [] {
+    cudaStream_t s = nullptr;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    return s;
+  }();
+  return stream;
+}
+}  // namespace
+
+struct Graph::Impl {
+  cudaGraphExec_t exec;
+};
+Graph::~Graph() {
+  if (impl_) cudaGraphExecDestroy(impl_->exec);
+  delete impl_;
+}
+void Graph::replay() const {
+  if (!impl_) throw std::logic_error("replay of an empty graph");
+  check(cudaGraphLaunch(impl_->exec, nullptr), "graph launch");
+}
+bool capturing() { return launch_stream() != nullptr; }
+void capture_begin() {
+  if (capturing()) throw std::logic_error("a graph capture is already under way on this thread");
+  cudaStream_t s = capture_stream();
+  check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "begin graph capture");
+  launch_stream() = s;
+}
+Graph capture_end() {
+  if (!capturing()) throw std::logic_error("capture_end without capture_begin");
+  cudaStream_t s = launch_stream();
+  launch_stream() = nullptr;
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamEndCapture(s, &graph), "end graph capture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(e, "graph instantiate");
+  return Graph(new Graph::Impl{exec});
+}
+void capture_abort() {
+  if (!capturing()) return;
+  cudaStream_t s = launch_stream();
+  launch_stream() = nullptr;
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+  cudaGetLastError();  // the capture's error, reported already
+}
 #endif
+
+Graph& Graph::operator=(Graph&& o) noexcept {
+  if (this != &o) {
+    Graph dead(impl_);
+    impl_ = o.impl_;
+    o.impl_ = nullptr;
+  }
+  return *this;
+}
 
 void require_device() {
   if (device_count() == 0) throw std::runtime_error("no CUDA device is visible (fastlm.kernels.cuda.available() is False)");

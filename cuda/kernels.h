@@ -40,6 +40,32 @@ void copy_to_host(void* dst, const void* src, size_t bytes);
 void copy_device(void* dst, const void* src, size_t bytes);
 void synchronize();
 
+// Graphs. Between capture_begin() and capture_end(), this thread's kernel launches are recorded,
+// not run; capture_end() returns them as a Graph whose replay() runs them all with one launch (a
+// CUDA graph; the emulation keeps the launches and runs them in order). Only kernels are
+// recorded: copies, allocations and synchronize() throw std::logic_error while capturing, since a
+// replay would not repeat them. capture_abort() ends a capture that an error broke off.
+class Graph {
+ public:
+  struct Impl;
+  Graph() = default;
+  explicit Graph(Impl* impl) : impl_(impl) {}
+  ~Graph();
+  Graph(Graph&& o) noexcept : impl_(o.impl_) { o.impl_ = nullptr; }
+  Graph& operator=(Graph&& o) noexcept;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  explicit operator bool() const { return impl_ != nullptr; }
+  void replay() const;
+
+ private:
+  Impl* impl_ = nullptr;
+};
+void capture_begin();
+Graph capture_end();
+void capture_abort();
+bool capturing();
+
 // y = x @ W^T (+ b): x (M, K), W (N, K), y (M, N); shared-memory tiles, register blocking, fp32 FMA
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K);
 // the same on tensor cores: x and W bf16 or f16 (both the same), fp32 accumulation, y fp32 or
@@ -50,6 +76,7 @@ enum class GemmKernel { kAuto = 0, kMma, kWgmma };
 void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y, DType out, int64_t M, int64_t N,
              int64_t K, GemmKernel kernel = GemmKernel::kAuto);
 bool wgmma_built();  // compiled for sm_90a (the emulation: always)
+bool wgmma_for_auto();  // kAuto's choice, settled (with a check on the device) at the first call
 // int8 tensor cores: acc = x (M, K) int8 @ W (N, K) int8 ^T in int32; y int32 = acc, or fp32 =
 // acc * sx[m] * sw[n] (per-row and per-channel scales). K a multiple of 16
 void gemm_s8(const int8_t* x, const int8_t* w, const float* sx, const float* sw, void* y, DType out, int64_t M,
@@ -85,9 +112,21 @@ void rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, int64_t row_s
 // row stride q_stride; k, v (S, Hkv, D) with row strides; query i sees keys [0, S - T + i]
 // (causal) or all keys; out (T, H, D). Split-KV: a block per (query, head, key chunk), merged by
 // a second pass (ws: workspace of attention_workspace floats)
+int attention_splits(int64_t keys);  // key chunks (blocks per query and head) for up to `keys` keys
 size_t attention_workspace(int64_t T, int64_t H, int64_t D, int64_t S);
 void attention(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride, float* out,
                int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale, bool causal, float* ws);
+// the decoder's attention: each query row t over its own sequence's cache, read on the device:
+// keys at caches[t] + offset + j * kv_stride, values v_offset floats further, keys j <= pos[t].
+// max_keys bounds every pos[t] + 1 (it sets the split count, so one captured launch serves every
+// length up to the next multiple of 512)
+void cached_attention(const float* q, int64_t q_stride, const float* const* caches, int64_t offset, int64_t v_offset,
+                      int64_t kv_stride, const int32_t* pos, float* out, int64_t T, int64_t max_keys, int64_t H,
+                      int64_t Hkv, int64_t D, float scale, float* ws);
+// a step's k|v rows (cols floats at src + t * src_stride) into their caches, at
+// caches[t] + offset + pos[t] * kv_stride
+void store_kv(const float* src, int64_t src_stride, float* const* caches, int64_t offset, int64_t kv_stride,
+              const int32_t* pos, int64_t T, int64_t cols);
 // FlashAttention-2 on tensor cores: q (T, H, D), k, v (S, Hkv, D), out (T, H, D), bf16 or f16
 // (all the same); D 64 or 128; causal as above. 64 queries per block, 64-key tiles double
 // buffered through cp.async, online softmax in registers

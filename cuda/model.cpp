@@ -1,13 +1,18 @@
 // The decoder on the GPU (see model.h): the CPU executor's step (runtime/model.cpp), kernel by
 // kernel. Linear layers: the GEMV kernel for up to 8 rows (decode: the weight read once), bf16
 // weights on tensor cores above that, fp32 weights on the SGEMM. q|k|v and gate|up are fused
-// into one weight each at the first step. The KV cache is fp32, (max_seq, 2, Hkv, D) per layer: a
-// step's k|v rows go in with one copy. Each residual add is fused with the norm that follows it,
-// and rope turns q and k (adjacent heads of the q|k|v row) in one launch: 9 launches a layer.
+// into one weight each at the first step. The KV cache is fp32, (max_seq, 2, Hkv, D) per layer.
+// A step's tokens, positions and cache pointers go to the device in one copy and the kernels read
+// them there: one store_kv and one attention launch serve every sequence of a batch, and a decode
+// step's launches do not change with its length, so after its first step a batch size replays
+// as one CUDA graph. Each residual add is fused with the norm that follows it, and rope turns q
+// and k (adjacent heads of the q|k|v row) in one launch: 9 launches a layer.
 #include "cuda/model.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -28,6 +33,8 @@ DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   require_device();
   if (s.pos == PosKind::kRope) inv_freq_ = Buffer::upload(s.rope_inv_freq.data(), s.rope_inv_freq.size() * 4);
   layers_.resize(size_t(s.n_layers));
+  const char* env = std::getenv("FASTLM_CUDA_GRAPHS");
+  use_graphs_ = !(env && std::string(env) == "0");
 }
 
 DeviceModel::Linear DeviceModel::upload_linear(const void* w, WeightType wt, int64_t N, int64_t K,
@@ -160,6 +167,7 @@ void DeviceModel::copy_slot(int64_t src, int64_t dst, int64_t len) {
 
 void DeviceModel::ensure_buffers(int64_t rows) {
   if (rows <= buf_rows_) return;
+  graphs_.clear();  // they hold the old buffers' addresses
   const ModelSpec& s = spec_;
   const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = s.ffn;
   const int64_t widest = std::max({C, (H + 2 * Hkv) * D, 2 * F});
@@ -172,8 +180,7 @@ void DeviceModel::ensure_buffers(int64_t rows) {
   act_ = Buffer(size_t(rows * F) * 4);
   xb_ = Buffer(size_t(rows * widest) * 2);  // activations as bf16 for the tensor-core GEMM
   ws_ = Buffer(std::max<size_t>(attention_workspace(rows, H, D, s.max_seq), 1) * 4);
-  ids_ = Buffer(size_t(2 * rows) * 4);
-  sel_ = Buffer(size_t(rows * C) * 4);
+  args_ = Buffer(size_t(rows) * 16);
   logits_ = Buffer(size_t(rows * s.vocab) * 4);
   buf_rows_ = rows;
 }
@@ -233,20 +240,13 @@ void DeviceModel::prefill(int64_t slot, const int32_t* tokens, int64_t T, float*
                                 " positions, beyond the context of " + std::to_string(spec_.max_seq));
   for (int64_t t0 = 0; t0 < T; t0 += kStepRows) {
     const int64_t n = std::min(kStepRows, T - t0);
-    std::vector<int64_t> rows;
-    if (all_logits) {
-      for (int64_t i = 0; i < n; ++i) rows.push_back(i);
-    } else if (t0 + n == T) {
-      rows.push_back(n - 1);
-    }
-    step(tokens + t0, n, {Group{slot, 0, n}}, rows.data(), int64_t(rows.size()),
-         logits + (all_logits ? t0 * spec_.vocab : 0));
+    const bool last = t0 + n == T;
+    step(tokens + t0, n, std::vector<int64_t>(size_t(n), slot), all_logits ? 0 : n - 1,
+         all_logits ? n : last ? 1 : 0, logits + (all_logits ? t0 * spec_.vocab : 0), false);
   }
 }
 
 void DeviceModel::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits) {
-  std::vector<Group> groups;
-  std::vector<int64_t> rows;
   for (int64_t b = 0; b < B; ++b) {
     check_slot(slots[b]);
     for (int64_t c = 0; c < b; ++c)
@@ -254,48 +254,104 @@ void DeviceModel::decode(const int64_t* slots, const int32_t* tokens, int64_t B,
     if (slots_[size_t(slots[b])]->len + 1 > spec_.max_seq)
       throw std::invalid_argument("slot " + std::to_string(slots[b]) + " is full (context " +
                                   std::to_string(spec_.max_seq) + ")");
-    groups.push_back(Group{slots[b], b, 1});
-    rows.push_back(b);
   }
   for (int64_t b0 = 0; b0 < B; b0 += kStepRows) {  // more sequences than a step's buffers: in chunks
     const int64_t n = std::min(kStepRows, B - b0);
-    std::vector<Group> g(groups.begin() + b0, groups.begin() + b0 + n);
-    for (auto& x : g) x.row0 -= b0;
-    std::vector<int64_t> r(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) r[size_t(i)] = i;
-    step(tokens + b0, n, g, r.data(), n, logits + b0 * spec_.vocab);
+    step(tokens + b0, n, std::vector<int64_t>(slots + b0, slots + b0 + n), 0, n, logits + b0 * spec_.vocab, true);
   }
 }
 
-void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
-                       int64_t n_out, float* logits) {
+void DeviceModel::prepare() {
   const ModelSpec& s = spec_;
-  const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = s.ffn;
+  auto miss = missing();
+  if (!miss.empty()) throw std::invalid_argument("the model is missing weights: " + miss.front());
+  for (Layer& L : layers_) {
+    fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
+    if (s.mlp == MlpKind::kSwiGLU) fuse(L.gate_up, {&L.proj[int(Proj::kGate)], &L.proj[int(Proj::kUp)]});
+    if (L.qkv.set) L.proj[int(Proj::kQ)] = Linear(), L.proj[int(Proj::kK)] = Linear(), L.proj[int(Proj::kV)] = Linear();
+    if (L.gate_up.set) L.proj[int(Proj::kGate)] = Linear(), L.proj[int(Proj::kUp)] = Linear();
+  }
+  complete_ = true;
+}
+
+void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<int64_t>& row_slots, int64_t out_row0,
+                       int64_t n_out, float* logits, bool decode) {
+  const ModelSpec& s = spec_;
   for (int64_t i = 0; i < T; ++i)
     if (tokens[i] < 0 || tokens[i] >= s.vocab)
       throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
                                   std::to_string(s.vocab) + ")");
-  if (!complete_) {
-    auto miss = missing();
-    if (!miss.empty()) throw std::invalid_argument("the model is missing weights: " + miss.front());
-    for (Layer& L : layers_) {
-      fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
-      if (s.mlp == MlpKind::kSwiGLU) fuse(L.gate_up, {&L.proj[int(Proj::kGate)], &L.proj[int(Proj::kUp)]});
-      if (L.qkv.set) L.proj[int(Proj::kQ)] = Linear(), L.proj[int(Proj::kK)] = Linear(), L.proj[int(Proj::kV)] = Linear();
-      if (L.gate_up.set) L.proj[int(Proj::kGate)] = Linear(), L.proj[int(Proj::kUp)] = Linear();
-    }
-    complete_ = true;
-  }
+  if (!complete_) prepare();
   ensure_buffers(T);
 
-  // the tokens and their positions go over in one copy
-  std::vector<int32_t> ids(static_cast<size_t>(2 * T));
-  std::copy(tokens, tokens + T, ids.begin());
-  for (const Group& g : groups)
-    for (int64_t i = 0; i < g.n; ++i) ids[size_t(T + g.row0 + i)] = int32_t(slots_[size_t(g.slot)]->len + i);
-  copy_to_device(ids_.get(), ids.data(), ids.size() * 4);
-  const int32_t* tok_d = static_cast<const int32_t*>(ids_.get());
+  // the step's tokens, positions and cache pointers go over in one copy; the kernels read them
+  // there, so a decode step's launches are the same at every length and replay as a graph
+  std::vector<int64_t> args(size_t(2 * T));
+  int32_t* ids = reinterpret_cast<int32_t*>(args.data());
+  int64_t max_keys = 0, run = 0;  // run: earlier rows of the same sequence (they lie together)
+  for (int64_t i = 0; i < T; ++i) {
+    Slot& sl = *slots_[size_t(row_slots[size_t(i)])];
+    run = i > 0 && row_slots[size_t(i - 1)] == row_slots[size_t(i)] ? run + 1 : 0;
+    ids[i] = tokens[i];
+    ids[T + i] = int32_t(sl.len + run);
+    args[size_t(T + i)] = int64_t(reinterpret_cast<uintptr_t>(sl.kv.get()));
+    max_keys = std::max<int64_t>(max_keys, ids[T + i] + 1);
+  }
+  copy_to_device(args_.get(), args.data(), args.size() * 8);
+
+  if (decode && use_graphs_) {  // one graph per batch size and attention split count
+    const std::pair<int64_t, int> key(T, attention_splits(max_keys));
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      Graph g = capture(T, max_keys);
+      if (g) it = graphs_.emplace(key, std::move(g)).first;
+    }
+    if (it != graphs_.end()) {
+      it->second.replay();
+      ++graph_replays_;
+    } else {
+      forward(T, max_keys, out_row0, n_out);
+    }
+  } else {
+    forward(T, max_keys, out_row0, n_out);
+  }
+  for (int64_t i = 0; i < T; ++i) slots_[size_t(row_slots[size_t(i)])]->len += 1;
+
+  if (n_out == 0)
+    synchronize();
+  else
+    copy_to_host(logits, logits_.get(), size_t(n_out * s.vocab) * 4);
+}
+
+// a decode step's launches recorded as a graph; a capture the driver refuses leaves graphs off for
+// this model (said on stderr) and the step runs launch by launch
+Graph DeviceModel::capture(int64_t T, int64_t max_keys) {
+  wgmma_for_auto();  // settled first: its one-time check copies and synchronizes
+  try {
+    capture_begin();
+    try {
+      forward(T, max_keys, 0, T);
+    } catch (...) {
+      capture_abort();
+      throw;
+    }
+    return capture_end();
+  } catch (const std::logic_error&) {
+    throw;  // a copy or allocation inside the step: a bug here, not the driver's refusal
+  } catch (const std::runtime_error& e) {
+    std::fprintf(stderr, "fastlm: CUDA graph capture failed (%s); decoding launch by launch\n", e.what());
+    use_graphs_ = false;
+    graphs_.clear();
+    return Graph();
+  }
+}
+
+void DeviceModel::forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t n_out) {
+  const ModelSpec& s = spec_;
+  const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = s.ffn;
+  const int32_t* tok_d = static_cast<const int32_t*>(args_.get());
   const int32_t* pos_d = tok_d + T;
+  float* const* caches = reinterpret_cast<float* const*>(tok_d + 2 * T);
   float* x = x_.f();
   float* h = h_.f();
   const void* table = tied_ ? head_.w.get() : embedding_.get();
@@ -322,17 +378,11 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
       linear(L.proj[int(Proj::kV)], h, T, attn_.f());
       copy_rows(attn_.f(), Hkv * D, qp + (H + Hkv) * D, qs, T, Hkv * D);
     }
-    float* kp = qp + H * D;
     if (s.pos == PosKind::kRope)  // q's H heads and k's Hkv heads lie side by side in each row
-      rope(qp, T, H + Hkv, D, qs, pos_d, inv_freq_.f(), s.rotary_dim,
-           s.rope_interleaved);
-    for (const Group& g : groups) {
-      Slot& sl = *slots_[size_t(g.slot)];
-      float* kv = sl.kv.f() + li * kv_layer;
-      copy_rows(kp + g.row0 * qs, qs, kv + sl.len * kv_row, kv_row, g.n, kv_row);  // k|v in one copy
-      attention(qp + g.row0 * qs, qs, kv, kv + Hkv * D, kv_row, attn_.f() + g.row0 * H * D, g.n, sl.len + g.n, H,
-                Hkv, D, 1.0f / std::sqrt(float(D)), true, ws_.f());
-    }
+      rope(qp, T, H + Hkv, D, qs, pos_d, inv_freq_.f(), s.rotary_dim, s.rope_interleaved);
+    store_kv(qp + H * D, qs, caches, li * kv_layer, kv_row, pos_d, T, kv_row);  // k|v in one copy
+    cached_attention(qp, qs, caches, li * kv_layer, Hkv * D, kv_row, pos_d, attn_.f(), T, max_keys, H, Hkv, D,
+                     1.0f / std::sqrt(float(D)), ws_.f());
     linear(L.proj[int(Proj::kO)], attn_.f(), T, tmp_.f());
     add_norm(x, tmp_.f(), L.norm_w[1].f(), L.norm_b[1].get() ? L.norm_b[1].f() : nullptr, h, T, C, s.norm_eps, rms);
 
@@ -355,23 +405,10 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<Group
       add(x, tmp_.f(), x, T * C);
     }
   }
-  for (const Group& g : groups) slots_[size_t(g.slot)]->len += g.n;
-
-  if (n_out == 0) {
-    synchronize();
-    return;
-  }
+  if (n_out == 0) return;
   // the head only for the rows whose logits are wanted
-  bool contiguous = true;
-  for (int64_t i = 0; i < n_out; ++i) contiguous &= out_rows[i] == out_rows[0] + i;
-  const float* sel = x + out_rows[0] * C;
-  if (!contiguous) {
-    for (int64_t i = 0; i < n_out; ++i) copy_rows(x + out_rows[i] * C, C, sel_.f() + i * C, C, 1, C);
-    sel = sel_.f();
-  }
-  norm(final_w_, final_b_, sel, h, n_out);
+  norm(final_w_, final_b_, x + out_row0 * C, h, n_out);
   linear(head_, h, n_out, logits_.f());
-  copy_to_host(logits, logits_.get(), size_t(n_out * s.vocab) * 4);
 }
 
 }  // namespace FASTLM_GPU_NS

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,15 @@ class DeviceModel {
   void prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits);
   void decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits);
 
+  // decode steps as CUDA graphs (captured at a batch size's first step, replayed after): on unless
+  // FASTLM_CUDA_GRAPHS=0 or set_graphs(false)
+  bool graphs() const { return use_graphs_; }
+  void set_graphs(bool on) {
+    use_graphs_ = on;
+    if (!on) graphs_.clear();
+  }
+  int64_t graph_replays() const { return graph_replays_; }
+
  private:
   struct Linear {
     Buffer w, bias;
@@ -85,12 +96,14 @@ class DeviceModel {
     Buffer kv;  // (n_layers, max_seq, 2, Hkv, D): a position's k and v rows side by side, as q|k|v has them
     int64_t len = 0;
   };
-  struct Group {
-    int64_t slot, row0, n;
-  };
 
-  void step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
-            int64_t n_out, float* logits);
+  // T rows, row i of sequence row_slots[i] (a sequence's rows together, in order); logits of rows
+  // out_row0 .. out_row0 + n_out - 1. decode: one row per sequence, all logits (a graph replays it)
+  void step(const int32_t* tokens, int64_t T, const std::vector<int64_t>& row_slots, int64_t out_row0,
+            int64_t n_out, float* logits, bool decode);
+  void forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t n_out);  // the kernels of a step
+  Graph capture(int64_t T, int64_t max_keys);
+  void prepare();  // at the first step: every weight there, q|k|v and gate|up fused
   void linear(const Linear& l, const float* x, int64_t M, float* y);
   void norm(const Buffer& w, const Buffer& b, const float* x, float* y, int64_t rows);
   void ensure_buffers(int64_t rows);
@@ -107,7 +120,11 @@ class DeviceModel {
   bool has_embedding_ = false, tied_ = false, complete_ = false;
   std::vector<std::unique_ptr<Slot>> slots_;
   int64_t buf_rows_ = 0;
-  Buffer x_, h_, qkv_, attn_, tmp_, gu_, act_, xb_, ws_, ids_, sel_, logits_;  // ids_: a step's tokens, then positions
+  // args_: a step's tokens and positions (int32), then its rows' cache pointers
+  Buffer x_, h_, qkv_, attn_, tmp_, gu_, act_, xb_, ws_, args_, logits_;
+  bool use_graphs_ = true;
+  int64_t graph_replays_ = 0;
+  std::map<std::pair<int64_t, int>, Graph> graphs_;  // decode steps by (rows, attention splits)
 };
 
 }  // namespace FASTLM_GPU_NS

@@ -2,7 +2,7 @@
 // check their arithmetic and indexing where no GPU is lent (tests/test_cuda.py, backend
 // "emulated"). Included only when FASTLM_SIMT is defined, instead of the CUDA headers.
 //
-// Blocks run one after another; the threads of a block are fibers (ucontext) on the calling OS
+// Blocks run one after another; the threads of a block are fibers on the calling OS
 // thread, switched at every barrier: __syncthreads() parks a thread until every live thread of
 // the block arrives, and warp-collective operations (shuffles, ldmatrix, mma) park it until every
 // live lane of its warp arrives. A barrier that can never complete (a divergent __syncthreads, a
@@ -86,8 +86,43 @@ struct Deferred {
   }
 };
 
+// Switching fibers. On x86-64 a switch saves the callee-saved registers on the old stack and
+// loads the new stack pointer (fastlm_simt_switch, cuda/emulated.cpp): no system call, where
+// swapcontext() saves and restores the signal mask with one at every switch. Elsewhere, and under
+// AddressSanitizer (which follows swapcontext only), ucontext.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define FASTLM_SIMT_FAST_SWITCH 1
+extern "C" void fastlm_simt_switch(void** save_sp, void* load_sp);
+struct Context {
+  void* sp = nullptr;
+};
+inline void switch_context(Context& from, Context& to) { fastlm_simt_switch(&from.sp, to.sp); }
+// a fresh context that starts in entry() (which never returns) on the stack [stack, stack + size)
+inline void make_context(Context& c, char* stack, size_t size, void (*entry)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top - 16);  // 16-byte aligned: entry's return address slot
+  sp[1] = nullptr;                                   // entry's own (never used) return address
+  sp[0] = reinterpret_cast<void*>(entry);            // where the first switch's ret lands
+  sp -= 6;                                           // rbp rbx r12 r13 r14 r15, popped first
+  for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void make_context(Context& c, char* stack, size_t size, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   char* stack = nullptr;  // kStack bytes from stack_pool()
   uint3 tid;
   int linear = 0;
@@ -101,7 +136,7 @@ struct Launch {
   dim3 grid, block;
   uint3 block_idx;
   std::vector<Fiber> fibers;
-  ucontext_t scheduler;
+  Context scheduler;
   Fiber* current = nullptr;
   std::function<void()> body;
   std::vector<char> dynamic_smem;
@@ -136,7 +171,7 @@ inline void park(Wait w) {
   Launch& l = *active();
   Fiber& f = self();
   f.wait = w;
-  swapcontext(&f.ctx, &l.scheduler);
+  switch_context(f.ctx, l.scheduler);
 }
 
 inline void syncthreads() { park(Wait::kBlock); }
@@ -150,7 +185,7 @@ inline void fiber_entry() {
     if (l.error.empty()) l.error = e.what();
   }
   l.current->wait = Wait::kDone;
-  swapcontext(&l.current->ctx, &l.scheduler);
+  switch_context(l.current->ctx, l.scheduler);
 }
 
 // run one block to completion: every fiber until it parks, then release whichever barrier is full
@@ -160,17 +195,13 @@ inline void run_block(Launch& l) {
     f.wait = Wait::kRun;
     f.copies.clear();
     f.mmas.clear();
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack;
-    f.ctx.uc_stack.ss_size = kStack;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
+    make_context(f.ctx, f.stack, kStack, fiber_entry);
   }
   for (;;) {
     for (auto& f : l.fibers) {
       if (f.wait != Wait::kRun) continue;
       l.current = &f;
-      swapcontext(&l.scheduler, &f.ctx);
+      switch_context(l.scheduler, f.ctx);
     }
     if (!l.error.empty()) throw std::runtime_error("simt: kernel raised: " + l.error);
     bool all_done = true, any_block = false, released = false;

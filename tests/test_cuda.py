@@ -301,6 +301,27 @@ def test_device_greedy_batches_and_samples_match_cpu(tiny, device):
         dev.generate(ids_for(700, 4), max_tokens=1)
 
 
+def test_device_decode_replays_graphs(tiny, device):
+    """Decode steps run as CUDA graphs, one per batch size and attention split count: the first
+    prompt's keys cross 512 while it decodes (a second split, so a second graph), and the tokens
+    are those of the step run launch by launch and of the CPU."""
+    from fastlm import Engine
+
+    path = tiny("llama")
+    eng = Engine.from_pretrained(path, device=device)
+    m = eng.model
+    assert m.graphs and m.graph_replays == 0
+    prompts = [ids_for(509, 6), ids_for(3, 7)]
+    graphed = eng.generate(prompts, max_tokens=6, ignore_eos=True)
+    replays = m.graph_replays
+    assert replays >= 5
+    m.graphs = False
+    eager = eng.generate(prompts, max_tokens=6, ignore_eos=True)
+    assert m.graph_replays == replays
+    want = Engine.from_pretrained(path).generate(prompts, max_tokens=6, ignore_eos=True)
+    assert [c.token_ids for c in graphed] == [c.token_ids for c in eager] == [c.token_ids for c in want]
+
+
 def test_device_choice_is_checked(tiny):
     from fastlm import Engine
 
@@ -349,3 +370,6 @@ def test_the_emulation_keeps_cuda_semantics():
     lanes = np.arange(64)
     warp_sums = np.where(lanes < 32, sum(range(32)), sum(range(32, 64)))
     assert np.array_equal(np.asarray(r["shuffle"]), (lanes ^ 1) + 100.0 * warp_sums)
+    assert "while capturing a graph" in r["copy_while_capturing"]
+    assert r["graph_before_replay"] == [-1.0] * 64
+    assert np.array_equal(np.asarray(r["graph_after_replay"]), np.asarray(r["shuffle"]))

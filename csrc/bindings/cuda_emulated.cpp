@@ -2,6 +2,8 @@
 // the SIMT emulation (cuda/simt.h), always built: the tests check the kernels' arithmetic with it
 // where no GPU is lent. Device memory is host memory; arrays go in through __array_interface__
 // (NumPy) or DLPack (torch CPU tensors). It is a checking tool, not a fast path.
+#include <algorithm>
+
 #define FASTLM_SIMT 1
 #define FASTLM_GPU_NS cuda_emu
 #include "bindings/cuda.h"
@@ -57,6 +59,22 @@ py::dict self_test() {
   r["cp_async_after_wait"] = std::vector<float>(after, after + 4);
   detail::launch("shuffle", dim3(1), dim3(64), 0, shuffle_kernel, static_cast<float*>(shuf));
   r["shuffle"] = std::vector<float>(shuf, shuf + 64);
+
+  // a captured launch runs at replay, not before; a copy while capturing is refused
+  float graphed[64];
+  std::fill(graphed, graphed + 64, -1.0f);
+  capture_begin();
+  detail::launch("shuffle", dim3(1), dim3(64), 0, shuffle_kernel, static_cast<float*>(graphed));
+  try {
+    copy_to_device(graphed, src, sizeof src);
+    r["copy_while_capturing"] = "not refused";
+  } catch (const std::logic_error& e) {
+    r["copy_while_capturing"] = std::string(e.what());
+  }
+  Graph g = capture_end();
+  r["graph_before_replay"] = std::vector<float>(graphed, graphed + 64);
+  g.replay();
+  r["graph_after_replay"] = std::vector<float>(graphed, graphed + 64);
   return r;
 }
 
@@ -65,7 +83,7 @@ py::dict self_test() {
 void register_cuda_emulated(pybind11::module_& m) {
   cuda_emu::register_backend(m);
   m.def("_self_test", &cuda_emu::self_test, "the emulation's own semantics: a divergent barrier raises, cp.async "
-        "lands at its wait, warp shuffles exchange lanes");
+        "lands at its wait, warp shuffles exchange lanes, a captured graph runs at its replay");
 }
 
 }  // namespace fastlm
