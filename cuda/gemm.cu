@@ -173,16 +173,20 @@ __global__ void __launch_bounds__(256) gemm_wgmma_kernel(const unsigned char* x,
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  // loads run kLoadAhead tiles ahead, and one step's wgmma batch stays in flight while the next
+  // step waits for its tile: the stage a load refills was last read two steps back, by a batch
+  // that every warpgroup has waited for before the barrier that precedes the load
+  constexpr int kLoadAhead = kWgStages - 2;
 #pragma unroll
-  for (int s = 0; s < kWgStages - 1; ++s) {
+  for (int s = 0; s < kLoadAhead; ++s) {
     if (s < k_tiles) load_stage(s, s);
     ptx::cp_async_commit();
   }
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    ptx::cp_async_wait<kWgStages - 2>();
+    ptx::cp_async_wait<kLoadAhead - 1>();
     ptx::fence_proxy_async();  // cp.async wrote through the generic proxy; the tensor cores read next
     __syncthreads();           // also: every warpgroup is done with the stage the next load overwrites
-    const int64_t next = kt + kWgStages - 1;
+    const int64_t next = kt + kLoadAhead;
     if (next < k_tiles) load_stage(int(next % kWgStages), next);
     ptx::cp_async_commit();
     const unsigned char* As = smem + int(kt % kWgStages) * kWgStageBytes + wg * 64 * 128;
@@ -192,8 +196,9 @@ __global__ void __launch_bounds__(256) gemm_wgmma_kernel(const unsigned char* x,
     for (int ks = 0; ks < 4; ++ks)  // 16 bf16 (32 bytes) of K each
       ptx::wgmma_m64n128k16_bf16(acc, ptx::wgmma_desc_sw128(As + ks * 32), ptx::wgmma_desc_sw128(Bs + ks * 32), true);
     ptx::wgmma_commit();
-    ptx::wgmma_wait<0>();
+    ptx::wgmma_wait<1>();  // the previous step's batch is done; this one runs on
   }
+  ptx::wgmma_wait<0>();
   ptx::cp_async_wait<0>();
 
   const int wt = tid & 127, wr = wt >> 5, g = (wt & 31) >> 2, t = wt & 3;

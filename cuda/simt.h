@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -59,6 +60,14 @@ struct WgmmaOp {
   float* d;
   uint64_t a, b;
   bool accumulate;
+};
+
+// the shared-memory bytes [lo, hi) (shared-window offsets) an operand of an unfinished wgmma
+// reads: a cp.async into them is a race on the hardware, where the copy may land first, though
+// here (copies land at their wait, wgmmas run at theirs) it would never show in the numbers
+struct SharedRange {
+  uint32_t lo, hi;
+  bool operator<(const SharedRange& o) const { return lo != o.lo ? lo < o.lo : hi < o.hi; }
 };
 
 // asynchronous operations of one thread (cp.async, wgmma): issued into an open group, committed,
@@ -142,6 +151,7 @@ struct Launch {
   std::vector<char> dynamic_smem;
   std::vector<unsigned char> exchange;  // kExchange bytes per lane, for warp-collective operations
   std::string error;
+  std::map<SharedRange, int> wgmma_reads;  // operands of issued, unfinished wgmmas (counted per thread)
 };
 
 constexpr int kExchange = 64;
@@ -191,6 +201,7 @@ inline void fiber_entry() {
 // run one block to completion: every fiber until it parks, then release whichever barrier is full
 inline void run_block(Launch& l) {
   const int n = int(l.fibers.size());
+  l.wgmma_reads.clear();
   for (auto& f : l.fibers) {
     f.wait = Wait::kRun;
     f.copies.clear();
@@ -301,8 +312,17 @@ T shfl(T v, int src_lane) {
   return r;
 }
 
-// cp.async: deferred until a wait covers the group
+// cp.async: deferred until a wait covers the group; refused into what an unfinished wgmma reads
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  Launch& l = *active();
+  const auto base = reinterpret_cast<uintptr_t>(dynamic_smem()), q = reinterpret_cast<uintptr_t>(dst);
+  if (!l.wgmma_reads.empty() && q >= base && q < base + l.dynamic_smem.size()) {
+    const uint32_t lo = uint32_t(q - base), hi = lo + uint32_t(bytes);
+    for (const auto& r : l.wgmma_reads)
+      if (lo < r.first.hi && r.first.lo < hi)
+        throw std::runtime_error("simt: cp.async into shared memory that an unfinished wgmma reads (bytes " +
+                                 std::to_string(lo) + ".." + std::to_string(hi) + "): wait for the wgmma first");
+  }
   self().copies.issue({dst, src, bytes, src_bytes});
 }
 inline void cp_async_commit() { self().copies.commit(); }
@@ -346,7 +366,17 @@ inline float wgmma_operand(uint64_t desc, int r, int k) {
   return bf16_to_float(h);
 }
 
+// the rows of a K-major swizzled operand: `rows` rows of 128 bytes from the descriptor's row 0
+inline SharedRange wgmma_range(uint64_t desc, int rows) {
+  const uint32_t start = uint32_t(desc & 0x3FFF) << 4, sbo = uint32_t((desc >> 32) & 0x3FFF) << 4;
+  const uint32_t lo = start & ~127u;
+  return {lo, lo + uint32_t(rows / 8) * sbo};
+}
+
 inline void wgmma_issue(float* d, uint64_t a, uint64_t b, bool accumulate) {
+  Launch& l = *active();
+  ++l.wgmma_reads[wgmma_range(a, 64)];
+  ++l.wgmma_reads[wgmma_range(b, 128)];
   self().mmas.issue({d, a, b, accumulate});
 }
 inline void wgmma_commit() { self().mmas.commit(); }
@@ -355,7 +385,10 @@ inline void wgmma_commit() { self().mmas.commit(); }
 inline void wgmma_wait(int pending) {
   Fiber& f = self();
   const int wt = f.linear % 128, w = wt / 32, g = (wt % 32) / 4, t = wt % 4;
+  Launch& l = *active();
   f.mmas.wait(pending, [&](const WgmmaOp& op) {
+    for (const SharedRange& r : {wgmma_range(op.a, 64), wgmma_range(op.b, 128)})
+      if (--l.wgmma_reads[r] == 0) l.wgmma_reads.erase(r);
     for (int i = 0; i < 64; ++i) {
       const int j = i / 4, e = i % 4, row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
       float acc = op.accumulate ? op.d[i] : 0.0f;

@@ -41,6 +41,20 @@ __global__ void shuffle_kernel(float* out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, v, 1) + 100.0f * detail::warp_sum(v);
 }
 
+// a wgmma's operands refilled by cp.async before the wgmma is waited for: a race on the hardware
+__global__ void wgmma_race_kernel(const unsigned char* src, float* out) {
+  FASTLM_DYNAMIC_SMEM(unsigned char, smem);
+  float acc[64] = {};
+  ptx::wgmma_fence();
+  ptx::wgmma_m64n128k16_bf16(acc, ptx::wgmma_desc_sw128(smem), ptx::wgmma_desc_sw128(smem + 64 * 128), false);
+  ptx::wgmma_commit();
+  ptx::cp_async16(smem + 16 * threadIdx.x, src, true);  // the next tile, too early
+  ptx::cp_async_commit();
+  ptx::wgmma_wait<0>();
+  ptx::cp_async_wait<0>();
+  out[threadIdx.x] = acc[0];
+}
+
 }  // namespace
 
 py::dict self_test() {
@@ -72,6 +86,15 @@ py::dict self_test() {
     r["copy_while_capturing"] = std::string(e.what());
   }
   Graph g = capture_end();
+  try {
+    const unsigned char zeros[16] = {};
+    float out[128];
+    detail::launch("wgmma race", dim3(1), dim3(128), size_t(192 * 128), wgmma_race_kernel,
+                   static_cast<const unsigned char*>(zeros), static_cast<float*>(out));
+    r["wgmma_race"] = "not detected";
+  } catch (const std::exception& e) {
+    r["wgmma_race"] = std::string(e.what());
+  }
   r["graph_before_replay"] = std::vector<float>(graphed, graphed + 64);
   g.replay();
   r["graph_after_replay"] = std::vector<float>(graphed, graphed + 64);
@@ -83,7 +106,7 @@ py::dict self_test() {
 void register_cuda_emulated(pybind11::module_& m) {
   cuda_emu::register_backend(m);
   m.def("_self_test", &cuda_emu::self_test, "the emulation's own semantics: a divergent barrier raises, cp.async "
-        "lands at its wait, warp shuffles exchange lanes, a captured graph runs at its replay");
+        "lands at its wait, warp shuffles exchange lanes, a captured graph runs at its replay, cp.async into an unfinished wgmma's operands raises");
 }
 
 }  // namespace fastlm
