@@ -11,6 +11,8 @@
 // memory in 64-key tiles, double buffered with cp.async; S = Q K^T and O += P V are m16n8k16
 // mma's; the softmax is online, in registers, in base 2; P goes from the S accumulators straight
 // into A fragments.
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace fastlm {
@@ -22,7 +24,11 @@ constexpr int kAttnThreads = 128, kChunk = 512;  // keys per block at most
 
 // where a query row's keys lie. One sequence for every row: k and v (rows kv_stride apart); query t
 // sees S - T + t + 1 keys when causal, else S
+__device__ __forceinline__ float kv_load(const float* p) { return *p; }
+__device__ __forceinline__ float kv_load(const uint16_t* p) { return bf16_to_f32(*p); }  // a bf16 cache
+
 struct SharedKeys {
+  using Elem = float;
   const float *k, *v;
   int64_t T, S;
   bool causal;
@@ -33,13 +39,16 @@ struct SharedKeys {
 
 // the decoder's: each row its own sequence's cache (a device array of pointers, plus one layer's
 // offset) and position, both read on the device, so a captured step replays at any length
+// (caches of fp32 or bf16 elements)
+template <class T>
 struct CachedKeys {
-  const float* const* caches;
+  using Elem = T;
+  const void* const* caches;
   int64_t offset, v_offset;
   const int32_t* pos;
   __device__ __forceinline__ int64_t visible(int64_t t) const { return int64_t(pos[t]) + 1; }
-  __device__ __forceinline__ const float* keys(int64_t t) const { return caches[t] + offset; }
-  __device__ __forceinline__ const float* values(int64_t t) const { return caches[t] + offset + v_offset; }
+  __device__ __forceinline__ const T* keys(int64_t t) const { return static_cast<const T*>(caches[t]) + offset; }
+  __device__ __forceinline__ const T* values(int64_t t) const { return keys(t) + v_offset; }
 };
 
 template <class Keys>
@@ -53,15 +62,15 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q,
   const int64_t visible = keys.visible(t);
   const int64_t k0 = int64_t(split) * kChunk;
   const int64_t k1 = k0 + kChunk < visible ? k0 + kChunk : visible;
-  const float* k = keys.keys(t);
-  const float* v = keys.values(t);
+  const typename Keys::Elem* k = keys.keys(t);
+  const typename Keys::Elem* v = keys.values(t);
   const float* qr = q + t * q_stride + h * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qr[d] * scale;
   __syncthreads();
   for (int64_t j = k0 + warp; j < k1; j += warps) {
-    const float* kr = k + j * kv_stride + kvh * D;
+    const typename Keys::Elem* kr = k + j * kv_stride + kvh * D;
     float s = 0.0f;
-    for (int64_t d = lane; d < D; d += 32) s = fmaf(qs[d], kr[d], s);
+    for (int64_t d = lane; d < D; d += 32) s = fmaf(qs[d], kv_load(kr + d), s);
     s = warp_sum(s);
     if (lane == 0) p[j - k0] = s;
   }
@@ -79,7 +88,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q,
   const int64_t row = t * H + h;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     float o = 0.0f;
-    for (int64_t j = k0; j < k1; ++j) o = fmaf(p[j - k0], v[j * kv_stride + kvh * D + d], o);
+    for (int64_t j = k0; j < k1; ++j) o = fmaf(p[j - k0], kv_load(v + j * kv_stride + kvh * D + d), o);
     if (splits == 1) {
       out[row * D + d] = o / l;
     } else {
@@ -121,13 +130,14 @@ void run_attention(const float* q, int64_t q_stride, Keys keys, int64_t kv_strid
   if (splits > 1) launch("attention merge", dim3(unsigned(T * H)), dim3(128), 0, attention_merge_kernel, ws, out, D, splits);
 }
 
-// a step's k|v rows into their caches: row t to caches[t] + offset + pos[t] * kv_stride
-__global__ void store_kv_kernel(const float* src, int64_t src_stride, float* const* caches, int64_t offset,
+// a step's k|v rows into their caches: row t to caches[t] + offset + pos[t] * kv_stride (elements
+// of the cache's type)
+__global__ void store_kv_kernel(const float* src, int64_t src_stride, void* const* caches, DType dt, int64_t offset,
                                 int64_t kv_stride, const int32_t* pos, int64_t cols) {
   const int64_t t = blockIdx.x;
   const float* s = src + t * src_stride;
-  float* d = caches[t] + offset + int64_t(pos[t]) * kv_stride;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s[c];
+  const int64_t row = offset + int64_t(pos[t]) * kv_stride;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) store_from_float(caches[t], row + c, dt, s[c]);
 }
 
 // ---- FlashAttention-2 ----
@@ -137,7 +147,6 @@ constexpr int kFaRows = 64, kFaThreads = 128;
 struct Bf16Elem {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return pack_bf16(lo, hi); }
   static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) { ptx::mma_bf16(d, a, b); }
-  static __device__ __forceinline__ void store(void* p, int64_t i, float v) { store_from_float(p, i, DType::kBF16, v); }
 };
 struct F16Elem {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
@@ -145,7 +154,6 @@ struct F16Elem {
     return uint32_t(*reinterpret_cast<const uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&b)) << 16);
   }
   static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) { ptx::mma_f16(d, a, b); }
-  static __device__ __forceinline__ void store(void* p, int64_t i, float v) { store_from_float(p, i, DType::kF16, v); }
 };
 
 // a 64-row tile of D 16-bit elements: row r, 16-byte chunk c stored at chunk c ^ (r % 8)
@@ -166,9 +174,10 @@ __device__ __forceinline__ void fa_load_tile(unsigned char* dst, const unsigned 
 }
 
 template <int D, class E>
-__global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsigned char* q, const unsigned char* k,
-                                                                     const unsigned char* v, void* out, int64_t T,
-                                                                     int64_t S, int64_t H, int64_t group,
+__global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsigned char* q, int64_t q_stride,
+                                                                     const unsigned char* k, const unsigned char* v,
+                                                                     int64_t kv_stride, void* out, DType out_dt,
+                                                                     int64_t T, int64_t S, int64_t H, int64_t group,
                                                                      float scale_log2, bool causal) {
   constexpr int kTile = kFaRows * D * 2;  // bytes of one 64-row tile
   FASTLM_DYNAMIC_SMEM(unsigned char, smem);
@@ -179,8 +188,6 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsig
   // causal blocks near the end of the sequence have the most key tiles: they start first
   const int64_t q_tile = causal ? int64_t(gridDim.x) - 1 - blockIdx.x : int64_t(blockIdx.x);
   const int64_t q0 = q_tile * kFaRows, h = blockIdx.y, kvh = h / group;
-  const int64_t Hkv = H / group;
-  const int64_t q_stride = H * D * 2, kv_stride = Hkv * D * 2;
   const unsigned char* kbase = k + kvh * D * 2;
   const unsigned char* vbase = v + kvh * D * 2;
 
@@ -309,17 +316,18 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsig
       const int64_t row = q0 + warp * 16 + g + (e >> 1) * 8;
       if (row >= T) continue;
       const float l = l_run[e >> 1];
-      E::store(out, (row * H + h) * D + i * 8 + 2 * t4 + (e & 1), l > 0.0f ? o[i][e] / l : 0.0f);
+      store_from_float(out, (row * H + h) * D + i * 8 + 2 * t4 + (e & 1), out_dt, l > 0.0f ? o[i][e] / l : 0.0f);
     }
 }
 
 template <int D, class E>
-void run_flash(const void* q, const void* k, const void* v, void* out, int64_t T, int64_t S, int64_t H, int64_t Hkv,
-               float scale, bool causal) {
+void run_flash(const void* q, int64_t q_stride, const void* k, const void* v, int64_t kv_stride, void* out,
+               DType out_dt, int64_t T, int64_t S, int64_t H, int64_t Hkv, float scale, bool causal) {
   const dim3 grid(unsigned((T + kFaRows - 1) / kFaRows), unsigned(H));
   launch("flash_attention", grid, dim3(kFaThreads), size_t(5) * kFaRows * D * 2, flash_attention_kernel<D, E>,
-         static_cast<const unsigned char*>(q), static_cast<const unsigned char*>(k),
-         static_cast<const unsigned char*>(v), out, T, S, H, H / Hkv, scale * 1.4426950408889634f, causal);
+         static_cast<const unsigned char*>(q), q_stride * 2, static_cast<const unsigned char*>(k),
+         static_cast<const unsigned char*>(v), kv_stride * 2, out, out_dt, T, S, H, H / Hkv,
+         scale * 1.4426950408889634f, causal);
 }
 
 }  // namespace
@@ -336,30 +344,46 @@ void attention(const float* q, int64_t q_stride, const float* k, const float* v,
   run_attention(q, q_stride, SharedKeys{k, v, T, S, causal}, kv_stride, out, T, S, H, Hkv, D, scale, ws);
 }
 
-void cached_attention(const float* q, int64_t q_stride, const float* const* caches, int64_t offset, int64_t v_offset,
-                      int64_t kv_stride, const int32_t* pos, float* out, int64_t T, int64_t max_keys, int64_t H,
-                      int64_t Hkv, int64_t D, float scale, float* ws) {
-  run_attention(q, q_stride, CachedKeys{caches, offset, v_offset, pos}, kv_stride, out, T, max_keys, H, Hkv, D, scale,
-                ws);
+void cached_attention(const float* q, int64_t q_stride, const void* const* caches, DType cache_dt, int64_t offset,
+                      int64_t v_offset, int64_t kv_stride, const int32_t* pos, float* out, int64_t T, int64_t max_keys,
+                      int64_t H, int64_t Hkv, int64_t D, float scale, float* ws) {
+  if (cache_dt == DType::kBF16)
+    run_attention(q, q_stride, CachedKeys<uint16_t>{caches, offset, v_offset, pos}, kv_stride, out, T, max_keys, H,
+                  Hkv, D, scale, ws);
+  else if (cache_dt == DType::kF32)
+    run_attention(q, q_stride, CachedKeys<float>{caches, offset, v_offset, pos}, kv_stride, out, T, max_keys, H, Hkv,
+                  D, scale, ws);
+  else
+    throw std::invalid_argument("cached_attention: the cache holds float32 or bfloat16");
 }
 
-void store_kv(const float* src, int64_t src_stride, float* const* caches, int64_t offset, int64_t kv_stride,
-              const int32_t* pos, int64_t T, int64_t cols) {
-  if (T > 0) launch("store_kv", dim3(unsigned(T)), dim3(128), 0, store_kv_kernel, src, src_stride, caches, offset,
-                    kv_stride, pos, cols);
+void store_kv(const float* src, int64_t src_stride, void* const* caches, DType cache_dt, int64_t offset,
+              int64_t kv_stride, const int32_t* pos, int64_t T, int64_t cols) {
+  if (cache_dt != DType::kBF16 && cache_dt != DType::kF32)
+    throw std::invalid_argument("store_kv: the cache holds float32 or bfloat16");
+  if (T > 0) launch("store_kv", dim3(unsigned(T)), dim3(128), 0, store_kv_kernel, src, src_stride, caches, cache_dt,
+                    offset, kv_stride, pos, cols);
 }
 
-void flash_attention(const void* q, const void* k, const void* v, void* out, DType dt, int64_t T, int64_t S, int64_t H,
-                     int64_t Hkv, int64_t D, float scale, bool causal) {
+void flash_attention(const void* q, int64_t q_stride, const void* k, const void* v, int64_t kv_stride, void* out,
+                     DType out_dt, DType dt, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale,
+                     bool causal) {
   if (dt != DType::kBF16 && dt != DType::kF16) throw std::invalid_argument("flash_attention takes bf16 or f16");
+  if (out_dt != DType::kBF16 && out_dt != DType::kF16 && out_dt != DType::kF32)
+    throw std::invalid_argument("flash_attention writes bf16, f16 or f32");
   if (D != 64 && D != 128) throw std::invalid_argument("flash_attention supports head_dim 64 or 128");
+  if (q_stride % 8 || kv_stride % 8) throw std::invalid_argument("flash_attention row strides must be multiples of 8");
   need_aligned16(q, "flash_attention q");
   need_aligned16(k, "flash_attention k");
   need_aligned16(v, "flash_attention v");
+  auto run = [&](auto d, auto elem) {
+    run_flash<decltype(d)::value, decltype(elem)>(q, q_stride, k, v, kv_stride, out, out_dt, T, S, H, Hkv, scale,
+                                                  causal);
+  };
   if (dt == DType::kBF16)
-    D == 64 ? run_flash<64, Bf16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal) : run_flash<128, Bf16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal);
+    D == 64 ? run(std::integral_constant<int, 64>(), Bf16Elem()) : run(std::integral_constant<int, 128>(), Bf16Elem());
   else
-    D == 64 ? run_flash<64, F16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal) : run_flash<128, F16Elem>(q, k, v, out, T, S, H, Hkv, scale, causal);
+    D == 64 ? run(std::integral_constant<int, 64>(), F16Elem()) : run(std::integral_constant<int, 128>(), F16Elem());
 }
 
 }  // namespace FASTLM_GPU_NS

@@ -133,10 +133,14 @@ __global__ void swiglu_rows_kernel(const float* gu, float* y, int64_t rows, int6
   }
 }
 
-__global__ void copy_rows_kernel(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols) {
+__global__ void copy_rows_kernel(const float* src, int64_t ss, void* dst, int64_t ds, int64_t rows, int64_t cols,
+                                 DType to) {
   FASTLM_GRID_STRIDE(i, rows * cols) {
     const int64_t r = i / cols, c = i % cols;
-    dst[r * ds + c] = src[r * ss + c];
+    if (to == DType::kF32)
+      static_cast<float*>(dst)[r * ds + c] = src[r * ss + c];
+    else
+      store_from_float(dst, r * ds + c, to, src[r * ss + c]);
   }
 }
 
@@ -620,8 +624,9 @@ void swiglu_rows(const float* gu, float* y, int64_t rows, int64_t F) {
   launch("swiglu_rows", dim3(blocks_for(rows * F, 256)), dim3(256), 0, swiglu_rows_kernel, gu, y, rows, F);
 }
 
-void copy_rows(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols) {
-  launch("copy_rows", dim3(blocks_for(rows * cols, 256)), dim3(256), 0, copy_rows_kernel, src, ss, dst, ds, rows, cols);
+void copy_rows(const float* src, int64_t ss, void* dst, int64_t ds, int64_t rows, int64_t cols, DType to) {
+  launch("copy_rows", dim3(blocks_for(rows * cols, 256)), dim3(256), 0, copy_rows_kernel, src, ss, dst, ds, rows, cols,
+         to);
 }
 
 void cast(const void* x, DType from, void* y, DType to, int64_t n) {

@@ -96,8 +96,9 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n);
 void gelu_tanh(const float* x, float* y, int64_t n);
 // y[r] = silu(gu[r, :F]) * gu[r, F:] for rows of a fused [gate | up] projection; y (rows, F)
 void swiglu_rows(const float* gu, float* y, int64_t rows, int64_t F);
-// rows x cols floats from src (row stride ss) to dst (row stride ds)
-void copy_rows(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows, int64_t cols);
+// rows x cols floats from src (row stride ss) to dst (row stride ds), converted to `to`
+void copy_rows(const float* src, int64_t ss, void* dst, int64_t ds, int64_t rows, int64_t cols,
+               DType to = DType::kF32);
 void cast(const void* x, DType from, void* y, DType to, int64_t n);
 // out[i] = table[ids[i]] as fp32: table (vocab, hidden) fp32 / bf16 / f16; ids checked on the
 // device (an id outside [0, vocab) writes NaN rows and sets *bad = 1 when bad is given)
@@ -120,18 +121,21 @@ void attention(const float* q, int64_t q_stride, const float* k, const float* v,
 // keys at caches[t] + offset + j * kv_stride, values v_offset floats further, keys j <= pos[t].
 // max_keys bounds every pos[t] + 1 (it sets the split count, so one captured launch serves every
 // length up to the next multiple of 512)
-void cached_attention(const float* q, int64_t q_stride, const float* const* caches, int64_t offset, int64_t v_offset,
-                      int64_t kv_stride, const int32_t* pos, float* out, int64_t T, int64_t max_keys, int64_t H,
-                      int64_t Hkv, int64_t D, float scale, float* ws);
-// a step's k|v rows (cols floats at src + t * src_stride) into their caches, at
-// caches[t] + offset + pos[t] * kv_stride
-void store_kv(const float* src, int64_t src_stride, float* const* caches, int64_t offset, int64_t kv_stride,
-              const int32_t* pos, int64_t T, int64_t cols);
-// FlashAttention-2 on tensor cores: q (T, H, D), k, v (S, Hkv, D), out (T, H, D), bf16 or f16
-// (all the same); D 64 or 128; causal as above. 64 queries per block, 64-key tiles double
-// buffered through cp.async, online softmax in registers
-void flash_attention(const void* q, const void* k, const void* v, void* out, DType dt, int64_t T, int64_t S,
-                     int64_t H, int64_t Hkv, int64_t D, float scale, bool causal);
+// The caches hold cache_dt elements (kF32 or kBF16); offsets and strides count elements
+void cached_attention(const float* q, int64_t q_stride, const void* const* caches, DType cache_dt, int64_t offset,
+                      int64_t v_offset, int64_t kv_stride, const int32_t* pos, float* out, int64_t T, int64_t max_keys,
+                      int64_t H, int64_t Hkv, int64_t D, float scale, float* ws);
+// a step's k|v rows (cols floats at src + t * src_stride) into their caches (converted to
+// cache_dt), at caches[t] + offset + pos[t] * kv_stride
+void store_kv(const float* src, int64_t src_stride, void* const* caches, DType cache_dt, int64_t offset,
+              int64_t kv_stride, const int32_t* pos, int64_t T, int64_t cols);
+// FlashAttention-2 on tensor cores: q (T, H, D) with row stride q_stride, k, v (S, Hkv, D) with
+// row stride kv_stride (elements, multiples of 8), bf16 or f16 (all the same); out (T, H, D)
+// contiguous, out_dt bf16, f16 or f32; D 64 or 128; causal as above. 64 queries per block,
+// 64-key tiles double buffered through cp.async, online softmax in registers
+void flash_attention(const void* q, int64_t q_stride, const void* k, const void* v, int64_t kv_stride, void* out,
+                     DType out_dt, DType dt, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale,
+                     bool causal);
 
 }  // namespace FASTLM_GPU_NS
 }  // namespace fastlm

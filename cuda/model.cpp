@@ -1,7 +1,8 @@
 // The decoder on the GPU (see model.h): the CPU executor's step (runtime/model.cpp), kernel by
 // kernel. Linear layers: the GEMV kernel for up to 8 rows (decode: the weight read once), bf16
 // weights on tensor cores above that, fp32 weights on the SGEMM. q|k|v and gate|up are fused
-// into one weight each at the first step. The KV cache is fp32, (max_seq, 2, Hkv, D) per layer.
+// into one weight each at the first step. The KV cache, (max_seq, 2, Hkv, D) per layer, is bf16
+// for a bf16 model (prefill chunks of 64 rows or more then take FlashAttention-2 over it), else fp32.
 // A step's tokens, positions and cache pointers go to the device in one copy and the kernels read
 // them there: one store_kv and one attention launch serve every sequence of a batch, and a decode
 // step's launches do not change with its length, so after its first step a batch size replays
@@ -20,7 +21,8 @@ namespace fastlm {
 namespace FASTLM_GPU_NS {
 namespace {
 
-constexpr int64_t kStepRows = 512;  // prefill rows per step
+constexpr int64_t kStepRows = 512;     // prefill rows per step
+constexpr int64_t kFlashMinRows = 64;  // prefill chunks this long or longer take FlashAttention (bf16 caches)
 
 DType dtype_of(WeightType wt) { return wt == WeightType::kBF16 ? DType::kBF16 : DType::kF32; }
 
@@ -126,11 +128,23 @@ size_t DeviceModel::weight_bytes() const {
   return total;
 }
 
+// bf16 models keep a bf16 cache (half the memory, and FlashAttention reads it in prefill); the
+// type is settled when the first slot is made, after the weights are in
+DType DeviceModel::kv_type() const {
+  if (!slots_.empty()) return kv_dt_;
+  bool any = false, all_bf16 = true;
+  for (const Layer& l : layers_)
+    for (const Linear* p : {&l.qkv, &l.proj[int(Proj::kQ)], &l.proj[int(Proj::kK)], &l.proj[int(Proj::kV)]})
+      if (p->set) any = true, all_bf16 &= p->wt == DType::kBF16;
+  return any && all_bf16 ? DType::kBF16 : DType::kF32;
+}
+
 size_t DeviceModel::kv_bytes_per_slot() const {
-  return size_t(2 * spec_.n_layers * spec_.n_kv_heads * spec_.max_seq * spec_.head_dim) * 4;
+  return size_t(2 * spec_.n_layers * spec_.n_kv_heads * spec_.max_seq * spec_.head_dim) * dtype_size(kv_type());
 }
 
 void DeviceModel::ensure_slots(int64_t n) {
+  if (slots_.empty()) kv_dt_ = kv_type();
   while (int64_t(slots_.size()) < n) {
     std::unique_ptr<Slot> s(new Slot());
     s->kv = Buffer(kv_bytes_per_slot());
@@ -159,8 +173,9 @@ void DeviceModel::copy_slot(int64_t src, int64_t dst, int64_t len) {
   Slot& b = *slots_[size_t(dst)];
   check_copy(a.len, len);
   if (src != dst && len > 0) {
-    const int64_t row = 2 * spec_.n_kv_heads * spec_.head_dim, layer = spec_.max_seq * row;
-    for (int64_t l = 0; l < spec_.n_layers; ++l) copy_rows(a.kv.f() + l * layer, row, b.kv.f() + l * layer, row, len, row);
+    const size_t row = size_t(2 * spec_.n_kv_heads * spec_.head_dim) * dtype_size(kv_dt_), layer = spec_.max_seq * row;
+    for (int64_t l = 0; l < spec_.n_layers; ++l)
+      copy_device(static_cast<char*>(b.kv.get()) + l * layer, static_cast<const char*>(a.kv.get()) + l * layer, len * row);
   }
   b.len = len;
 }
@@ -310,10 +325,10 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<int64
       it->second.replay();
       ++graph_replays_;
     } else {
-      forward(T, max_keys, out_row0, n_out);
+      forward(T, max_keys, out_row0, n_out, nullptr);
     }
   } else {
-    forward(T, max_keys, out_row0, n_out);
+    forward(T, max_keys, out_row0, n_out, decode ? nullptr : slots_[size_t(row_slots[0])].get());
   }
   for (int64_t i = 0; i < T; ++i) slots_[size_t(row_slots[size_t(i)])]->len += 1;
 
@@ -330,7 +345,7 @@ Graph DeviceModel::capture(int64_t T, int64_t max_keys) {
   try {
     capture_begin();
     try {
-      forward(T, max_keys, 0, T);
+      forward(T, max_keys, 0, T, nullptr);
     } catch (...) {
       capture_abort();
       throw;
@@ -346,12 +361,15 @@ Graph DeviceModel::capture(int64_t T, int64_t max_keys) {
   }
 }
 
-void DeviceModel::forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t n_out) {
+void DeviceModel::forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t n_out, const Slot* prefill_seq) {
   const ModelSpec& s = spec_;
   const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = s.ffn;
   const int32_t* tok_d = static_cast<const int32_t*>(args_.get());
   const int32_t* pos_d = tok_d + T;
-  float* const* caches = reinterpret_cast<float* const*>(tok_d + 2 * T);
+  void* const* caches = reinterpret_cast<void* const*>(tok_d + 2 * T);
+  // a prefill chunk of a bf16 cache, a whole query tile or more: FlashAttention over the cache
+  const bool flash = prefill_seq && kv_dt_ == DType::kBF16 && (D == 64 || D == 128) && T >= kFlashMinRows;
+  flash_prefills_ += flash;
   float* x = x_.f();
   float* h = h_.f();
   const void* table = tied_ ? head_.w.get() : embedding_.get();
@@ -380,9 +398,16 @@ void DeviceModel::forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t
     }
     if (s.pos == PosKind::kRope)  // q's H heads and k's Hkv heads lie side by side in each row
       rope(qp, T, H + Hkv, D, qs, pos_d, inv_freq_.f(), s.rotary_dim, s.rope_interleaved);
-    store_kv(qp + H * D, qs, caches, li * kv_layer, kv_row, pos_d, T, kv_row);  // k|v in one copy
-    cached_attention(qp, qs, caches, li * kv_layer, Hkv * D, kv_row, pos_d, attn_.f(), T, max_keys, H, Hkv, D,
-                     1.0f / std::sqrt(float(D)), ws_.f());
+    store_kv(qp + H * D, qs, caches, kv_dt_, li * kv_layer, kv_row, pos_d, T, kv_row);  // k|v in one copy
+    if (flash) {  // q as bf16 (xb_ is free until the o projection), keys and values straight from the cache
+      const auto* kc = static_cast<const uint16_t*>(prefill_seq->kv.get()) + li * kv_layer;
+      copy_rows(qp, qs, xb_.get(), H * D, T, H * D, DType::kBF16);
+      flash_attention(xb_.get(), H * D, kc, kc + Hkv * D, kv_row, attn_.f(), DType::kF32, DType::kBF16, T, max_keys,
+                      H, Hkv, D, 1.0f / std::sqrt(float(D)), true);
+    } else {
+      cached_attention(qp, qs, caches, kv_dt_, li * kv_layer, Hkv * D, kv_row, pos_d, attn_.f(), T, max_keys, H, Hkv,
+                       D, 1.0f / std::sqrt(float(D)), ws_.f());
+    }
     linear(L.proj[int(Proj::kO)], attn_.f(), T, tmp_.f());
     add_norm(x, tmp_.f(), L.norm_w[1].f(), L.norm_b[1].get() ? L.norm_b[1].f() : nullptr, h, T, C, s.norm_eps, rms);
 

@@ -67,6 +67,7 @@ class DeviceModel {
   void truncate_slot(int64_t slot, int64_t len);
   void copy_slot(int64_t src, int64_t dst, int64_t len);
   size_t kv_bytes_per_slot() const;
+  DType kv_type() const;  // the KV cache's elements: bf16 for a bf16 model, else fp32
 
   void prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits);
   void decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits);
@@ -79,6 +80,7 @@ class DeviceModel {
     if (!on) graphs_.clear();
   }
   int64_t graph_replays() const { return graph_replays_; }
+  int64_t flash_prefills() const { return flash_prefills_; }  // prefill steps that took FlashAttention
 
  private:
   struct Linear {
@@ -93,7 +95,7 @@ class DeviceModel {
     Linear qkv, gate_up;  // fused at the first step: one launch instead of three / two
   };
   struct Slot {
-    Buffer kv;  // (n_layers, max_seq, 2, Hkv, D): a position's k and v rows side by side, as q|k|v has them
+    Buffer kv;  // (n_layers, max_seq, 2, Hkv, D) of kv_type(): a position's k and v rows side by side, as q|k|v has them
     int64_t len = 0;
   };
 
@@ -101,7 +103,8 @@ class DeviceModel {
   // out_row0 .. out_row0 + n_out - 1. decode: one row per sequence, all logits (a graph replays it)
   void step(const int32_t* tokens, int64_t T, const std::vector<int64_t>& row_slots, int64_t out_row0,
             int64_t n_out, float* logits, bool decode);
-  void forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t n_out);  // the kernels of a step
+  // the kernels of a step; prefill_seq: the one sequence of a prefill step (null when decoding)
+  void forward(int64_t T, int64_t max_keys, int64_t out_row0, int64_t n_out, const Slot* prefill_seq);
   Graph capture(int64_t T, int64_t max_keys);
   void prepare();  // at the first step: every weight there, q|k|v and gate|up fused
   void linear(const Linear& l, const float* x, int64_t M, float* y);
@@ -122,8 +125,9 @@ class DeviceModel {
   int64_t buf_rows_ = 0;
   // args_: a step's tokens and positions (int32), then its rows' cache pointers
   Buffer x_, h_, qkv_, attn_, tmp_, gu_, act_, xb_, ws_, args_, logits_;
+  DType kv_dt_ = DType::kF32;
   bool use_graphs_ = true;
-  int64_t graph_replays_ = 0;
+  int64_t graph_replays_ = 0, flash_prefills_ = 0;
   std::map<std::pair<int64_t, int>, Graph> graphs_;  // decode steps by (rows, attention splits)
 };
 

@@ -283,6 +283,29 @@ def test_device_bf16_prefill_on_tensor_cores(tiny, device):
         cpu.generate(ids[:5], max_tokens=6, ignore_eos=True).token_ids
 
 
+def test_device_bf16_cache_and_flash_prefill(tiny, device):
+    """A bf16 model with heads of 64 keeps a bf16 KV cache, and its prefill chunks of 64 rows or
+    more take FlashAttention-2 over that cache: a first chunk, then one on top of it (keys before
+    the queries), against the CPU; decode then reads the bf16 cache."""
+    from fastlm import Engine
+
+    path = tiny("bf16_d64")
+    dev, cpu = Engine.from_pretrained(path, device=device), Engine.from_pretrained(path)
+    m, c = dev.model, cpu.model
+    assert m.kv_dtype == "bfloat16" and m.kv_bytes_per_slot == 2 * 2 * 1 * 64 * m.max_seq * 2
+    for x in (m, c):
+        x.ensure_slots(1)
+    ids = ids_for(150, 8)
+    for chunk in (ids[:70], ids[70:]):
+        got, want = m.prefill(0, np.asarray(chunk, np.int32), True), c.prefill(0, np.asarray(chunk, np.int32), True)
+        assert_close(got, want, 1e-2, f"flash prefill of {len(chunk)} after {m.slot_len(0) - len(chunk)}")
+    assert m.flash_prefills == 2 and m.slot_len(0) == 150
+    s, tok = np.zeros(1, np.int64), np.asarray([ids[-1]], np.int32)
+    assert_close(m.decode(s, tok), c.decode(s, tok), 1e-2, "decode over the bf16 cache")
+    assert dev.generate(ids[:80], max_tokens=6, ignore_eos=True).token_ids == \
+        cpu.generate(ids[:80], max_tokens=6, ignore_eos=True).token_ids
+
+
 def test_device_greedy_batches_and_samples_match_cpu(tiny, device):
     from fastlm import Engine, SamplingParams
 

@@ -15,7 +15,7 @@ def save(model, path: Path, **kw) -> Path:
 
 def build(kind: str, path: Path) -> Path:
     torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7,
-                       "odd": 8}[kind])
+                       "odd": 8, "bf16_d64": 9}[kind])
     common = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=640, bos_token_id=1, eos_token_id=2)
     if kind == "llama":
@@ -47,5 +47,11 @@ def build(kind: str, path: Path) -> Path:
         return save(transformers.LlamaForCausalLM(cfg).eval(), path, max_shard_size="60KB")
     if kind == "bf16":
         cfg = transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
+        return save(transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval(), path)
+    if kind == "bf16_d64":  # heads of 64: the device decoder's FlashAttention prefill takes them
+        cfg = transformers.LlamaConfig(vocab_size=320, hidden_size=128, intermediate_size=160, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                                       max_position_embeddings=640, bos_token_id=1, eos_token_id=2,
+                                       tie_word_embeddings=False)
         return save(transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval(), path)
     raise ValueError(kind)
