@@ -8,9 +8,10 @@
 // live lane of its warp arrives. A barrier that can never complete (a divergent __syncthreads, a
 // warp whose lanes wait at different barriers) raises instead of hanging. cp.async copies are
 // deferred to the cp.async.wait that covers their group, so a kernel that reads shared memory
-// before waiting sees stale data here too. What this does not model: timing, bank conflicts and
-// memory-model races between threads that do not synchronize (emulated device buffers end at an
-// inaccessible page: see device_alloc in kernels.cu).
+// before waiting sees stale data here too; cp.async, ldmatrix and wgmma of the same shared bytes
+// in different warps with no barrier between them raise. What this does not model: timing, bank
+// conflicts, and races through plain loads and stores between threads that do not synchronize
+// (emulated device buffers end at an inaccessible page: see device_alloc in kernels.cu).
 #pragma once
 
 #include <ucontext.h>
@@ -65,6 +66,17 @@ struct WgmmaOp {
 // the shared-memory bytes [lo, hi) (shared-window offsets) an operand of an unfinished wgmma
 // reads: a cp.async into them is a race on the hardware, where the copy may land first, though
 // here (copies land at their wait, wgmmas run at theirs) it would never show in the numbers
+// what a 16-byte chunk of the block's dynamic shared memory has seen, by barrier epoch (the count
+// of __syncthreads the block has passed), so that an ldmatrix and a cp.async of the same bytes in
+// different warps with no barrier between them raise: the order the emulation runs them in is one
+// of many the hardware may choose
+struct ChunkLog {
+  static constexpr uint32_t kInFlight = ~0u;
+  uint32_t read_epoch = 0, read_warps = 0;  // the warps whose ldmatrix read it in read_epoch
+  int writer_warp = -1;                     // the warp of the last cp.async into it
+  uint32_t landed = 0;                      // the epoch its copy landed in (kInFlight until its wait)
+};
+
 struct SharedRange {
   uint32_t lo, hi;
   bool operator<(const SharedRange& o) const { return lo != o.lo ? lo < o.lo : hi < o.hi; }
@@ -152,6 +164,8 @@ struct Launch {
   std::vector<unsigned char> exchange;  // kExchange bytes per lane, for warp-collective operations
   std::string error;
   std::map<SharedRange, int> wgmma_reads;  // operands of issued, unfinished wgmmas (counted per thread)
+  uint32_t epoch = 1;
+  std::vector<ChunkLog> smem_log;  // one per 16 bytes of dynamic shared memory
 };
 
 constexpr int kExchange = 64;
@@ -202,6 +216,8 @@ inline void fiber_entry() {
 inline void run_block(Launch& l) {
   const int n = int(l.fibers.size());
   l.wgmma_reads.clear();
+  l.epoch = 1;
+  l.smem_log.assign(l.dynamic_smem.size() / 16, ChunkLog());
   for (auto& f : l.fibers) {
     f.wait = Wait::kRun;
     f.copies.clear();
@@ -241,6 +257,7 @@ inline void run_block(Launch& l) {
         for (auto& f : l.fibers)
           if (f.wait == Wait::kBlock) f.wait = Wait::kRun;
         released = true;
+        ++l.epoch;
       }
     }
     if (!released) throw std::runtime_error("simt: deadlock: the threads of a block wait at different barriers");
@@ -312,7 +329,21 @@ T shfl(T v, int src_lane) {
   return r;
 }
 
-// cp.async: deferred until a wait covers the group; refused into what an unfinished wgmma reads
+// the log of the chunk holding p, or null outside the dynamic shared memory
+inline ChunkLog* chunk_log(const void* p) {
+  Launch& l = *active();
+  const auto base = reinterpret_cast<uintptr_t>(dynamic_smem()), q = reinterpret_cast<uintptr_t>(p);
+  if (q < base || q >= base + l.smem_log.size() * 16) return nullptr;
+  return &l.smem_log[(q - base) / 16];
+}
+
+[[noreturn]] inline void race(const std::string& what, const void* p) {
+  const auto offset = reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(dynamic_smem());
+  throw std::runtime_error("simt: shared-memory race at byte " + std::to_string(offset) + ": " + what);
+}
+
+// cp.async: deferred until a wait covers the group. Refused into what an unfinished wgmma reads,
+// or into bytes another warp has read since the last barrier
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
   Launch& l = *active();
   const auto base = reinterpret_cast<uintptr_t>(dynamic_smem()), q = reinterpret_cast<uintptr_t>(dst);
@@ -323,20 +354,45 @@ inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
         throw std::runtime_error("simt: cp.async into shared memory that an unfinished wgmma reads (bytes " +
                                  std::to_string(lo) + ".." + std::to_string(hi) + "): wait for the wgmma first");
   }
+  if (ChunkLog* c = chunk_log(dst)) {
+    const int warp = self().linear / 32;
+    if (c->read_epoch == l.epoch && (c->read_warps & ~(1u << warp)))
+      race("a cp.async overwrites what another warp read since the last barrier", dst);
+    c->writer_warp = warp;
+    c->landed = ChunkLog::kInFlight;
+  }
   self().copies.issue({dst, src, bytes, src_bytes});
 }
 inline void cp_async_commit() { self().copies.commit(); }
 inline void cp_async_wait(int pending) {
-  self().copies.wait(pending, [](const CopyOp& c) {
+  const uint32_t epoch = active()->epoch;
+  self().copies.wait(pending, [epoch](const CopyOp& c) {
     std::memcpy(c.dst, c.src, size_t(c.src_bytes));
     std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    if (ChunkLog* log = chunk_log(c.dst)) log->landed = epoch;
   });
+}
+
+// an ldmatrix row (16 bytes) read by this lane's warp: a copy still in flight, or one another warp
+// made that no barrier has published since it landed, is a race
+inline void note_shared_read(const void* p) {
+  ChunkLog* c = chunk_log(p);
+  if (!c) return;
+  Launch& l = *active();
+  const int warp = self().linear / 32;
+  if (c->writer_warp >= 0 && c->landed == ChunkLog::kInFlight)
+    race("an ldmatrix reads a cp.async destination before its cp.async.wait", p);
+  if (c->writer_warp >= 0 && c->writer_warp != warp && c->landed == l.epoch)
+    race("an ldmatrix reads what another warp's cp.async wrote, with no barrier since it landed", p);
+  if (c->read_epoch != l.epoch) c->read_epoch = l.epoch, c->read_warps = 0;
+  c->read_warps |= 1u << warp;
 }
 
 // ldmatrix .m8n8 .b16: lanes 8i..8i+7 name the rows of matrix i; lane t receives, of each matrix,
 // row t/4, b16 columns 2(t%4), 2(t%4)+1 (transposed: column t/4, rows 2(t%4), 2(t%4)+1)
 inline void ldmatrix(uint32_t* r, int count, const void* row_addr, bool trans) {
   const int lane = lane_id();
+  if (lane < 8 * count) note_shared_read(row_addr);
   std::memcpy(lane_slot(lane), &row_addr, sizeof(row_addr));
   syncwarp();
   for (int i = 0; i < count; ++i) {

@@ -388,7 +388,8 @@ def test_the_emulation_keeps_cuda_semantics():
     """What the emulated kernel tests rely on: lanes waiting at different barriers raise instead of
     hanging, cp.async data is not there before its wait, shuffles exchange lanes within a warp, a
     captured graph runs only at its replay, and a cp.async into the operands of a wgmma that has
-    not been waited for raises (on the hardware the copy may land before the wgmma reads)."""
+    not been waited for raises (on the hardware the copy may land before the wgmma reads), as does
+    a cp.async into bytes another warp's ldmatrix read with no barrier between."""
     r = emulated._self_test()
     assert "deadlock" in r["deadlock"]
     assert r["cp_async_before_wait"] == [-1.0] * 4 and r["cp_async_after_wait"] == [1.0, 2.0, 3.0, 4.0]
@@ -397,5 +398,6 @@ def test_the_emulation_keeps_cuda_semantics():
     assert np.array_equal(np.asarray(r["shuffle"]), (lanes ^ 1) + 100.0 * warp_sums)
     assert "while capturing a graph" in r["copy_while_capturing"]
     assert "unfinished wgmma" in r["wgmma_race"]
+    assert "another warp read since the last barrier" in r["ldmatrix_race"]
     assert r["graph_before_replay"] == [-1.0] * 64
     assert np.array_equal(np.asarray(r["graph_after_replay"]), np.asarray(r["shuffle"]))

@@ -55,6 +55,20 @@ __global__ void wgmma_race_kernel(const unsigned char* src, float* out) {
   out[threadIdx.x] = acc[0];
 }
 
+// warp 0 reads a tile while warp 1 refills it, with no barrier between: a race
+__global__ void ldmatrix_race_kernel(const unsigned char* src, float* out) {
+  FASTLM_DYNAMIC_SMEM(unsigned char, smem);
+  if (threadIdx.x < 32) {
+    uint32_t r[4];
+    ptx::ldmatrix_x4(r, smem + 16 * threadIdx.x);
+    out[threadIdx.x] = float(r[0]);
+  } else {
+    ptx::cp_async16(smem + 16 * (threadIdx.x - 32), src, true);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<0>();
+  }
+}
+
 }  // namespace
 
 py::dict self_test() {
@@ -95,6 +109,15 @@ py::dict self_test() {
   } catch (const std::exception& e) {
     r["wgmma_race"] = std::string(e.what());
   }
+  try {
+    const unsigned char zeros[16] = {};
+    float out[32];
+    detail::launch("ldmatrix race", dim3(1), dim3(64), size_t(512), ldmatrix_race_kernel,
+                   static_cast<const unsigned char*>(zeros), static_cast<float*>(out));
+    r["ldmatrix_race"] = "not detected";
+  } catch (const std::exception& e) {
+    r["ldmatrix_race"] = std::string(e.what());
+  }
   r["graph_before_replay"] = std::vector<float>(graphed, graphed + 64);
   g.replay();
   r["graph_after_replay"] = std::vector<float>(graphed, graphed + 64);
@@ -106,7 +129,7 @@ py::dict self_test() {
 void register_cuda_emulated(pybind11::module_& m) {
   cuda_emu::register_backend(m);
   m.def("_self_test", &cuda_emu::self_test, "the emulation's own semantics: a divergent barrier raises, cp.async "
-        "lands at its wait, warp shuffles exchange lanes, a captured graph runs at its replay, cp.async into an unfinished wgmma's operands raises");
+        "lands at its wait, warp shuffles exchange lanes, a captured graph runs at its replay, cp.async into an unfinished wgmma's operands or into bytes another warp read since the last barrier raises");
 }
 
 }  // namespace fastlm
