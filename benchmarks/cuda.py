@@ -4,13 +4,17 @@ round by round; medians, and ratios fastlm / torch (above 1: fastlm is faster).
     python benchmarks/cuda.py [--rounds 5] [--model PATH.gguf] [--json out.json]
     python benchmarks/cuda.py --emulated     # the same calls, tiny sizes, under the host emulation
 
-The rows are the bars of the CUDA issue: fp32 SGEMM 4096^3 against cuBLAS with TF32 off; bf16
-tensor-core GEMM 4096^3 against cuBLAS; causal attention prefill (2048 tokens, 16 heads of 128)
-against torch SDPA's flash backend; rms_norm (4096 x 4096) against torch; int8 GEMM 4096^3
-against torch._int_mm; SmolLM2-135M greedy decode, fastlm device="cuda" against transformers on
-the same GPU (both fp32, then both bf16), with a row for fastlm's decode launched kernel by kernel
-(CUDA graphs off) beside it. Kernel times are CUDA-event times of `--reps` calls
-after a warm-up; decode is wall clock per generated token.
+The rows are the bars of the CUDA issue:
+- fp32 SGEMM 4096^3 against cuBLAS with TF32 off;
+- bf16 tensor-core GEMM 4096^3 against cuBLAS (mma.sync and, on Hopper, wgmma rows);
+- causal attention prefill (2048 tokens, 16 heads of 128) against torch SDPA's flash backend;
+- rms_norm (4096 x 4096) against torch;
+- int8 GEMM 4096^3 against torch._int_mm (mma.sync and wgmma rows);
+- SmolLM2-135M greedy decode, fastlm device="cuda" against transformers on the same GPU (both
+  fp32, then both bf16), with a row for fastlm's decode launched kernel by kernel (CUDA graphs
+  off) beside it.
+Kernel times are CUDA-event times of `--reps` calls after a warm-up; decode is wall clock per
+generated token.
 
 On a lent GPU machine (nothing can be fetched there), carry the default model's GGUF (94 MB, over
 one call's 64 MiB: split it, carry a half per call while the machine is warm, and join them
@@ -81,8 +85,9 @@ def kernel_cases(torch, be, dev: str, small: bool):
     cases = [("sgemm fp32 (TF32 off)", 2 * n ** 3, lambda: be.matmul(x, w, out=y), lambda: torch.matmul(x, w.T, out=y))]
     xb, wb = x.bfloat16(), w.bfloat16()
     yb = torch.empty(n, n, device=dev, dtype=torch.bfloat16)
+    has_wgmma = wgmma_runs(be, xb, wb)
     for kernel, label in (("mma", "mma.sync"), ("wgmma", "wgmma")):
-        if kernel == "wgmma" and not wgmma_runs(be, xb, wb):
+        if kernel == "wgmma" and not has_wgmma:
             continue
         cases.append((f"gemm bf16 tensor cores ({label})", 2 * n ** 3,
                       lambda k=kernel: be.gemm(xb, wb, out_dtype="bfloat16", kernel=k, out=yb),
@@ -111,7 +116,11 @@ def kernel_cases(torch, be, dev: str, small: bool):
     wit = wi.T  # torch._int_mm takes B as (K, N); this view is W^T without a copy, as ours reads W
     yi = torch.empty(n, n, device=dev, dtype=torch.int32)
     int_mm = (lambda: torch._int_mm(xi, wit)) if dev == "cuda" else (lambda: xi.int() @ wit.int())
-    cases.append(("int8 gemm (int32 out)", 2 * n ** 3, lambda: be.int8_matmul(xi, wi, out=yi), int_mm))
+    for kernel, label in (("mma", "mma.sync"), ("wgmma", "wgmma")):
+        if kernel == "wgmma" and not has_wgmma:
+            continue
+        cases.append((f"int8 gemm, int32 out ({label})", 2 * n ** 3,
+                      lambda k=kernel: be.int8_matmul(xi, wi, kernel=k, out=yi), int_mm))
     return cases
 
 

@@ -76,11 +76,13 @@ enum class GemmKernel { kAuto = 0, kMma, kWgmma };
 void gemm_tc(const void* x, const void* w, DType in, const float* bias, void* y, DType out, int64_t M, int64_t N,
              int64_t K, GemmKernel kernel = GemmKernel::kAuto);
 bool wgmma_built();  // compiled for sm_90a (the emulation: always)
-bool wgmma_for_auto();  // kAuto's choice, settled (with a check on the device) at the first call
+// kAuto's choice for bf16 or int8 inputs, settled (with a check on the device) at the first call
+bool wgmma_for_auto(DType in = DType::kBF16);
 // int8 tensor cores: acc = x (M, K) int8 @ W (N, K) int8 ^T in int32; y int32 = acc, or fp32 =
-// acc * sx[m] * sw[n] (per-row and per-channel scales). K a multiple of 16
+// acc * sx[m] * sw[n] (per-row and per-channel scales). K a multiple of 16. kernel as for gemm_tc
+// (wgmma: m64n128k32 s8 on Hopper)
 void gemm_s8(const int8_t* x, const int8_t* w, const float* sx, const float* sw, void* y, DType out, int64_t M,
-             int64_t N, int64_t K);
+             int64_t N, int64_t K, GemmKernel kernel = GemmKernel::kAuto);
 // few rows (decode): y = x @ W^T (+ b), x fp32 (M <= 8, K), W fp32 or bf16 (N, K); a warp per
 // output column, W read once
 void gemv(const float* x, const void* w, DType wt, const float* bias, float* y, int64_t M, int64_t N, int64_t K);

@@ -58,9 +58,9 @@ struct CopyOp {
 // thread, done when a wgmma.wait_group covers it: like the hardware, it reads shared memory and
 // the accumulators asynchronously, so touching either before the wait shows up
 struct WgmmaOp {
-  float* d;
+  void* d;  // 64 floats (bf16 operands) or ints (s8 operands)
   uint64_t a, b;
-  bool accumulate;
+  bool accumulate, s8;
 };
 
 // the shared-memory bytes [lo, hi) (shared-window offsets) an operand of an unfinished wgmma
@@ -409,16 +409,18 @@ inline void ldmatrix(uint32_t* r, int count, const void* row_addr, bool trans) {
   syncwarp();
 }
 
-// element (r, k) of a K-major bf16 operand behind a wgmma descriptor (128-byte swizzle: 8-row
-// atoms of 1024 bytes, SBO apart; in each 128-byte row the 16-byte chunk c lies at c ^ (row % 8),
-// which is the XOR of address bits 4-6 with bits 7-9)
-inline float wgmma_operand(uint64_t desc, int r, int k) {
+// element (r, k) of a K-major operand behind a wgmma descriptor, bf16 or s8 (128-byte swizzle:
+// 8-row atoms of 1024 bytes, SBO apart; in each 128-byte row the 16-byte chunk c lies at
+// c ^ (row % 8), which is the XOR of address bits 4-6 with bits 7-9)
+inline float wgmma_operand(uint64_t desc, int r, int k, bool s8) {
   if ((desc >> 62) != 1) throw std::runtime_error("simt: only the 128-byte swizzle of wgmma is emulated");
   const uint32_t start = uint32_t(desc & 0x3FFF) << 4, sbo = uint32_t((desc >> 32) & 0x3FFF) << 4;
-  uint32_t a = start + uint32_t(r / 8) * sbo + uint32_t(r % 8) * 128 + uint32_t(k) * 2;
+  uint32_t a = start + uint32_t(r / 8) * sbo + uint32_t(r % 8) * 128 + uint32_t(k) * (s8 ? 1 : 2);
   a ^= ((a >> 7) & 7) << 4;
+  const char* p = static_cast<const char*>(dynamic_smem()) + a;
+  if (s8) return float(int8_t(*p));
   uint16_t h;
-  std::memcpy(&h, static_cast<const char*>(dynamic_smem()) + a, 2);
+  std::memcpy(&h, p, 2);
   return bf16_to_float(h);
 }
 
@@ -429,11 +431,11 @@ inline SharedRange wgmma_range(uint64_t desc, int rows) {
   return {lo, lo + uint32_t(rows / 8) * sbo};
 }
 
-inline void wgmma_issue(float* d, uint64_t a, uint64_t b, bool accumulate) {
+inline void wgmma_issue(void* d, uint64_t a, uint64_t b, bool accumulate, bool s8) {
   Launch& l = *active();
   ++l.wgmma_reads[wgmma_range(a, 64)];
   ++l.wgmma_reads[wgmma_range(b, 128)];
-  self().mmas.issue({d, a, b, accumulate});
+  self().mmas.issue({d, a, b, accumulate, s8});
 }
 inline void wgmma_commit() { self().mmas.commit(); }
 // the accumulator fragment of m64nN: warp w of the warpgroup holds rows 16w + g and 16w + g + 8,
@@ -447,9 +449,18 @@ inline void wgmma_wait(int pending) {
       if (--l.wgmma_reads[r] == 0) l.wgmma_reads.erase(r);
     for (int i = 0; i < 64; ++i) {
       const int j = i / 4, e = i % 4, row = 16 * w + g + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
-      float acc = op.accumulate ? op.d[i] : 0.0f;
-      for (int k = 0; k < 16; ++k) acc += wgmma_operand(op.a, row, k) * wgmma_operand(op.b, col, k);
-      op.d[i] = acc;
+      if (op.s8) {  // K = 32 int8, exact int32 sums
+        int* d = static_cast<int*>(op.d);
+        int acc = op.accumulate ? d[i] : 0;
+        for (int k = 0; k < 32; ++k)
+          acc += int(wgmma_operand(op.a, row, k, true)) * int(wgmma_operand(op.b, col, k, true));
+        d[i] = acc;
+      } else {
+        float* d = static_cast<float*>(op.d);
+        float acc = op.accumulate ? d[i] : 0.0f;
+        for (int k = 0; k < 16; ++k) acc += wgmma_operand(op.a, row, k, false) * wgmma_operand(op.b, col, k, false);
+        d[i] = acc;
+      }
     }
   });
 }

@@ -113,17 +113,28 @@ def test_gemm_wgmma(be, rng, M, N, Kd):
     assert_close(got, want - b, 8e-3, "gemm wgmma bf16 -> bf16")
 
 
-@pytest.mark.parametrize("M,N,Kd", [(1, 1, 16), (130, 257, 144), (64, 8, 64)])
-def test_int8_gemm(be, rng, M, N, Kd):
+@pytest.mark.parametrize("M,N,Kd", [(1, 1, 16), (130, 257, 144), (64, 8, 64), (70, 136, 528)])
+@pytest.mark.parametrize("kernel", ["mma", "wgmma"])
+def test_int8_gemm(be, rng, M, N, Kd, kernel):
+    """int8 on mma.sync, and on Hopper's warpgroup MMA (m64n128k32 s8; on a GPU only where the build
+    and the device have it): exact int32 sums, and the scaled fp32 output."""
+    if kernel == "wgmma" and be is cuda and not cuda.wgmma_built:
+        pytest.skip("this build has no sm_90a code")
     x = rng.integers(-128, 128, (M, Kd)).astype(np.int8)
     w = rng.integers(-128, 128, (N, Kd)).astype(np.int8)
     exact = x.astype(np.int64) @ w.T.astype(np.int64)
-    got = be.int8_matmul(up(be, x), up(be, w)).to_numpy()
+    try:
+        got = be.int8_matmul(up(be, x), up(be, w), kernel=kernel).to_numpy()
+    except ValueError as e:
+        if be is cuda and "Hopper" in str(e):
+            pytest.skip(str(e))
+        raise
     assert got.dtype == np.int32 and np.array_equal(got, exact)
     sx = rng.random(M).astype(np.float32)
     sw = rng.random(N).astype(np.float32)
-    got = be.int8_matmul(up(be, x), up(be, w), up(be, sx), up(be, sw)).to_numpy()
+    got = be.int8_matmul(up(be, x), up(be, w), up(be, sx), up(be, sw), kernel=kernel).to_numpy()
     assert_close(got, exact * sx[:, None] * sw[None, :], 1e-6, "int8 scaled")
+    assert np.array_equal(be.int8_matmul(up(be, x), up(be, w)).to_numpy(), exact)  # "auto"
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (4, 576), (2, 1300), (2, 4096), (1, 8192), (1, 8196)])
@@ -381,7 +392,8 @@ def test_cuda_benchmark_script_plumbing():
     r = subprocess.run([sys.executable, str(script), "--emulated"], capture_output=True, text=True, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "gemm bf16 tensor cores (mma.sync)" in r.stdout and "(wgmma)" in r.stdout and "int8 gemm" in r.stdout
+    assert "gemm bf16 tensor cores (mma.sync)" in r.stdout and "bf16 tensor cores (wgmma)" in r.stdout
+    assert "int8 gemm, int32 out (mma.sync)" in r.stdout and "int8 gemm, int32 out (wgmma)" in r.stdout
 
 
 def test_the_emulation_keeps_cuda_semantics():
