@@ -7,7 +7,8 @@ round by round; medians, and ratios fastlm / torch (above 1: fastlm is faster).
 The rows are the bars of the CUDA issue:
 - fp32 SGEMM 4096^3 against cuBLAS with TF32 off;
 - bf16 tensor-core GEMM 4096^3 against cuBLAS (mma.sync and, on Hopper, wgmma rows);
-- causal attention prefill (2048 tokens, 16 heads of 128) against torch SDPA's flash backend;
+- causal attention prefill (2048 tokens, 16 heads of 128) against torch SDPA's flash backend
+  (blocks of 64 and of 128 queries);
 - rms_norm (4096 x 4096) against torch;
 - int8 GEMM 4096^3 against torch._int_mm (mma.sync and wgmma rows);
 - SmolLM2-135M greedy decode, fastlm device="cuda" against transformers on the same GPU (both
@@ -104,8 +105,10 @@ def kernel_cases(torch, be, dev: str, small: bool):
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
-    cases.append((f"attention prefill {T} causal (H={H}, D={D}, bf16)", 2 * 2 * H * T * T * D // 2,
-                  lambda: be.flash_attention(q, k, v, True, out=o), sdpa))
+    for rows in (64, 128):  # queries per block: 16 a warp (Q in registers), 32 a warp (as FlashAttention-2)
+        cases.append((f"attention prefill {T} causal (H={H}, D={D}, bf16, {rows} rows a block)",
+                      2 * 2 * H * T * T * D // 2, lambda r=rows: be.flash_attention(q, k, v, True, block_rows=r, out=o),
+                      sdpa))
     rows = 256 if small else 4096
     xr, wr = torch.randn(rows, n, device=dev, generator=g), torch.randn(n, device=dev, generator=g)
     yr = torch.empty_like(xr)

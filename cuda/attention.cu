@@ -7,10 +7,11 @@
 // chunks' (max, sum, partial output) triples.
 //
 // flash_attention(): FlashAttention-2 on tensor cores for bf16 / f16. A block of 4 warps owns 64
-// queries of one head (16 per warp, Q fragments kept in registers); K and V move through shared
-// memory in 64-key tiles, double buffered with cp.async; S = Q K^T and O += P V are m16n8k16
-// mma's; the softmax is online, in registers, in base 2; P goes from the S accumulators straight
-// into A fragments.
+// queries of one head (16 per warp, Q fragments kept in registers) or 128 (32 per warp, Q reread
+// from shared memory); K and V move through shared memory in 64-key tiles (32-key at D = 128 with
+// 32 queries a warp, for registers), double buffered with cp.async; S = Q K^T and O += P V are
+// m16n8k16 mma's; the softmax is online, in registers, in base 2; P goes from the S accumulators
+// straight into A fragments.
 #include <type_traits>
 
 #include "common.cuh"
@@ -142,7 +143,12 @@ __global__ void store_kv_kernel(const float* src, int64_t src_stride, void* cons
 
 // ---- FlashAttention-2 ----
 
-constexpr int kFaRows = 64, kFaThreads = 128;
+constexpr int kFaThreads = 128;  // 4 warps
+
+// keys per K / V tile: 64, or 32 where 64 would not leave the registers for the accumulators (32
+// queries a warp at D = 128: O alone is 128 floats a thread)
+template <int D, int MT>
+constexpr int kFaKeys = D == 128 && MT == 2 ? 32 : 64;
 
 struct Bf16Elem {
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) { return pack_bf16(lo, hi); }
@@ -156,68 +162,97 @@ struct F16Elem {
   static __device__ __forceinline__ void mma(float d[4], const uint32_t a[4], const uint32_t b[2]) { ptx::mma_f16(d, a, b); }
 };
 
-// a 64-row tile of D 16-bit elements: row r, 16-byte chunk c stored at chunk c ^ (r % 8)
+// a tile of D 16-bit elements a row: row r, 16-byte chunk c stored at chunk c ^ (r % 8)
 template <int D>
 __device__ __forceinline__ int fa_swz(int row, int chunk) {
   return row * D * 2 + ((chunk ^ (row & 7)) << 4);
 }
 
-template <int D>
+template <int D, int kRows>
 __device__ __forceinline__ void fa_load_tile(unsigned char* dst, const unsigned char* src, int64_t row0, int64_t rows,
                                              int64_t row_stride_bytes) {
   constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kFaRows * kChunks; c += kFaThreads) {
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kFaThreads) {
     const int r = c / kChunks, ch = c % kChunks;
     const bool valid = row0 + r < rows;
     ptx::cp_async16(dst + fa_swz<D>(r, ch), valid ? src + (row0 + r) * row_stride_bytes + ch * 16 : src, valid);
   }
 }
 
-template <int D, class E>
+// a warp's normalized O tiles to out (T, H, D): row row0 + 16 mt (+ 8), as kOut
+template <DType kOut, int D, int MT>
+__device__ __forceinline__ void fa_store(void* out, const float (&o)[MT][D / 8][4], int64_t row0, int t4, int64_t T,
+                                         int64_t H, int64_t h) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t row = row0 + mt * 16 + (e >> 1) * 8;
+        if (row < T) store_from_float(out, (row * H + h) * D + i * 8 + 2 * t4 + (e & 1), kOut, o[mt][i][e]);
+      }
+}
+
+// MT m-tiles of 16 queries a warp, 64 MT queries a block. MT 1 keeps the warp's Q fragments in
+// registers; MT 2 (as FlashAttention-2 does for these head sizes) reloads them from shared memory
+// at each key tile, but every K and V fragment it loads then feeds two MMAs instead of one: 26
+// instead of 16 FLOP per byte of shared memory read at D = 128
+template <int D, int MT, class E>
 __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsigned char* q, int64_t q_stride,
                                                                      const unsigned char* k, const unsigned char* v,
                                                                      int64_t kv_stride, void* out, DType out_dt,
                                                                      int64_t T, int64_t S, int64_t H, int64_t group,
                                                                      float scale_log2, bool causal) {
-  constexpr int kTile = kFaRows * D * 2;  // bytes of one 64-row tile
+  constexpr int kRows = 16 * MT * 4;  // queries per block
+  constexpr int kKeys = kFaKeys<D, MT>;
+  constexpr int kTile = kKeys * D * 2;  // bytes of one K or V tile
   FASTLM_DYNAMIC_SMEM(unsigned char, smem);
   unsigned char* Qs = smem;
-  unsigned char* Ks = smem + kTile;       // 2 stages
-  unsigned char* Vs = smem + 3 * kTile;   // 2 stages
+  unsigned char* Ks = smem + kRows * D * 2;  // 2 stages
+  unsigned char* Vs = Ks + 2 * kTile;        // 2 stages
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
   // causal blocks near the end of the sequence have the most key tiles: they start first
   const int64_t q_tile = causal ? int64_t(gridDim.x) - 1 - blockIdx.x : int64_t(blockIdx.x);
-  const int64_t q0 = q_tile * kFaRows, h = blockIdx.y, kvh = h / group;
+  const int64_t q0 = q_tile * kRows, h = blockIdx.y, kvh = h / group;
+  const int wrow = warp * 16 * MT;  // the warp's first query row in the block
   const unsigned char* kbase = k + kvh * D * 2;
   const unsigned char* vbase = v + kvh * D * 2;
 
-  // the key tiles this block needs: causal, the last query (position S - T + q0 + 63) bounds them
-  int64_t n_tiles = (S + kFaRows - 1) / kFaRows;
+  // the key tiles this block needs: causal, its last query (position S - T + q0 + kRows - 1) bounds them
+  int64_t n_tiles = (S + kKeys - 1) / kKeys;
   if (causal) {
-    const int64_t last = S - T + q0 + kFaRows - 1;
-    const int64_t need = last < 0 ? 0 : last / kFaRows + 1;
+    const int64_t last = S - T + q0 + kRows - 1;
+    const int64_t need = last < 0 ? 0 : last / kKeys + 1;
     n_tiles = need < n_tiles ? need : n_tiles;
   }
 
-  fa_load_tile<D>(Qs, q + h * D * 2, q0, T, q_stride);
+  fa_load_tile<D, kRows>(Qs, q + h * D * 2, q0, T, q_stride);
   if (n_tiles > 0) {
-    fa_load_tile<D>(Ks, kbase, 0, S, kv_stride);
-    fa_load_tile<D>(Vs, vbase, 0, S, kv_stride);
+    fa_load_tile<D, kKeys>(Ks, kbase, 0, S, kv_stride);
+    fa_load_tile<D, kKeys>(Vs, vbase, 0, S, kv_stride);
   }
   ptx::cp_async_commit();
   ptx::cp_async_wait<0>();
   __syncthreads();
 
-  uint32_t qf[D / 16][4];
+  uint32_t qf[MT == 1 ? D / 16 : 1][4];  // MT 1: the warp's Q fragments, loaded once
+  if constexpr (MT == 1) {
 #pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks)
-    ptx::ldmatrix_x4(qf[ks], Qs + fa_swz<D>(warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+    for (int ks = 0; ks < D / 16; ++ks)
+      ptx::ldmatrix_x4(qf[ks], Qs + fa_swz<D>(wrow + (lane & 15), ks * 2 + (lane >> 4)));
+  }
 
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
+  float m_run[MT][2], l_run[MT][2];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  const int64_t qpos0 = S - T + q0 + warp * 16 + g;  // positions of this thread's rows g and g + 8
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    m_run[mt][0] = m_run[mt][1] = -INFINITY;
+    l_run[mt][0] = l_run[mt][1] = 0.0f;
+  }
+  const int64_t qpos0 = S - T + q0 + wrow + g;  // position of this thread's row g of m-tile 0
 
   for (int64_t j = 0; j < n_tiles; ++j) {
     if (j > 0) {
@@ -226,108 +261,143 @@ __global__ void __launch_bounds__(kFaThreads) flash_attention_kernel(const unsig
     }
     if (j + 1 < n_tiles) {  // the next tile into the other stage, while this one computes
       const int ns = int((j + 1) & 1);
-      fa_load_tile<D>(Ks + ns * kTile, kbase, (j + 1) * kFaRows, S, kv_stride);
-      fa_load_tile<D>(Vs + ns * kTile, vbase, (j + 1) * kFaRows, S, kv_stride);
+      fa_load_tile<D, kKeys>(Ks + ns * kTile, kbase, (j + 1) * kKeys, S, kv_stride);
+      fa_load_tile<D, kKeys>(Vs + ns * kTile, vbase, (j + 1) * kKeys, S, kv_stride);
     }
     ptx::cp_async_commit();
     const unsigned char* Kt = Ks + int(j & 1) * kTile;
     const unsigned char* Vt = Vs + int(j & 1) * kTile;
 
-    float s[8][4];
+    float s[MT][kKeys / 8][4];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks)
+      for (int i = 0; i < kKeys / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
 #pragma unroll
-      for (int np = 0; np < 4; ++np) {
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t qa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if constexpr (MT == 1) {
+          qa[mt][0] = qf[ks][0], qa[mt][1] = qf[ks][1], qa[mt][2] = qf[ks][2], qa[mt][3] = qf[ks][3];
+        } else {
+          ptx::ldmatrix_x4(qa[mt], Qs + fa_swz<D>(wrow + mt * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < kKeys / 16; ++np) {
         uint32_t r[4];
         ptx::ldmatrix_x4(r, Kt + fa_swz<D>(np * 16 + (lane & 7) + ((lane >> 4) << 3), ks * 2 + ((lane >> 3) & 1)));
         const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-        E::mma(s[2 * np], qf[ks], b0);
-        E::mma(s[2 * np + 1], qf[ks], b1);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          E::mma(s[mt][2 * np], qa[mt], b0);
+          E::mma(s[mt][2 * np + 1], qa[mt], b1);
+        }
       }
-
-    // scale into base 2, mask, and the online softmax of rows g (e < 2) and g + 8 (e >= 2); only a
-    // tile that crosses this warp's diagonal or the end of the keys needs the mask
-    const int64_t tile_end = (j + 1) * kFaRows - 1;
-    const bool masked = tile_end >= S || (causal && tile_end > S - T + q0 + warp * 16);
-    float m_new[2] = {m_run[0], m_run[1]};
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t key = j * kFaRows + nt * 8 + 2 * t4 + (e & 1);
-        const int64_t qp = qpos0 + (e >> 1) * 8;
-        float x = s[nt][e] * scale_log2;
-        if (masked && (key >= S || (causal && key > qp))) x = -INFINITY;
-        s[nt][e] = x;
-        m_new[e >> 1] = fmaxf(m_new[e >> 1], x);
-      }
-    float corr[2], base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 1));
-      m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 2));
-      base[r] = m_new[r] == -INFINITY ? 0.0f : m_new[r];
-      corr[r] = exp2f(m_run[r] - base[r]);  // 0 while nothing was visible
-      m_run[r] = m_new[r];
-      l_run[r] *= corr[r];
     }
+
+    // scale into base 2, mask, and the online softmax of rows g (e < 2) and g + 8 (e >= 2) of each
+    // m-tile; only a tile that crosses this warp's diagonal or the end of the keys needs the mask
+    const int64_t tile_end = (j + 1) * kKeys - 1;
+    const bool masked = tile_end >= S || (causal && tile_end > S - T + q0 + wrow);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int mt = 0; mt < MT; ++mt) {
+      float m_new[2] = {m_run[mt][0], m_run[mt][1]};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float pv = exp2f(s[nt][e] - base[e >> 1]);
-        s[nt][e] = pv;
-        l_run[e >> 1] += pv;
+      for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = j * kKeys + nt * 8 + 2 * t4 + (e & 1);
+          const int64_t qp = qpos0 + mt * 16 + (e >> 1) * 8;
+          float x = s[mt][nt][e] * scale_log2;
+          if (masked && (key >= S || (causal && key > qp))) x = -INFINITY;
+          s[mt][nt][e] = x;
+          m_new[e >> 1] = fmaxf(m_new[e >> 1], x);
+        }
+      float corr[2], base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 1));
+        m_new[r] = fmaxf(m_new[r], __shfl_xor_sync(0xffffffffu, m_new[r], 2));
+        base[r] = m_new[r] == -INFINITY ? 0.0f : m_new[r];
+        corr[r] = exp2f(m_run[mt][r] - base[r]);  // 0 while nothing was visible
+        m_run[mt][r] = m_new[r];
+        l_run[mt][r] *= corr[r];
       }
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= corr[0], o[i][1] *= corr[0];
-      o[i][2] *= corr[1], o[i][3] *= corr[1];
+      for (int nt = 0; nt < kKeys / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float pv = exp2f(s[mt][nt][e] - base[e >> 1]);
+          s[mt][nt][e] = pv;
+          l_run[mt][e >> 1] += pv;
+        }
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[mt][i][0] *= corr[0], o[mt][i][1] *= corr[0];
+        o[mt][i][2] *= corr[1], o[mt][i][3] *= corr[1];
+      }
     }
 
     // O += P V, P from the S accumulators: keys 16 kk .. 16 kk + 15 are n-tiles 2 kk and 2 kk + 1
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t pa[4] = {E::pack(s[2 * kk][0], s[2 * kk][1]), E::pack(s[2 * kk][2], s[2 * kk][3]),
-                              E::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), E::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = E::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = E::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = E::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = E::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t r[4];
         ptx::ldmatrix_x4_trans(r, Vt + fa_swz<D>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), dp * 2 + (lane >> 4)));
         const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-        E::mma(o[2 * dp], pa, b0);
-        E::mma(o[2 * dp + 1], pa, b1);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          E::mma(o[mt][2 * dp], pa[mt], b0);
+          E::mma(o[mt][2 * dp + 1], pa[mt], b1);
+        }
       }
     }
   }
   ptx::cp_async_wait<0>();
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-  }
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = q0 + warp * 16 + g + (e >> 1) * 8;
-      if (row >= T) continue;
-      const float l = l_run[e >> 1];
-      store_from_float(out, (row * H + h) * D + i * 8 + 2 * t4 + (e & 1), out_dt, l > 0.0f ? o[i][e] / l : 0.0f);
+    for (int r = 0; r < 2; ++r) {
+      l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], 1);
+      l_run[mt][r] += __shfl_xor_sync(0xffffffffu, l_run[mt][r], 2);
+      l_run[mt][r] = l_run[mt][r] > 0.0f ? 1.0f / l_run[mt][r] : 0.0f;
     }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][i][e] *= l_run[mt][e >> 1];
+  }
+  // the output type chosen once: a conversion switch per element keeps the loops from unrolling,
+  // and O (128 floats a thread at D = 128, 32 queries a warp) would go to local memory
+  const int64_t row0 = q0 + wrow + g;
+  switch (out_dt) {
+    case DType::kBF16: fa_store<DType::kBF16, D, MT>(out, o, row0, t4, T, H, h); break;
+    case DType::kF16: fa_store<DType::kF16, D, MT>(out, o, row0, t4, T, H, h); break;
+    default: fa_store<DType::kF32, D, MT>(out, o, row0, t4, T, H, h);
+  }
 }
 
-template <int D, class E>
+template <int D, int MT, class E>
 void run_flash(const void* q, int64_t q_stride, const void* k, const void* v, int64_t kv_stride, void* out,
                DType out_dt, int64_t T, int64_t S, int64_t H, int64_t Hkv, float scale, bool causal) {
-  const dim3 grid(unsigned((T + kFaRows - 1) / kFaRows), unsigned(H));
-  launch("flash_attention", grid, dim3(kFaThreads), size_t(5) * kFaRows * D * 2, flash_attention_kernel<D, E>,
-         static_cast<const unsigned char*>(q), q_stride * 2, static_cast<const unsigned char*>(k),
-         static_cast<const unsigned char*>(v), kv_stride * 2, out, out_dt, T, S, H, H / Hkv,
-         scale * 1.4426950408889634f, causal);
+  constexpr int kRows = 64 * MT;
+  const dim3 grid(unsigned((T + kRows - 1) / kRows), unsigned(H));
+  launch("flash_attention", grid, dim3(kFaThreads), size_t(kRows + 4 * kFaKeys<D, MT>) * D * 2,
+         flash_attention_kernel<D, MT, E>, static_cast<const unsigned char*>(q), q_stride * 2,
+         static_cast<const unsigned char*>(k), static_cast<const unsigned char*>(v), kv_stride * 2, out, out_dt, T, S,
+         H, H / Hkv, scale * 1.4426950408889634f, causal);
 }
 
 }  // namespace
@@ -367,18 +437,24 @@ void store_kv(const float* src, int64_t src_stride, void* const* caches, DType c
 
 void flash_attention(const void* q, int64_t q_stride, const void* k, const void* v, int64_t kv_stride, void* out,
                      DType out_dt, DType dt, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale,
-                     bool causal) {
+                     bool causal, int block_rows) {
   if (dt != DType::kBF16 && dt != DType::kF16) throw std::invalid_argument("flash_attention takes bf16 or f16");
   if (out_dt != DType::kBF16 && out_dt != DType::kF16 && out_dt != DType::kF32)
     throw std::invalid_argument("flash_attention writes bf16, f16 or f32");
   if (D != 64 && D != 128) throw std::invalid_argument("flash_attention supports head_dim 64 or 128");
   if (q_stride % 8 || kv_stride % 8) throw std::invalid_argument("flash_attention row strides must be multiples of 8");
+  if (block_rows == 0) block_rows = T >= 128 ? 128 : 64;
+  if (block_rows != 64 && block_rows != 128) throw std::invalid_argument("flash_attention block_rows: 64 or 128");
   need_aligned16(q, "flash_attention q");
   need_aligned16(k, "flash_attention k");
   need_aligned16(v, "flash_attention v");
   auto run = [&](auto d, auto elem) {
-    run_flash<decltype(d)::value, decltype(elem)>(q, q_stride, k, v, kv_stride, out, out_dt, T, S, H, Hkv, scale,
-                                                  causal);
+    constexpr int kD = decltype(d)::value;
+    using E = decltype(elem);
+    if (block_rows == 128)
+      run_flash<kD, 2, E>(q, q_stride, k, v, kv_stride, out, out_dt, T, S, H, Hkv, scale, causal);
+    else
+      run_flash<kD, 1, E>(q, q_stride, k, v, kv_stride, out, out_dt, T, S, H, Hkv, scale, causal);
   };
   if (dt == DType::kBF16)
     D == 64 ? run(std::integral_constant<int, 64>(), Bf16Elem()) : run(std::integral_constant<int, 128>(), Bf16Elem());

@@ -133,11 +133,13 @@ void store_kv(const float* src, int64_t src_stride, void* const* caches, DType c
               int64_t kv_stride, const int32_t* pos, int64_t T, int64_t cols);
 // FlashAttention-2 on tensor cores: q (T, H, D) with row stride q_stride, k, v (S, Hkv, D) with
 // row stride kv_stride (elements, multiples of 8), bf16 or f16 (all the same); out (T, H, D)
-// contiguous, out_dt bf16, f16 or f32; D 64 or 128; causal as above. 64 queries per block,
-// 64-key tiles double buffered through cp.async, online softmax in registers
+// contiguous, out_dt bf16, f16 or f32; D 64 or 128; causal as above. block_rows queries per block
+// of 4 warps: 64 (16 a warp, Q in registers) or 128 (32 a warp, Q reread from shared memory, each
+// K / V fragment used twice); 0: 128 from T = 128 up, else 64. Key tiles of 64 (32 for 128 rows
+// at D = 128) double buffered through cp.async, online softmax in registers
 void flash_attention(const void* q, int64_t q_stride, const void* k, const void* v, int64_t kv_stride, void* out,
                      DType out_dt, DType dt, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, float scale,
-                     bool causal);
+                     bool causal, int block_rows = 0);
 
 }  // namespace FASTLM_GPU_NS
 }  // namespace fastlm

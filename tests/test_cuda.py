@@ -181,16 +181,18 @@ def test_attention_f32(be, rng, T, S, H, Hkv, D, causal):
     assert_close(got, attention_ref(q, k, v, causal), 1e-5, "attention")
 
 
+@pytest.mark.parametrize("block_rows", [64, 128])
 @pytest.mark.parametrize("T,S,H,Hkv,D,causal", [
     (64, 64, 1, 1, 64, True), (70, 130, 4, 2, 64, True), (33, 200, 2, 2, 128, False), (1, 65, 1, 1, 128, True),
-    (130, 130, 1, 1, 64, True)])
-def test_flash_attention(be, rng, T, S, H, Hkv, D, causal):
+    (130, 130, 1, 1, 64, True), (200, 260, 2, 1, 128, True)])
+def test_flash_attention(be, rng, T, S, H, Hkv, D, causal, block_rows):
+    """Both block shapes: 16 queries a warp (Q in registers) and 32 (two m-tiles, Q from shared memory)."""
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, D), (S, Hkv, D), (S, Hkv, D)))
-    got = be.flash_attention(*(up(be, a, "bfloat16") for a in (q, k, v)), causal).to_numpy()
+    got = be.flash_attention(*(up(be, a, "bfloat16") for a in (q, k, v)), causal, block_rows=block_rows).to_numpy()
     # P is rounded to bf16 for the P V product, as in FlashAttention-2: ~2^-9 relative
     assert_close(got, attention_ref(bf16(q), bf16(k), bf16(v), causal), 6e-3, "flash bf16")
     h = [a.astype(np.float16) for a in (q, k, v)]
-    got = be.flash_attention(*(up(be, a) for a in h), causal).to_numpy()
+    got = be.flash_attention(*(up(be, a) for a in h), causal, block_rows=block_rows).to_numpy()
     assert_close(got, attention_ref(*(a.astype(np.float32) for a in h), causal), 1.5e-3, "flash f16")
 
 
@@ -306,11 +308,11 @@ def test_device_bf16_cache_and_flash_prefill(tiny, device):
     assert m.kv_dtype == "bfloat16" and m.kv_bytes_per_slot == 2 * 2 * 1 * 64 * m.max_seq * 2
     for x in (m, c):
         x.ensure_slots(1)
-    ids = ids_for(150, 8)
-    for chunk in (ids[:70], ids[70:]):
+    ids = ids_for(200, 8)
+    for chunk in (ids[:70], ids[70:]):  # blocks of 64 queries, then of 128 (keys before the queries)
         got, want = m.prefill(0, np.asarray(chunk, np.int32), True), c.prefill(0, np.asarray(chunk, np.int32), True)
         assert_close(got, want, 1e-2, f"flash prefill of {len(chunk)} after {m.slot_len(0) - len(chunk)}")
-    assert m.flash_prefills == 2 and m.slot_len(0) == 150
+    assert m.flash_prefills == 2 and m.slot_len(0) == 200
     s, tok = np.zeros(1, np.int64), np.asarray([ids[-1]], np.int32)
     assert_close(m.decode(s, tok), c.decode(s, tok), 1e-2, "decode over the bf16 cache")
     assert dev.generate(ids[:80], max_tokens=6, ignore_eos=True).token_ids == \
