@@ -551,8 +551,26 @@ Graph& Graph::operator=(Graph&& o) noexcept {
   return *this;
 }
 
+// the kernels are built for sm_80 (with its PTX, which later GPUs compile at load) and sm_90a:
+// an older GPU has no code to run
+std::string device_unusable() {
+  if (device_count() == 0) return "no CUDA device is visible";
+#if !defined(FASTLM_SIMT)
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) {
+    cudaGetLastError();
+    return "CUDA device 0 cannot be queried";
+  }
+  if (p.major < 8)
+    return "fastlm's CUDA kernels need compute capability 8.0 or newer (Ampere or later); device 0 is " +
+           device_name(0);
+#endif
+  return "";
+}
+
 void require_device() {
-  if (device_count() == 0) throw std::runtime_error("no CUDA device is visible (fastlm.kernels.cuda.available() is False)");
+  static const std::string why = device_unusable();  // devices do not change while a process runs
+  if (!why.empty()) throw std::runtime_error(why + " (fastlm.kernels.cuda.available() is False)");
 }
 
 void sgemm(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {

@@ -28,7 +28,8 @@ inline size_t dtype_size(DType t) {
 namespace FASTLM_GPU_NS {
 
 int device_count();                 // 0 when no device or no driver is visible (never throws)
-void require_device();              // std::runtime_error saying so when device_count() is 0
+std::string device_unusable();      // why the kernels cannot run here ("" when they can): no device, or one before sm_80
+void require_device();              // std::runtime_error saying why, when device_unusable() says something
 std::string device_name(int device);
 std::string runtime_version();      // "13.0"
 std::string compiled_archs();       // "sm_80 sm_90"

@@ -3,8 +3,11 @@
 Every kernel test runs on two backends: "emulated", the same CUDA sources compiled for the host
 under the SIMT emulation (cuda/simt.h: fibers per thread, real barriers, warp shuffles, ldmatrix,
 mma and cp.async modelled lane by lane), which runs everywhere; and "cuda", a real GPU, which
-skips without one. The emulation checks arithmetic and indexing, not speed or memory races."""
+skips without one. The emulation checks arithmetic and indexing, and shared-memory races between
+cp.async, ldmatrix and wgmma; not speed, nor races through plain loads and stores."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -50,6 +53,7 @@ def test_build_reports_cuda(capsys):
     status = _C.build_info()["cuda"]
     assert status.startswith("built for sm_80 sm_90") if cuda.built else "not built" in status or status == "off"
     assert isinstance(cuda.available(), bool) and cuda.device_count() >= 0
+    assert (cuda.unavailable_reason() == "") == cuda.available()
     assert emulated.built and emulated.emulated and emulated.available()
     assert cli.main(["info"]) == 0
     assert "cuda:" in capsys.readouterr().out
@@ -57,7 +61,10 @@ def test_build_reports_cuda(capsys):
 
 @pytest.mark.skipif(not cuda.built or cuda.available(), reason="checks the no-device path")
 def test_no_device_raises_clearly():
-    with pytest.raises(RuntimeError, match="no CUDA device is visible"):
+    """No device, or one older than sm_80: every call says which, instead of failing in a kernel."""
+    why = cuda.unavailable_reason()
+    assert why.startswith(("no CUDA device is visible", "fastlm's CUDA kernels need compute capability 8.0"))
+    with pytest.raises(RuntimeError, match=re.escape(why)):
         cuda.DeviceArray.from_numpy(np.ones((2, 2), np.float32))
 
 

@@ -16,8 +16,8 @@ def save(model, path: Path, **kw) -> Path:
 def build(kind: str, path: Path) -> Path:
     torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7,
                        "odd": 8, "bf16_d64": 9}[kind])
-    common = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=640, bos_token_id=1, eos_token_id=2)
+    common = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 112, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "max_position_embeddings": 640, "bos_token_id": 1, "eos_token_id": 2}
     if kind == "llama":
         cfg = transformers.LlamaConfig(num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=False, **common)
         return save(transformers.LlamaForCausalLM(cfg).eval(), path)

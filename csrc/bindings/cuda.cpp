@@ -2,6 +2,8 @@
 // CUDA toolkit, a module that only says so.
 #include "bindings/cuda.h"
 
+#include <string>
+
 #if defined(FASTLM_WITH_CUDA)
 #include "bindings/gpu_backend.inc"
 #endif
@@ -16,6 +18,7 @@ void register_cuda(pybind11::module_& m) {
   m.attr("emulated") = false;
   m.def("device_count", [] { return 0; });
   m.def("available", [] { return false; });
+  m.def("unavailable_reason", [] { return std::string("this fastlm was built without CUDA"); });
 #endif
 }
 

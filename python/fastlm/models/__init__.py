@@ -151,7 +151,7 @@ def executor_class(device: str):
             raise ValueError("device='cuda': this fastlm was built without CUDA (no CUDA toolkit was found at install; "
                              "reinstall with nvcc on the PATH)")
         if not _C.cuda.available():
-            raise ValueError("device='cuda': no CUDA device is visible")
+            raise ValueError(f"device='cuda': {_C.cuda.unavailable_reason()}")
         return _C.cuda.Model
     if device == "cuda-emulated":
         return _C.cuda_emulated.Model
