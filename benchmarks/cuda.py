@@ -3,6 +3,7 @@ round by round; medians, and ratios fastlm / torch (above 1: fastlm is faster).
 
     python benchmarks/cuda.py [--rounds 5] [--model PATH.gguf] [--json out.json]
     python benchmarks/cuda.py --emulated     # the same calls, tiny sizes, under the host emulation
+    compute-sanitizer --tool racecheck python benchmarks/cuda.py --check-only   # each kernel once, small
 
 The rows are the bars of the CUDA issue:
 - fp32 SGEMM 4096^3 against cuBLAS with TF32 off;
@@ -191,6 +192,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="SmolLM2 GGUF (default: the default model, fetched once)")
     p.add_argument("--skip-decode", action="store_true")
     p.add_argument("--emulated", action="store_true", help="tiny sizes under the host SIMT emulation (plumbing only)")
+    p.add_argument("--check-only", action="store_true",
+                   help="run every kernel once at small sizes against torch and stop (for compute-sanitizer)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -210,6 +213,9 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
         print(f"device: {be.device_name()}, CUDA {be.runtime_version()}, torch {torch.__version__}")
     check(torch, be, dev)
+    if args.check_only:
+        print("every kernel agrees with torch at small sizes")
+        return
     cases = kernel_cases(torch, be, dev, small=args.emulated)
     for _, _, ours, theirs in cases:  # warm-up
         ours(), theirs()
