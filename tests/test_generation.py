@@ -400,6 +400,9 @@ def test_cli_generate_sampling_flags(gguf_path, capsys):
     got = capsys.readouterr()
     assert got.out == full[:full.index(stop)] + "\n"
     assert "prompt tokens" in got.err
+    # several samples of greedy decoding would all be the same text: refused, and said why
+    assert cli.main(["generate", "-m", str(gguf_path), "-n", "3", PROMPT]) == 2
+    assert "-n 3 needs --temperature above 0" in capsys.readouterr().err
 
 
 def test_cli_chat_repl(gguf_path, capsys, monkeypatch):

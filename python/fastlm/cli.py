@@ -81,6 +81,9 @@ def _report(c) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.n > 1 and args.temperature == 0:  # before loading: greedy samples are all the same text
+        raise ValueError(f"-n {args.n} needs --temperature above 0: greedy decoding (the default) would print "
+                         f"{args.n} identical samples")
     engine = _load(args)
     params = _params(args)
     chat = args.chat and engine.tokenizer is not None and bool(engine.tokenizer.config.get("chat_template"))
