@@ -52,28 +52,64 @@ struct CachedKeys {
   __device__ __forceinline__ const T* values(int64_t t) const { return keys(t) + v_offset; }
 };
 
+__device__ __forceinline__ float4 kv_load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 kv_load4(const uint16_t* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  return make_float4(__int_as_float(int(u.x << 16)), __int_as_float(int(u.x & 0xffff0000u)),
+                     __int_as_float(int(u.y << 16)), __int_as_float(int(u.y & 0xffff0000u)));
+}
+
+// A block per (query, head, key chunk). Where rows allow 16-byte loads (D % 32 == 0, aligned
+// rows), a warp scores four keys at a time, eight lanes a key (D / 8 elements each, three
+// shuffles), and P V is split over groups of D / 4 threads (a float4 of columns each) whose
+// partial sums meet in shared memory; otherwise a warp scores one key (lanes across D) and a
+// thread sums one column over the chunk
 template <class Keys>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q, int64_t q_stride, Keys keys,
                                                                  int64_t kv_stride, float* out, float* ws, int64_t H,
                                                                  int64_t group, int64_t D, float scale, int splits) {
-  __shared__ float p[kChunk];
-  __shared__ float qs[256];
+  using Elem = typename Keys::Elem;
+  __shared__ __align__(16) float p[kChunk];
+  __shared__ __align__(16) float qs[256];
+  __shared__ __align__(16) float part[4 * kAttnThreads];  // P V partials: groups x D <= 4 x threads
   const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kvh = h / group;
   const int split = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int64_t visible = keys.visible(t);
   const int64_t k0 = int64_t(split) * kChunk;
   const int64_t k1 = k0 + kChunk < visible ? k0 + kChunk : visible;
-  const typename Keys::Elem* k = keys.keys(t);
-  const typename Keys::Elem* v = keys.values(t);
+  const Elem* k = keys.keys(t) + kvh * D;
+  const Elem* v = keys.values(t) + kvh * D;
+  constexpr int kAlign = 16 / int(sizeof(Elem));  // elements in 16 bytes
+  const bool vec = D % 32 == 0 && kv_stride % kAlign == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(v) % 16 == 0;  // the same for the whole block
   const float* qr = q + t * q_stride + h * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qr[d] * scale;
   __syncthreads();
-  for (int64_t j = k0 + warp; j < k1; j += warps) {
-    const typename Keys::Elem* kr = k + j * kv_stride + kvh * D;
-    float s = 0.0f;
-    for (int64_t d = lane; d < D; d += 32) s = fmaf(qs[d], kv_load(kr + d), s);
-    s = warp_sum(s);
-    if (lane == 0) p[j - k0] = s;
+  if (vec) {
+    const int sub = lane & 7, per = int(D / 8);  // this lane's elements of its key: [sub * per, + per)
+    for (int64_t j0 = k0 + 4 * warp; j0 < k1; j0 += 4 * warps) {
+      const int64_t j = j0 + (lane >> 3);
+      float s = 0.0f;
+      if (j < k1) {
+        const Elem* kr = k + j * kv_stride + sub * per;
+        for (int c = 0; c < per; c += 4) {
+          const float4 a = kv_load4(kr + c), b = *reinterpret_cast<const float4*>(qs + sub * per + c);
+          s = fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, s))));
+        }
+      }
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += __shfl_xor_sync(0xffffffffu, s, 4);
+      if (sub == 0 && j < k1) p[j - k0] = s;
+    }
+  } else {
+    for (int64_t j = k0 + warp; j < k1; j += warps) {
+      const Elem* kr = k + j * kv_stride;
+      float s = 0.0f;
+      for (int64_t d = lane; d < D; d += 32) s = fmaf(qs[d], kv_load(kr + d), s);
+      s = warp_sum(s);
+      if (lane == 0) p[j - k0] = s;
+    }
   }
   __syncthreads();
   float m = -INFINITY;
@@ -86,10 +122,27 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q,
     l += e;
   }
   l = block_reduce<false>(l);  // its barriers also publish p[]
+  const int cols4 = int(D / 4), groups = vec ? int(blockDim.x) / cols4 : 0;
+  if (vec) {
+    const int c4 = int(threadIdx.x) % cols4, grp = int(threadIdx.x) / cols4;
+    if (grp < groups) {
+      float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int64_t j = k0 + grp; j < k1; j += groups) {
+        const float pj = p[j - k0];
+        const float4 x = kv_load4(v + j * kv_stride + 4 * c4);
+        o.x = fmaf(pj, x.x, o.x), o.y = fmaf(pj, x.y, o.y), o.z = fmaf(pj, x.z, o.z), o.w = fmaf(pj, x.w, o.w);
+      }
+      *reinterpret_cast<float4*>(part + grp * D + 4 * c4) = o;
+    }
+    __syncthreads();
+  }
   const int64_t row = t * H + h;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     float o = 0.0f;
-    for (int64_t j = k0; j < k1; ++j) o = fmaf(p[j - k0], kv_load(v + j * kv_stride + kvh * D + d), o);
+    if (vec)
+      for (int g = 0; g < groups; ++g) o += part[g * D + d];
+    else
+      for (int64_t j = k0; j < k1; ++j) o = fmaf(p[j - k0], kv_load(v + j * kv_stride + d), o);
     if (splits == 1) {
       out[row * D + d] = o / l;
     } else {

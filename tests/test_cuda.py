@@ -181,8 +181,10 @@ def test_embedding_and_rope(be, rng):
 
 @pytest.mark.parametrize("T,S,H,Hkv,D,causal", [
     (1, 1, 1, 1, 64, True), (1, 700, 6, 2, 64, True), (5, 9, 4, 4, 32, True), (37, 37, 2, 1, 64, True),
-    (3, 1100, 3, 3, 48, False)])
+    (3, 1100, 3, 3, 48, False), (2, 600, 2, 1, 96, True), (1, 40, 1, 1, 256, False)])
 def test_attention_f32(be, rng, T, S, H, Hkv, D, causal):
+    """Heads of a multiple of 32 take the 16-byte-load path (four keys a warp, P V split over
+    thread groups), others (48) one key a warp."""
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((T, H, D), (S, Hkv, D), (S, Hkv, D)))
     got = be.attention(up(be, q), up(be, k), up(be, v), causal).to_numpy()
     assert_close(got, attention_ref(q, k, v, causal), 1e-5, "attention")
