@@ -11,6 +11,8 @@ The rows are the bars of the CUDA issue:
 - causal attention prefill (2048 tokens, 16 heads of 128) against torch SDPA's flash backend
   (blocks of 64 and of 128 queries);
 - rms_norm (4096 x 4096) against torch;
+- (no bar) one decode step's attention over 8192 cached keys, fp32, GQA, against torch SDPA, in
+  GB/s of K and V read;
 - int8 GEMM 4096^3 against torch._int_mm (mma.sync and wgmma rows);
 - SmolLM2-135M greedy decode, fastlm device="cuda" against transformers on the same GPU (both
   fp32, then both bf16), with a row for fastlm's decode launched kernel by kernel (CUDA graphs
@@ -108,6 +110,15 @@ def kernel_cases(torch, be, dev: str, small: bool):
         cases.append((f"attention prefill {T} causal (H={H}, D={D}, bf16, {rows} rows a block)",
                       2 * 2 * H * T * T * D // 2, lambda r=rows: be.flash_attention(q, k, v, True, block_rows=r, out=o),
                       sdpa))
+    # one decode step's attention over a long fp32 cache (GQA): bound by reading K and V
+    S, H, Hkv, D = (300, 4, 2, 64) if small else (8192, 32, 8, 128)
+    qd = torch.randn(1, H, D, device=dev, generator=g)
+    kd, vd = (torch.randn(S, Hkv, D, device=dev, generator=g) for _ in range(2))
+    od = torch.empty_like(qd)
+    qdt, kdt, vdt = qd.unsqueeze(0).transpose(1, 2), kd.unsqueeze(0).transpose(1, 2), vd.unsqueeze(0).transpose(1, 2)
+    cases.append((f"decode attention fp32, 1 query over {S} keys (H={H}, Hkv={Hkv}, D={D})", 2 * S * Hkv * D * 4,
+                  lambda: be.attention(qd, kd, vd, True, out=od),
+                  lambda: F.scaled_dot_product_attention(qdt, kdt, vdt, enable_gqa=True)))
     rows = 256 if small else 4096
     xr, wr = torch.randn(rows, n, device=dev, generator=g), torch.randn(n, device=dev, generator=g)
     yr = torch.empty_like(xr)
@@ -230,7 +241,7 @@ def main() -> None:
     results = {}
     for name, work, *_ in cases:
         a, b = statistics.median(times[name]["fastlm"]), statistics.median(times[name]["torch"])
-        unit = "GB/s" if "norm" in name else "TFLOP/s"
+        unit = "GB/s" if "norm" in name or "decode attention" in name else "TFLOP/s"
         scale = 1e9 if unit == "GB/s" else 1e12
         print(f"| {name} | {work / a / scale:.1f} {unit} | {work / b / scale:.1f} {unit} | {b / a:.2f}x |")
         results[name] = {"fastlm_s": times[name]["fastlm"], "torch_s": times[name]["torch"], "ratio": b / a}
