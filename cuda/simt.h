@@ -15,6 +15,9 @@
 #pragma once
 
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -131,14 +134,29 @@ inline void make_context(Context& c, char* stack, size_t size, void (*entry)()) 
 #else
 struct Context {
   ucontext_t uc;
+  const void* bottom = nullptr;  // the stack it runs on, for AddressSanitizer's fiber annotations
+  size_t size = 0;
 };
-inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+// under ASan each switch says which stack it goes to, so that ASan's bookkeeping (an exception
+// thrown on a fiber's stack, say) follows the fibers
+inline void switch_context(Context& from, Context& to) {
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, to.bottom, to.size);
+  swapcontext(&from.uc, &to.uc);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  swapcontext(&from.uc, &to.uc);
+#endif
+}
 inline void make_context(Context& c, char* stack, size_t size, void (*entry)()) {
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = stack;
   c.uc.uc_stack.ss_size = size;
   c.uc.uc_link = nullptr;
   makecontext(&c.uc, entry, 0);
+  c.bottom = stack;
+  c.size = size;
 }
 #endif
 
@@ -203,6 +221,10 @@ inline void syncwarp() { park(Wait::kWarp); }
 
 inline void fiber_entry() {
   Launch& l = *active();
+#if defined(__SANITIZE_ADDRESS__) && !defined(FASTLM_SIMT_FAST_SWITCH)
+  // the first switch into this fiber: finish it, and learn the scheduler's stack to switch back to
+  __sanitizer_finish_switch_fiber(nullptr, &l.scheduler.bottom, &l.scheduler.size);
+#endif
   try {
     l.body();
   } catch (const std::exception& e) {
