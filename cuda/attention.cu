@@ -54,9 +54,9 @@ struct CachedKeys {
 
 __device__ __forceinline__ float4 kv_load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float4 kv_load4(const uint16_t* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
-  return make_float4(__int_as_float(int(u.x << 16)), __int_as_float(int(u.x & 0xffff0000u)),
-                     __int_as_float(int(u.y << 16)), __int_as_float(int(u.y & 0xffff0000u)));
+  const uint2 u = *reinterpret_cast<const uint2*>(p);  // four bf16, low half first
+  return make_float4(bf16_to_f32(uint16_t(u.x)), bf16_to_f32(uint16_t(u.x >> 16)), bf16_to_f32(uint16_t(u.y)),
+                     bf16_to_f32(uint16_t(u.y >> 16)));
 }
 
 // A block per (query, head, key chunk). Where rows allow 16-byte loads (D % 32 == 0, aligned

@@ -252,18 +252,23 @@ bool wgmma_built() {
 
 namespace {
 
-// wgmma needs an sm_90 GPU and a build for sm_90a (std::invalid_argument otherwise)
-void need_hopper(const char* what) {
+// wgmma runs here: a build for sm_90a on an sm_90 GPU (the emulation: always)
+bool on_hopper() {
 #if defined(FASTLM_SIMT)
-  (void)what;
+  return true;
 #else
   int dev = 0;
   cudaDeviceProp p;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
-  if (!wgmma_built() || p.major != 9)
-    throw std::invalid_argument(std::string(what) + " needs a Hopper GPU (sm_90) and a build for sm_90a");
+  if (!wgmma_built() || cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return p.major == 9;
 #endif
+}
+
+void need_hopper(const char* what) {
+  if (!on_hopper()) throw std::invalid_argument(std::string(what) + " needs a Hopper GPU (sm_90) and a build for sm_90a");
 }
 
 #if !defined(FASTLM_SIMT)
@@ -318,11 +323,7 @@ bool wgmma_for_auto(DType in) {
   int& st = state[in == DType::kI8];
   if (st >= 0) return st == 1;
   st = 0;
-  int dev = 0;
-  cudaDeviceProp p;
-  if (!wgmma_built() || cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess ||
-      p.major != 9)
-    return false;
+  if (!on_hopper()) return false;
   st = (in == DType::kI8 ? wgmma_matches_mma<S8Op>() : wgmma_matches_mma<Bf16Op>()) ? 1 : 0;
   if (!st)
     fprintf(stderr, "fastlm: the %s wgmma GEMM disagrees with the mma.sync GEMM on this GPU; using mma.sync\n",

@@ -368,15 +368,11 @@ inline ChunkLog* chunk_log(const void* p) {
 // or into bytes another warp has read since the last barrier
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
   Launch& l = *active();
-  const auto base = reinterpret_cast<uintptr_t>(dynamic_smem()), q = reinterpret_cast<uintptr_t>(dst);
-  if (!l.wgmma_reads.empty() && q >= base && q < base + l.dynamic_smem.size()) {
-    const uint32_t lo = uint32_t(q - base), hi = lo + uint32_t(bytes);
-    for (const auto& r : l.wgmma_reads)
-      if (lo < r.first.hi && r.first.lo < hi)
-        throw std::runtime_error("simt: cp.async into shared memory that an unfinished wgmma reads (bytes " +
-                                 std::to_string(lo) + ".." + std::to_string(hi) + "): wait for the wgmma first");
-  }
   if (ChunkLog* c = chunk_log(dst)) {
+    const uint32_t lo = uint32_t(c - l.smem_log.data()) * 16 + uint32_t(reinterpret_cast<uintptr_t>(dst) % 16),
+                   hi = lo + uint32_t(bytes);
+    for (const auto& r : l.wgmma_reads)
+      if (lo < r.first.hi && r.first.lo < hi) race("a cp.async into what an unfinished wgmma reads: wait for it first", dst);
     const int warp = self().linear / 32;
     if (c->read_epoch == l.epoch && (c->read_warps & ~(1u << warp)))
       race("a cp.async overwrites what another warp read since the last barrier", dst);

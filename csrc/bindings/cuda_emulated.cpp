@@ -71,53 +71,45 @@ __global__ void ldmatrix_race_kernel(const unsigned char* src, float* out) {
 
 }  // namespace
 
+// what a call raised ("not raised" when it returned)
+template <class F>
+std::string raised(F f) {
+  try {
+    f();
+    return "not raised";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
 py::dict self_test() {
   py::dict r;
-  try {
-    detail::launch("divergent barrier", dim3(1), dim3(64), 0, divergent_barrier_kernel);
-    r["deadlock"] = "not detected";
-  } catch (const std::exception& e) {
-    r["deadlock"] = std::string(e.what());
-  }
   const float src[4] = {1, 2, 3, 4};
-  float before[4], after[4], shuf[64];
+  const unsigned char zeros[16] = {};
+  float before[4], after[4], shuf[64], out[128];
+  r["deadlock"] = raised([] { detail::launch("divergent barrier", dim3(1), dim3(64), 0, divergent_barrier_kernel); });
   detail::launch("cp.async", dim3(1), dim3(32), 0, cp_async_kernel, static_cast<const float*>(src),
                  static_cast<float*>(before), static_cast<float*>(after));
   r["cp_async_before_wait"] = std::vector<float>(before, before + 4);
   r["cp_async_after_wait"] = std::vector<float>(after, after + 4);
   detail::launch("shuffle", dim3(1), dim3(64), 0, shuffle_kernel, static_cast<float*>(shuf));
   r["shuffle"] = std::vector<float>(shuf, shuf + 64);
+  r["wgmma_race"] = raised([&] {
+    detail::launch("wgmma race", dim3(1), dim3(128), size_t(192 * 128), wgmma_race_kernel,
+                   static_cast<const unsigned char*>(zeros), static_cast<float*>(out));
+  });
+  r["ldmatrix_race"] = raised([&] {
+    detail::launch("ldmatrix race", dim3(1), dim3(64), size_t(512), ldmatrix_race_kernel,
+                   static_cast<const unsigned char*>(zeros), static_cast<float*>(out));
+  });
 
   // a captured launch runs at replay, not before; a copy while capturing is refused
   float graphed[64];
   std::fill(graphed, graphed + 64, -1.0f);
   capture_begin();
   detail::launch("shuffle", dim3(1), dim3(64), 0, shuffle_kernel, static_cast<float*>(graphed));
-  try {
-    copy_to_device(graphed, src, sizeof src);
-    r["copy_while_capturing"] = "not refused";
-  } catch (const std::logic_error& e) {
-    r["copy_while_capturing"] = std::string(e.what());
-  }
+  r["copy_while_capturing"] = raised([&] { copy_to_device(graphed, src, sizeof src); });
   Graph g = capture_end();
-  try {
-    const unsigned char zeros[16] = {};
-    float out[128];
-    detail::launch("wgmma race", dim3(1), dim3(128), size_t(192 * 128), wgmma_race_kernel,
-                   static_cast<const unsigned char*>(zeros), static_cast<float*>(out));
-    r["wgmma_race"] = "not detected";
-  } catch (const std::exception& e) {
-    r["wgmma_race"] = std::string(e.what());
-  }
-  try {
-    const unsigned char zeros[16] = {};
-    float out[32];
-    detail::launch("ldmatrix race", dim3(1), dim3(64), size_t(512), ldmatrix_race_kernel,
-                   static_cast<const unsigned char*>(zeros), static_cast<float*>(out));
-    r["ldmatrix_race"] = "not detected";
-  } catch (const std::exception& e) {
-    r["ldmatrix_race"] = std::string(e.what());
-  }
   r["graph_before_replay"] = std::vector<float>(graphed, graphed + 64);
   g.replay();
   r["graph_after_replay"] = std::vector<float>(graphed, graphed + 64);
