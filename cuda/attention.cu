@@ -72,7 +72,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const float* q,
   __shared__ __align__(16) float p[kChunk];
   __shared__ __align__(16) float qs[256];
   __shared__ __align__(16) float part[4 * kAttnThreads];  // P V partials: groups x D <= 4 x threads
-  const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kvh = h / group;
+  // 32-bit division (grid.x < 2^31): a 64-bit one is a call, around which sm_80 code spills
+  const unsigned heads = unsigned(H);
+  const int64_t t = blockIdx.x / heads, h = blockIdx.x % heads, kvh = unsigned(h) / unsigned(group);
   const int split = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int64_t visible = keys.visible(t);
   const int64_t k0 = int64_t(split) * kChunk;
