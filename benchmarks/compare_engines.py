@@ -23,7 +23,7 @@ from fastlm.hub import DEFAULT_MODEL, cache_dir, resolve
 def float_gguf(src: Path, kind: str) -> Path:
     """The default model as an F32 or F16 GGUF for llama.cpp (weights exactly the dequantized Q4_1)."""
     import gguf
-    from fastlm.weights.gguf import GGUFFile
+    from fastlm.formats.gguf import GGUFFile
 
     out = cache_dir() / f"SmolLM2-135M-Instruct.{kind}.gguf"
     if out.exists():
@@ -57,22 +57,21 @@ class FastLM:
     def __init__(self, path, dtype, device="cpu"):
         self.name = f"fastlm {dtype}" if device == "cpu" else f"fastlm {device} {dtype}"
         self.e = Engine.from_pretrained(path, dtype=dtype, max_seq_len=2048, device=device)
-        self.m = self.e.model
-        self.m.ensure_slots(1)
+        self.m, self.s = self.e.model, self.e.slots  # the executor's facts; its KV cache slots
+        self.s.ensure(1)
 
     def prefill(self, ids):
-        self.m.truncate_slot(0, 0)
+        self.s.truncate(0, 0)
         t = time.perf_counter()
-        self.m.prefill(0, np.asarray(ids, np.int32))
+        self.s.prefill(0, ids)
         return len(ids) / (time.perf_counter() - t)
 
     def decode(self, n):
-        self.m.truncate_slot(0, 0)
-        self.m.prefill(0, np.asarray([1], np.int32))
-        s, tok = np.zeros(1, np.int64), np.asarray([1], np.int32)
+        self.s.prefill(0, [1])
+        tok = 1
         t = time.perf_counter()
         for _ in range(n):
-            tok[0] = int(np.argmax(self.m.decode(s, tok)[0]))
+            tok = int(np.argmax(self.s.decode([0], [tok])[0]))
         return n / (time.perf_counter() - t)
 
 

@@ -24,7 +24,7 @@ On a lent GPU machine (nothing can be fetched there), carry the default model's 
 one call's 64 MiB: split it, carry a half per call while the machine is warm, and join them
 there), build fastlm with `pip install --no-build-isolation .`, then pass --model. transformers
 reads the GGUF through the `gguf` package where it is installed, else from a folder that
-`fastlm.convert` writes beside the GGUF (the same float32 weights).
+`fastlm.tools.convert` writes beside the GGUF (the same float32 weights).
 
 --emulated checks the script's plumbing where no GPU is lent: fastlm's kernels run under the SIMT
 emulation (fastlm._C.cuda_emulated) and torch on the CPU, at sizes that finish in seconds; its
@@ -162,7 +162,7 @@ class DecodeTransformers:
 
             model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=td)
         except ImportError:  # no gguf package (the GPU machines have none): the same weights as a HF folder
-            from fastlm.convert import convert_gguf
+            from fastlm.tools.convert import convert_gguf
 
             folder = path.with_suffix(".hf")
             if not (folder / "config.json").exists():

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from fastlm import Engine
-from fastlm.convert import convert_gguf, write_safetensors
+from fastlm.formats import write_safetensors
+from fastlm.tools.convert import convert_gguf
 from fastlm.hub import DEFAULT_MODEL, resolve
-from fastlm.weights import open_checkpoint
+from fastlm.formats import open_checkpoint
 
 
 def make_twin(out: Path, seed: int = 0) -> Path:

@@ -85,8 +85,8 @@ class FastLMMixed(FastLM):
     def __init__(self, path, keep=("down", "v", "o")):
         self.name = f"fastlm int4 ({','.join(keep)} int8)"
         self.e = Engine.from_pretrained(path, dtype="int4", keep_8bit=keep, max_seq_len=2048)
-        self.m = self.e.model
-        self.m.ensure_slots(1)
+        self.m, self.s = self.e.model, self.e.slots
+        self.s.ensure(1)
 
 
 class TorchDynamic(Transformers):
@@ -135,7 +135,7 @@ def torch_logits(model, ids):
 
 
 def quality(args) -> dict:
-    from fastlm.perplexity import evaluate, log_softmax_rows
+    from fastlm.tools.perplexity import evaluate, log_softmax_rows
 
     rows = {}
     models = [("SmolLM2 (Q4_1 GGUF)", DEFAULT_MODEL)] + ([("float twin", args.twin)] if args.twin else [])
@@ -185,7 +185,7 @@ print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def memory(args) -> dict:
-    from fastlm.quantize import write_quantized
+    from fastlm.tools.quantize import write_quantized
 
     out = {}
     for dtype in ("int8", "int4"):

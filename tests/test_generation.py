@@ -132,7 +132,7 @@ def build_gguf_tokenizer():
     from pathlib import Path
 
     from fastlm.tokenizer import Tokenizer
-    from fastlm.weights.gguf import GGUFFile, tokenizer_from_gguf
+    from fastlm.formats.gguf import GGUFFile, tokenizer_from_gguf
 
     with tempfile.TemporaryDirectory() as d:
         f = GGUFFile(build_gguf(Path(d)))
@@ -233,7 +233,7 @@ def test_n_samples_and_uneven_batches_equal_single_runs(ids_engine):
 
 def test_batch_decodes_in_one_step_per_token(ids_engine, monkeypatch):
     calls = []
-    model = ids_engine.model
+    model = ids_engine.slots.model
     real = model.decode
 
     class Spy:  # the executor is a C++ object: wrap it
@@ -244,7 +244,7 @@ def test_batch_decodes_in_one_step_per_token(ids_engine, monkeypatch):
             calls.append(len(slots))
             return real(slots, toks)
 
-    monkeypatch.setattr(ids_engine, "model", Spy())
+    monkeypatch.setattr(ids_engine.slots, "model", Spy())
     ids_engine.generate([ids(5), ids(9, seed=1), ids(2, seed=2)], max_tokens=6, ignore_eos=True, n=2)
     assert calls == [6] * 5  # 6 samples, 5 decode steps after the first token
 

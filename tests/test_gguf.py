@@ -10,8 +10,8 @@ import torch
 import transformers
 from conftest import assert_close
 from fastlm import Engine, cli
-from fastlm.convert import convert_gguf
-from fastlm.weights.gguf import GGUFError, GGUFFile, dequantize
+from fastlm.tools.convert import convert_gguf
+from fastlm.formats.gguf import GGUFError, GGUFFile, dequantize
 from tiny_gguf import build
 
 gguf = pytest.importorskip("gguf")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import assert_close
 from fastlm import kernels as K
-from fastlm.quantize import quantize_int8_reference
+from fastlm.quant import quantize_int8_reference
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (63, 577), (65, 1537), (7, 4097)], ids=str)

@@ -11,8 +11,10 @@ import pytest
 from conftest import assert_close
 from fastlm import Engine, cli
 from fastlm import kernels as K
-from fastlm import quantize as Q
-from fastlm.perplexity import evaluate
+from fastlm import quant as Q
+from fastlm.formats import qrecords as R
+from fastlm.tools.quantize import write_quantized
+from fastlm.tools.perplexity import evaluate
 
 SHAPES = [(1, 1), (3, 7), (5, 33), (7, 100), (16, 576), (9, 1537)]
 
@@ -30,11 +32,11 @@ def weights(rng, shape):
 def test_quantizer_bit_exact_with_numpy(isa, rng, qtype, G, shape):
     w = weights(rng, shape)
     rec = K.q_quantize(w, qtype, G)
-    assert rec.dtype == np.uint8 and rec.shape == (shape[0], Q.row_bytes(qtype, shape[1], G))
+    assert rec.dtype == np.uint8 and rec.shape == (shape[0], R.row_bytes(qtype, shape[1], G))
     np.testing.assert_array_equal(rec, Q.quantize_rtn(w, qtype, G))
     np.testing.assert_array_equal(rec, K.ref.q_quantize(w, qtype, G))
     deq = K.q_dequantize(rec, qtype, shape[1], G)
-    np.testing.assert_array_equal(deq, Q.dequantize(rec, qtype, shape[1], G))
+    np.testing.assert_array_equal(deq, R.dequantize(rec, qtype, shape[1], G))
     # error within half a step of the grid, plus what fp16 scales lose (rounding; a scale below
     # fp16's smallest subnormal flushes its group to zero, as ggml's do)
     step = np.abs(w).max(axis=1, keepdims=True) / (127 if qtype == "q8" else 7.5)
@@ -52,7 +54,7 @@ def test_q_matmul_against_reference_and_float(isa, rng, qtype, G, M, K_, N):
     b = rng.standard_normal(N).astype(np.float32)
     rec = K.q_quantize(w, qtype, G)
     y = K.q_matmul(x, rec, qtype, G, bias=b)
-    wd = Q.dequantize(rec, qtype, K_, G)
+    wd = R.dequantize(rec, qtype, K_, G)
     if M <= 16:  # decode: activations quantized as the reference does (int16 rows / int8 blocks)
         assert_close(y, K.ref.q_matmul(x, rec, qtype, G, bias=b), 1e-5, "vs reference")
     else:      # prefill: dequantized panels, float activations
@@ -79,16 +81,16 @@ def test_q_matmul_bad_input(rng):
 @pytest.mark.parametrize("ggml", ["Q8_0", "Q4_0", "Q4_1"])
 def test_gguf_blocks_convert_exactly(rng, ggml):
     gguf = pytest.importorskip("gguf")
-    from fastlm.weights.gguf import GGML_TYPES, dequantize
+    from fastlm.formats.gguf import GGML_TYPES, dequantize
 
     w = rng.standard_normal((6, 128)).astype(np.float32)
     qt = getattr(gguf.GGMLQuantizationType, ggml)
     raw = gguf.quants.quantize(w, qt)
     code = next(c for c, (n, _, _) in GGML_TYPES.items() if n == ggml)
     want = dequantize(np.frombuffer(raw.tobytes(), np.uint8), code, w.shape)
-    rec, qtype = Q.from_ggml(np.frombuffer(raw.tobytes(), np.uint8), ggml, w.shape)
+    rec, qtype = R.from_ggml(np.frombuffer(raw.tobytes(), np.uint8), ggml, w.shape)
     assert qtype == ("q8" if ggml == "Q8_0" else "q4")
-    np.testing.assert_array_equal(Q.dequantize(rec, qtype, 128, 32), want)
+    np.testing.assert_array_equal(R.dequantize(rec, qtype, 128, 32), want)
 
 
 def test_gptq_lowers_the_output_error(rng):
@@ -97,7 +99,7 @@ def test_gptq_lowers_the_output_error(rng):
     H = X.T @ X
 
     def out_err(rec):
-        return float(((X @ (Q.dequantize(rec, "q4", 256, 32) - w).T) ** 2).mean())
+        return float(((X @ (R.dequantize(rec, "q4", 256, 32) - w).T) ** 2).mean())
     rtn, search, gptq = Q.quantize_rtn(w, "q4", 32), Q.quantize_q4_search(w, 32), Q.gptq_q4(w, H, 32)
     assert out_err(search) < out_err(rtn)
     assert out_err(gptq) < 0.7 * out_err(search)
@@ -139,9 +141,9 @@ def test_quantized_checkpoint_loads_in_place(tiny, tmp_path):
     path = tiny("llama")
     ids = prompt(30, seed=2)
     for dtype in ("int8", "int4"):
-        out = Q.write_quantized(path, tmp_path / dtype, dtype=dtype)
+        out = write_quantized(path, tmp_path / dtype, dtype=dtype)
         meta = json.loads((out / "config.json").read_text())["quantization_config"]
-        assert meta["dtype"] == dtype and meta["format_version"] == Q.FORMAT_VERSION
+        assert meta["dtype"] == dtype and meta["format_version"] == R.FORMAT_VERSION
         loaded = Engine.from_pretrained(out)
         assert loaded.info["dtype"] == dtype
         at_load = Engine.from_pretrained(path, dtype=dtype)
@@ -175,15 +177,15 @@ def test_gptq_checkpoint_with_8bit_projections(tmp_path):
 
 
 def test_newer_format_version_is_refused(tiny, tmp_path):
-    from fastlm.convert import write_safetensors
-    from fastlm.weights import open_checkpoint
+    from fastlm.formats import write_safetensors
+    from fastlm.formats import open_checkpoint
 
-    out = Q.write_quantized(tiny("llama"), tmp_path / "q", dtype="int8")
+    out = write_quantized(tiny("llama"), tmp_path / "q", dtype="int8")
     store = open_checkpoint(out)
     tensors = {n: np.array(store.get(n)) for n in store.names()}
     meta = dict(store.metadata)
     q = json.loads(meta["quantization"])
-    q["version"] = Q.FORMAT_VERSION + 1
+    q["version"] = R.FORMAT_VERSION + 1
     meta["quantization"] = json.dumps(q)
     write_safetensors(out / "model.safetensors", tensors, meta)
     with pytest.raises(ValueError, match="newer than this fastlm reads"):
@@ -203,7 +205,7 @@ def test_gguf_quantized_tensors_load_directly(tmp_path):
         qz = eng.info["quantized"]
         for part in same:  # blocks in the target layout: the same values as the float load
             name = next(n for n in qz if part in n)
-            assert qz[name] == (Q.QTYPES[dtype], 32)
+            assert qz[name] == (R.QTYPES[dtype], 32)
         assert_close(eng.logits(ids), f32.logits(ids), 0.01 if dtype == "int8" else 0.3, dtype)
 
 

@@ -10,8 +10,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from fastlm import Engine
-from fastlm.weights import SafetensorsError, open_checkpoint
-from fastlm.weights.safetensors import SafetensorsFile
+from fastlm.formats import SafetensorsError, open_checkpoint
+from fastlm.formats.safetensors import SafetensorsFile
 from safetensors.numpy import save_file
 from tiny_models import build
 

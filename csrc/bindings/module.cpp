@@ -9,6 +9,7 @@
 #include "bindings/kernels.h"
 #include "bindings/model.h"
 #include "runtime/cpu.h"
+#include "runtime/model.h"
 #include "runtime/threadpool.h"
 
 namespace py = pybind11;
@@ -53,6 +54,9 @@ PYBIND11_MODULE(_C, m) {
     fastlm::set_num_threads(n);
   }, py::arg("n"));
   m.def("default_num_threads", &fastlm::default_num_threads);
+  py::tuple projections(int(fastlm::Proj::kCount));
+  for (int p = 0; p < int(fastlm::Proj::kCount); ++p) projections[p] = fastlm::proj_name(fastlm::Proj(p));
+  m.attr("PROJECTIONS") = projections;  // the linear layers of a decoder layer, by the names the loaders use
 
   py::module_ k = m.def_submodule("kernels", "CPU kernels on NumPy arrays");
   fastlm::register_kernels(k, &fastlm::kernels, true);

@@ -12,7 +12,7 @@ from fastlm.generation import Stream
 from fastlm.outputs import Choice, Chunk, Completion, Logprob, Timings, Usage
 from fastlm.sampling import SamplingParams
 
-__version__ = "0.1.0"
+from fastlm._version import __version__
 
 __all__ = ["__version__", "Engine", "SamplingParams", "Completion", "Choice", "Chunk", "Logprob", "Usage",
            "Timings", "Stream", "get_isa", "set_isa", "get_num_threads", "set_num_threads"]

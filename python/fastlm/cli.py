@@ -4,20 +4,24 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
+from pathlib import Path
 
-DTYPES = ["auto", "float32", "bfloat16", "int8", "int4"]
-DEVICES = ["cpu", "cuda", "cuda-emulated"]
+from fastlm import _C
+from fastlm._version import __version__
+from fastlm.engine import Engine
+from fastlm.hub import DEFAULT_MODEL
+from fastlm.models import DEVICES, DTYPES
+from fastlm.sampling import SamplingParams
+from fastlm.tools.bench import bench
+from fastlm.tools.convert import convert_gguf
+from fastlm.tools.perplexity import evaluate
+from fastlm.tools.quantize import write_quantized
 
 
 def info_dict() -> dict:
-    import fastlm
-    from fastlm import _C
-
     return {
-        "version": fastlm.__version__,
+        "version": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "build": _C.build_info(),
@@ -47,17 +51,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from fastlm import Engine
-
+def _load(args: argparse.Namespace) -> Engine:
     return Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads,
                                   max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty(),
                                   device=args.device)
 
 
-def _params(args: argparse.Namespace):
-    from fastlm import SamplingParams
-
+def _params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           seed=args.seed, stop=tuple(args.stop or ()), n=getattr(args, "n", 1),
@@ -140,57 +140,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from fastlm import _C
-
     engine = _load(args)
-    m = engine.model
-    m.ensure_slots(1)
-    rng = np.random.default_rng(0)
-    vocab = engine.vocab_size
-    rows = []
-
-    def run(test: str, fn) -> None:
-        fn()  # warm-up
-        rates = [fn() for _ in range(args.repetitions)]
-        mean, std = statistics.mean(rates), statistics.stdev(rates) if len(rates) > 1 else 0.0
-        row = {"model": engine.source, "dtype": engine.info["dtype"], "isa": m.isa, "threads": _C.get_num_threads(),
-               "test": test, "tokens_per_s": mean, "std": std, "samples": rates}
-        if test.startswith("tg"):
-            row["weight_bytes"] = m.weight_bytes
-            row["GB_per_s"] = m.weight_bytes * mean / 1e9
-        rows.append(row)
-
-    def prefill() -> float:
-        toks = rng.integers(0, vocab, size=args.n_prompt).astype(np.int32)
-        m.truncate_slot(0, 0)
-        t = time.perf_counter()
-        m.prefill(0, toks)
-        return args.n_prompt / (time.perf_counter() - t)
-
-    def decode() -> float:
-        m.truncate_slot(0, 0)
-        m.prefill(0, np.asarray([1], np.int32))
-        slot = np.zeros(1, np.int64)
-        tok = np.asarray([int(rng.integers(0, vocab))], np.int32)
-        t = time.perf_counter()
-        for _ in range(args.n_gen):
-            logits = m.decode(slot, tok)
-            tok[0] = int(np.argmax(logits[0]))
-        return args.n_gen / (time.perf_counter() - t)
-
-    m.set_profiling(args.profile)
-    if args.n_prompt > 0:
-        m.reset_profile()
-        run(f"pp{args.n_prompt}", prefill)
-        rows[-1]["profile_s"] = dict(m.profile())
-    if args.n_gen > 0:
-        m.reset_profile()
-        run(f"tg{args.n_gen}", decode)
-        rows[-1]["profile_s"] = dict(m.profile())
-    m.set_profiling(False)
-    m.truncate_slot(0, 0)
+    rows = bench(engine, args.n_prompt, args.n_gen, args.repetitions, args.profile)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -218,8 +169,6 @@ def _progress(what: str):
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from fastlm.quantize import write_quantized
-
     method = args.method or ("gptq" if args.dtype == "int4" else "rtn")
     keep = args.keep_8bit if args.keep_8bit is not None else ("down,v,o" if args.dtype == "int4" else "")
     out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=method,
@@ -231,11 +180,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from fastlm import Engine
-    from fastlm.perplexity import evaluate
-
     text = Path(args.file).read_text(encoding="utf-8")
     kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method, keep_8bit=args.keep_8bit,
               device=args.device)
@@ -264,25 +208,21 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from fastlm.convert import convert_gguf
-
     out = convert_gguf(args.src, args.out, dtype=args.dtype)
     print(f"wrote {out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastlm.hub import DEFAULT_MODEL
-
     p = argparse.ArgumentParser(prog="fastlm", description="Fast LLM inference on CPUs.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s):
         s.add_argument("-m", "--model", default=DEFAULT_MODEL,
                        help=f"a Hugging Face folder, a .gguf file or an alias (default: {DEFAULT_MODEL})")
-        s.add_argument("--dtype", default="auto", choices=DTYPES, help="weight precision (default: auto)")
+        s.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weight precision (default: auto)")
         s.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-        s.add_argument("--device", default="cpu", choices=DEVICES,
+        s.add_argument("--device", default="cpu", choices=list(DEVICES),
                        help="cpu (default), cuda (the decoder on the GPU, float weights), or cuda-emulated (the CUDA "
                             "decoder under the host emulation: slow, for checking)")
 
@@ -346,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(pp)
     pp.add_argument("file", help="a UTF-8 text file")
     pp.add_argument("--ctx", type=int, default=None, help="window length (default: the model's context)")
-    pp.add_argument("--reference-dtype", default=None, choices=DTYPES, help="e.g. float32: adds KL and top-1")
+    pp.add_argument("--reference-dtype", default=None, choices=list(DTYPES), help="e.g. float32: adds KL and top-1")
     pp.add_argument("--reference-model", default=None, help="default: the same model")
     pp.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
     pp.add_argument("--method", default="rtn", choices=["rtn", "search", "gptq"])

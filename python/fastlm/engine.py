@@ -7,42 +7,26 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 
-from fastlm import _C, _runtime, hub
+from fastlm import _C, _runtime
+from fastlm.chat import render
+from fastlm.formats import open_model
 from fastlm.generation import Generation, Stream
 from fastlm.hub import DEFAULT_MODEL
-from fastlm.models import build, executor_class
+from fastlm.models import build, calibrate, executor_class
 from fastlm.outputs import Completion
+from fastlm.quant import QuantScheme
 from fastlm.sampling import SamplingParams
+from fastlm.slots import Slots
 from fastlm.tokenizer import Tokenizer
-from fastlm.weights import open_checkpoint
-from fastlm.weights.gguf import GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
 
 Prompt = Union[str, Sequence[int]]
 Messages = list  # [{"role": ..., "content": ...}, ...]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _eos_ids(*configs: dict) -> list[int]:
-    for cfg in configs:
-        eos = cfg.get("eos_token_id")
-        if eos is None:
-            continue
-        return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-    return []
 
 
 class Engine:
@@ -50,14 +34,17 @@ class Engine:
 
     def __init__(self, model: _C.Model, tokenizer: Tokenizer | None, config: dict, info: dict,
                  eos_token_ids: list[int], source: str):
-        self.model = model
+        self.slots = Slots(model)  # the one owner of the KV cache: every forward step goes through it
         self.tokenizer = tokenizer
         self.config = config
         self.info = info
         self.eos_token_ids = eos_token_ids
         self.source = source
-        self._slot_tokens: list[list[int]] = []  # the token ids each KV cache slot holds
-        self._active: Generation | None = None
+
+    @property
+    def model(self) -> _C.Model:
+        """The executor (read its facts: weight_bytes, isa, ...; run it through ``slots``)."""
+        return self.slots.model
 
     # ---- loading ----
     @classmethod
@@ -87,10 +74,13 @@ class Engine:
         if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
                                         or max_seq_len < 1):
             raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
-        path = hub.resolve(model)
+        scheme = None
+        if dtype in ("int8", "int4"):
+            scheme = QuantScheme(dtype, group_size=group_size, method=quant_method, keep_8bit=keep_8bit)
+        src = open_model(model)
         report = calib_report = None
         if progress:
-            verb = f"quantizing {path.name} to {dtype}" if dtype in ("int8", "int4") else f"loading {path.name}"
+            verb = f"quantizing {src.path.name} to {dtype}" if scheme else f"loading {src.path.name}"
 
             def report(done: int, total: int) -> None:
                 print(f"\r{verb}: layer {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
@@ -98,45 +88,14 @@ class Engine:
             def calib_report(done: int, total: int) -> None:
                 print(f"\rcalibrating (GPTQ): layer {done}/{total}", end="" if done < total else "\n",
                       file=sys.stderr, flush=True)
-        scheme = None
-        if dtype in ("int8", "int4"):
-            from fastlm.quantize import QuantScheme
-
-            scheme = QuantScheme(dtype, group_size=group_size, method=quant_method, keep_8bit=keep_8bit)
-        if path.is_file():
-            return cls._from_gguf(path, dtype, max_seq_len, report, scheme, calib_report, device)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json: not a model folder")
-        config = _read_json(path / "config.json")
-        gen_cfg = _read_json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
-        store = open_checkpoint(path)
-        tok = Tokenizer.from_folder_file(path / "tokenizer.json") if (path / "tokenizer.json").exists() else None
         if scheme is not None:
-            from fastlm.quantize import calibrate
-
-            calibrate(scheme, config, store, tok, progress=calib_report)
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme,
+            calibrate(scheme, src.config, src.store, src.tokenizer, progress=calib_report)
+        m, info = build(src.config, src.store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme,
                         device=device)
         info["device"] = device
-        return cls(m, tok, config, info, _eos_ids(gen_cfg, config), str(path))
-
-    @classmethod
-    def _from_gguf(cls, path: Path, dtype: str, max_seq_len: int | None, report, scheme=None,
-                   calib_report=None, device: str = "cpu") -> "Engine":
-        f = GGUFFile(path)
-        config = llama_config(f)
-        store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
-        backend, tok_config = tokenizer_from_gguf(f)
-        tok = Tokenizer(backend, tok_config, str(path))
-        if scheme is not None:
-            from fastlm.quantize import calibrate
-
-            calibrate(scheme, config, store, tok, progress=calib_report)
-        m, info = build(config, store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme,
-                        device=device)
-        info["device"] = device
-        info["gguf_types"] = sorted({f.type_name(n) for n in f.tensors})
-        return cls(m, tok, config, info, _eos_ids(config), str(path))
+        if src.gguf is not None:
+            info["gguf_types"] = sorted({src.gguf.type_name(n) for n in src.gguf.tensors})
+        return cls(m, src.tokenizer, src.config, info, src.eos_token_ids, str(src.path))
 
     # ---- text ----
     def _need_tokenizer(self) -> Tokenizer:
@@ -152,8 +111,6 @@ class Engine:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The model's own chat template applied to messages (as transformers does)."""
-        from fastlm.chat import render
-
         tok = self._need_tokenizer()
         template = tok.config.get("chat_template")
         if not template:
@@ -189,19 +146,15 @@ class Engine:
         return ids
 
     # ---- forward ----
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits (len(ids), vocab) of a full forward pass from an empty cache."""
+    def logits(self, ids: Sequence[int], path: str = "prefill") -> np.ndarray:
+        """Logits (len(ids), vocab) from an empty cache: of one forward pass over ids ("prefill"),
+        or of feeding them one at a time through the decode step ("decode", how generated tokens
+        are computed)."""
+        if path not in ("prefill", "decode"):
+            raise ValueError(f"path must be 'prefill' or 'decode', got {path!r}")
         ids = self._ids(ids, room=0)
-        self._take_over()
-        self.model.ensure_slots(1)
-        self.model.truncate_slot(0, 0)
-        if self._slot_tokens:
-            self._slot_tokens[0] = []
-        try:
-            return self.model.prefill(0, np.asarray(ids, dtype=np.int32), all_logits=True)
-        finally:
-            self.model.truncate_slot(0, 0)
-
+        self.slots.claim(None)
+        return self.slots.logits(ids, path)
 
     # ---- generation ----
     @staticmethod
@@ -224,17 +177,10 @@ class Engine:
         return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
                 and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
 
-    def _take_over(self) -> None:
-        """A new call owns the KV cache: a stream still open on this engine stops."""
-        if self._active is not None and not self._active.done:
-            self._active.stale = True
-        self._active = None
-
     def _start(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> Generation:
-        self._take_over()
-        gen = Generation(self, prompts, params, chat)
-        self._active = gen
-        return gen
+        """A generation call; it claims the KV cache, so a stream still open on this engine stops."""
+        return Generation(self.slots, prompts, params, chat, tokenizer=self.tokenizer,
+                          eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source)
 
     def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
                  **overrides) -> Completion | list[Completion]:
@@ -291,7 +237,5 @@ class Engine:
 
     def reset(self) -> None:
         """Forgets the cached prompts (the next call computes its whole prompt)."""
-        self._take_over()
-        for s in range(len(self._slot_tokens)):
-            self.model.truncate_slot(s, 0)
-            self._slot_tokens[s] = []
+        self.slots.claim(None)
+        self.slots.reset()

@@ -1,14 +1,10 @@
-"""One generation call over the executor: KV cache slots chosen for prompt reuse, prefill, then
-every live sample decoded together, one batched forward step per token.
-
-The engine keeps a mirror of the token ids whose keys and values each slot holds, so a prompt that
-starts with tokens already cached (the next turn of a chat) computes only its new suffix.
-"""
+"""One generation call over the KV cache slots (fastlm.slots): slots chosen for prompt reuse,
+prefill, then every live sample decoded together, one batched forward step per token."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -21,17 +17,8 @@ from fastlm.sampling import (
     log_softmax,
     top_logprobs,
 )
-
-if TYPE_CHECKING:
-    from fastlm.engine import Engine
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
+from fastlm.slots import Slots
+from fastlm.tokenizer import Tokenizer
 
 
 @dataclass
@@ -53,77 +40,60 @@ class _Sample:
 
 
 class Generation:
-    """Decodes a batch of prompts, n samples each; iterate chunks() or call run()."""
+    """Decodes a batch of prompts, n samples each; iterate chunks() or call run().
 
-    def __init__(self, engine: "Engine", prompts: list[list[int]], params: SamplingParams, chat: bool):
-        if params.stop and engine.tokenizer is None:
-            raise ValueError(f"stop strings need a tokenizer; {engine.source} has none (use stop_token_ids)")
-        params.check_vocab(engine.vocab_size)
-        self.engine = engine
+    slots: the KV cache (claimed for this call); tokenizer: for text and stop strings (None: ids
+    only); eos_token_ids: the ids that end a sample; context: the positions a sequence may hold;
+    source: the model's name in results."""
+
+    def __init__(self, slots: Slots, prompts: list[list[int]], params: SamplingParams, chat: bool, *,
+                 tokenizer: Tokenizer | None, eos_token_ids: list[int], context: int, source: str):
+        if params.stop and tokenizer is None:
+            raise ValueError(f"stop strings need a tokenizer; {source} has none (use stop_token_ids)")
+        params.check_vocab(slots.model.vocab)
+        self.slots = slots
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+        self.context = context
+        self.source = source
         self.prompts = prompts
         self.params = params
         self.chat = chat
         self.cached = [0] * len(prompts)
         self.timings = Timings()
         self.samples: list[_Sample] = []
-        self.stale = False  # another call on the engine took over its KV cache slots
+        self.stale = False  # another call took over the KV cache slots
         self.done = False
-
-    # ---- slots ----
-    def _assign_slots(self) -> list[tuple[int, int, list[int]]]:
-        """For each prompt: (slot, cached prefix length, slots of its other samples)."""
-        eng, m = self.engine, self.engine.model
-        m.ensure_slots(len(self.prompts) * self.params.n)
-        cache = eng._slot_tokens
-        while len(cache) < m.n_slots:
-            cache.append([])
-        for s in range(m.n_slots):  # distrust a mirror that the executor contradicts
-            if m.slot_len(s) != len(cache[s]):
-                m.truncate_slot(s, 0)
-                cache[s] = []
-        free = list(range(m.n_slots))
-        plan = []
-        for p in self.prompts:
-            best = max(free, key=lambda s: (common_prefix(cache[s], p), -s))
-            free.remove(best)
-            free.sort(key=lambda s: (len(cache[s]), s))  # copies go where the least is lost
-            copies, free = free[:self.params.n - 1], free[self.params.n - 1:]
-            plan.append((best, min(common_prefix(cache[best], p), len(p) - 1), copies))
-        return plan
+        slots.claim(self)
 
     # ---- the run ----
     def chunks(self) -> Iterator[Chunk]:
-        eng, m, p = self.engine, self.engine.model, self.params
-        cache = eng._slot_tokens
+        slots, p = self.slots, self.params
         t0 = time.perf_counter()
-        plan = self._assign_slots()
+        plan = slots.plan(self.prompts, p.n)
         B = len(self.prompts) * p.n
-        logits = np.empty((B, m.vocab), np.float32)
-        end_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(eng.eos_token_ids))
-        decode = eng.tokenizer.decode if eng.tokenizer is not None else None
+        logits = np.empty((B, slots.model.vocab), np.float32)
+        end_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else self.eos_token_ids)
+        decode = self.tokenizer.decode if self.tokenizer is not None else None
         computed = 0
         for j, (prompt, (slot, cached, copies)) in enumerate(zip(self.prompts, plan)):
-            m.truncate_slot(slot, cached)
-            del cache[slot][cached:]
-            row = m.prefill(slot, np.asarray(prompt[cached:], dtype=np.int32))[0]
-            cache[slot][:] = prompt
+            row = slots.prefill(slot, prompt, keep=cached)
             computed += len(prompt) - cached
             self.cached[j] = cached
             for i, s in enumerate([slot] + copies):
                 if s != slot:
-                    m.copy_slot(slot, s, len(prompt))
-                    cache[s] = list(prompt)
+                    slots.copy(slot, s)
                 seed = None if p.seed is None else [p.seed, i]
                 rng = np.random.default_rng(seed)
                 self.samples.append(_Sample(
                     prompt_index=j, index=i, slot=s, prompt=prompt,
-                    limit=min(p.max_tokens or eng.context_length, eng.context_length - len(prompt)),
+                    limit=min(p.max_tokens or self.context, self.context - len(prompt)),
                     sampler=SequenceSampler(p, prompt, rng, end_ids),
                     detok=Detokenizer(lambda ids: decode(ids, skip_special_tokens=True), prompt) if decode else None,
                     stops=StopStrings(p.stop), logprobs=[] if p.logprobs is not None else None))
                 logits[len(self.samples) - 1] = row
         self.timings.prefill_tokens = computed
-        eos, stop_ids = set(eng.eos_token_ids), set(p.stop_token_ids)
+        eos, stop_ids = set(self.eos_token_ids), set(p.stop_token_ids)
         # `logits` row i belongs to sample active[i]: the decode step's own output, never copied
         active = list(range(B))
         t_first = None
@@ -142,11 +112,7 @@ class Generation:
                                        "took over its KV cache")
             active = [b for b in active if self.samples[b].finish is None]
             if active:
-                slots = np.asarray([self.samples[b].slot for b in active], np.int64)
-                fed = [self.samples[b].out[-1] for b in active]
-                logits = m.decode(slots, np.asarray(fed, np.int32))
-                for b, tok in zip(active, fed):
-                    cache[self.samples[b].slot].append(tok)
+                logits = slots.decode([self.samples[b].slot for b in active], [self.samples[b].out[-1] for b in active])
                 self.timings.decode_tokens += len(active)
         self.timings.decode_s = time.perf_counter() - (t_first or t0)
         self.done = True
@@ -180,7 +146,7 @@ class Generation:
         return Chunk(text=text, token_id=tok, index=s.index, logprob=lp, top_logprobs=top, finish_reason=s.finish)
 
     def _token_text(self, tok: int) -> str:
-        tk = self.engine.tokenizer
+        tk = self.tokenizer
         return tk.decode([tok]) if tk is not None else ""
 
     def run(self) -> list[Completion]:
@@ -197,7 +163,7 @@ class Generation:
                               logprobs=s.logprobs, stop_reason=s.stop_reason) for s in samples]
             usage = Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(s.out) for s in samples),
                           cached_tokens=self.cached[j])
-            out.append(Completion(choices=choices, usage=usage, timings=self.timings, model=self.engine.source,
+            out.append(Completion(choices=choices, usage=usage, timings=self.timings, model=self.source,
                                   chat=self.chat))
         return out
 

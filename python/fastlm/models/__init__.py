@@ -1,186 +1,54 @@
-"""Hugging Face configs and tensor names -> a fastlm model spec and its weights in the executor."""
+"""The architecture registry: a Hugging Face config (or GGUF metadata turned into one) and a
+tensor store -> a spec, an executor and its weights. Each family is a module with a ``build``."""
 from __future__ import annotations
 
 from typing import Callable
 
-import ml_dtypes
-import numpy as np
-
 from fastlm import _C
-from fastlm.weights import TensorStore
+from fastlm.formats import Store
+from fastlm.models import gpt2, llama
+from fastlm.models.executor import DEVICES, executor_class
+from fastlm.models import loader
+from fastlm.models.loader import DTYPES, QUANT_DTYPES, WEIGHT_DTYPES, Loader, resolve_dtype
+from fastlm.quant import QuantScheme, calibration_text, llama_hessians
 
-WEIGHT_DTYPES = ("float32", "bfloat16")
-QUANT_DTYPES = ("int8", "int4")
-DTYPES = ("auto",) + WEIGHT_DTYPES + QUANT_DTYPES
-
-
-def resolve_dtype(dtype: str, store: TensorStore, names: list[str]) -> str:
-    """'auto' keeps the checkpoint's precision: bf16 stays bf16, f32 and f16 run in float32, a
-    quantized checkpoint stays quantized."""
-    quantized = getattr(store, "quantized_dtype", None)
-    if quantized:
-        if dtype not in ("auto", quantized):
-            raise ValueError(f"this checkpoint is quantized to {quantized}; load it with dtype='auto' or "
-                             f"{quantized!r} (quantize the float model for another dtype)")
-        return quantized
-    if dtype in WEIGHT_DTYPES or dtype in QUANT_DTYPES:
-        return dtype
-    if dtype != "auto":
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    kinds = {store.get(n).dtype for n in names if n in store}
-    return "bfloat16" if kinds and all(k == np.dtype(ml_dtypes.bfloat16) for k in kinds) else "float32"
-
-
-class Loader:
-    """Fetches tensors by name with checked shapes and converts them to the weight dtype."""
-
-    def __init__(self, store: TensorStore, dtype: str, scheme=None):
-        from fastlm.quantize import QuantScheme
-
-        self.store = store
-        self.dtype = dtype
-        self.scheme = scheme
-        if dtype in QUANT_DTYPES and scheme is None:
-            self.scheme = getattr(store, "quant_scheme", None) or QuantScheme(dtype)
-        self.quantized: dict[str, tuple[str, int]] = {}  # tensor -> (qtype, group) as loaded
-
-    # ---- quantized weights ----
-    def records(self, name: str, shape: tuple[int, int], embedding: bool = False,
-                transpose: bool = False) -> tuple[np.ndarray, str, int, bool] | None:
-        """(records, qtype, group size, borrowed) for a tensor the scheme quantizes, else None.
-        A quantized checkpoint's records are used in place (memory-mapped); GGUF Q8_0/Q4_0/Q4_1
-        blocks are rearranged when the layouts agree; float weights are quantized here."""
-        if self.scheme is None:
-            return None
-        fmt = self.scheme.format_for(name, embedding)
-        if fmt is None:
-            return None
-        qtype, G = fmt
-        N, K = shape
-        stored = getattr(self.store, "stored_format", lambda n: None)(name)
-        if stored is not None:  # a fastlm quantized checkpoint
-            qt, g = stored
-            rec = self.store.get(name)
-            from fastlm.quantize import row_bytes
-
-            if rec.dtype != np.uint8 or rec.shape != (N, row_bytes(qt, K, g)):
-                raise ValueError(f"quantized tensor {name!r} has shape {rec.shape} {rec.dtype}, expected "
-                                 f"({N}, {row_bytes(qt, K, g)}) uint8 for {qt} groups of {g}")
-            self.quantized[name] = (qt, g)
-            return rec, qt, g, True
-        direct = getattr(self.store, "ggml_records", lambda n: None)(name) if G == 32 and not transpose else None
-        # records made here are the model's own: borrowed, not copied again
-        if direct is not None and direct[1] == qtype and direct[0].shape[0] == N:
-            self.quantized[name] = (qtype, 32)
-            return direct[0], qtype, 32, True
-        w = self.raw(name, (K, N) if transpose else (N, K))
-        return self._quantize(name, w.T if transpose else w, qtype, G)
-
-    def _quantize(self, name: str, w: np.ndarray, qtype: str, G: int, key: str | None = None):
-        self.quantized[key or name] = (qtype, G)
-        return self.scheme.quantize(name, np.ascontiguousarray(w, dtype=np.float32), qtype, G), qtype, G, True
-
-    def set_linear_part(self, model, layer: int, proj: str, name: str, w: np.ndarray, bias=None) -> None:
-        """A linear weight (out, in) cut from a fused checkpoint tensor `name` (GPT-2's c_attn holds
-        q, k and v): float-converted or quantized as `name` would be."""
-        fmt = self.scheme.format_for(name) if self.scheme else None
-        if fmt is None:
-            model.set_linear(layer, proj, self.convert(w), bias)
-            return
-        q, qtype, G, borrow = self._quantize(name, w, *fmt, key=f"{name}[{proj}]")
-        model.set_linear_q(layer, proj, q, qtype, w.shape[1], G, bias, borrow)
-
-    def set_linear(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], bias=None,
-                   transpose: bool = False) -> None:
-        """Loads one linear weight (out, in) into the executor, quantized when the dtype says so."""
-        rec = self.records(name, shape, transpose=transpose)
-        if rec is None:
-            model.set_linear(layer, proj, self.weight(name, (shape[1], shape[0]) if transpose else shape, transpose),
-                             bias)
-        else:
-            q, qtype, G, borrow = rec
-            model.set_linear_q(layer, proj, q, qtype, shape[1], G, bias, borrow)
-
-    def set_vocab_matrix(self, model, which: str, name: str, shape: tuple[int, int]) -> None:
-        """The (vocab, hidden) embedding or lm_head (which: "embedding" / "lm_head"), quantized
-        (q8) when the dtype is."""
-        rec = self.records(name, shape, embedding=True)
-        if rec is None:
-            getattr(model, f"set_{which}")(self.weight(name, shape))
-        else:
-            q, qtype, G, borrow = rec
-            getattr(model, f"set_{which}_q")(q, qtype, G, borrow)
-
-    def raw(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        if name not in self.store:
-            raise ValueError(f"the checkpoint lacks tensor {name!r}")
-        a = self.store.get(name)
-        if shape is not None and tuple(a.shape) != tuple(shape):
-            raise ValueError(f"tensor {name!r} has shape {tuple(a.shape)}, the config implies {tuple(shape)}")
-        if a.dtype.kind not in "fV" and a.dtype != np.dtype(ml_dtypes.bfloat16):
-            raise ValueError(f"tensor {name!r} has dtype {a.dtype}, expected a float type")
-        return a
-
-    def f32(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        return np.ascontiguousarray(self.raw(name, shape), dtype=np.float32)
-
-    def weight(self, name: str, shape: tuple[int, ...], transpose: bool = False) -> np.ndarray:
-        """A linear weight (out, in) in the weight dtype; transpose=True for Conv1D's (in, out)."""
-        a = self.raw(name, shape)
-        return self.convert(a.T if transpose else a)
-
-    def convert(self, a: np.ndarray) -> np.ndarray:
-        """A float weight kept in float: bf16 in a bf16 model, else float32."""
-        if self.dtype == "bfloat16":
-            return np.ascontiguousarray(a if a.dtype == np.dtype(ml_dtypes.bfloat16) else
-                                        a.astype(np.float32).astype(ml_dtypes.bfloat16))
-        return np.ascontiguousarray(a, dtype=np.float32)
-
-
-DEVICES = ("cpu", "cuda", "cuda-emulated")
-
-
-def executor_class(device: str):
-    """The executor for a device: the CPU one, the CUDA decoder, or the CUDA decoder's sources run
-    under the host SIMT emulation ("cuda-emulated": slow, for checking the device path without a
-    GPU)."""
-    if device == "cpu":
-        return _C.Model
-    if device in ("cuda", "cuda:0"):
-        if not _C.cuda.built:
-            raise ValueError("device='cuda': this fastlm was built without CUDA (no CUDA toolkit was found at install; "
-                             "reinstall with nvcc on the PATH)")
-        if not _C.cuda.available():
-            raise ValueError(f"device='cuda': {_C.cuda.unavailable_reason()}")
-        return _C.cuda.Model
-    if device == "cuda-emulated":
-        return _C.cuda_emulated.Model
-    if device.startswith("cuda:"):
-        raise ValueError(f"device {device!r}: fastlm runs on the first CUDA device only ('cuda' or 'cuda:0')")
-    raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-
-
-# architecture -> (its config's model_type, the module that builds it)
-ARCHITECTURES = {"LlamaForCausalLM": ("llama", "llama"), "MistralForCausalLM": ("mistral", "llama"),
-                 "Qwen2ForCausalLM": ("qwen2", "llama"), "GPT2LMHeadModel": ("gpt2", "gpt2")}
+FAMILIES = (llama, gpt2)
+# architecture -> (its config's model_type, the family module that builds it)
+ARCHITECTURES = {arch: (mt, fam) for fam in FAMILIES for arch, mt in fam.ARCHITECTURES.items()}
 
 
 def architecture_of(config: dict) -> str:
-    archs = config.get("architectures") or []
-    if archs:
-        return archs[0]
-    model_type = config.get("model_type")
-    return next((a for a, (mt, _) in ARCHITECTURES.items() if mt == model_type), str(model_type))
+    return loader.architecture_of(config, {a: mt for a, (mt, _) in ARCHITECTURES.items()})
 
 
-def build(config: dict, store: TensorStore, dtype: str = "auto", max_seq_len: int | None = None,
-          progress: Callable[[int, int], None] | None = None, scheme=None,
-          device: str = "cpu") -> tuple[_C.Model, dict]:
-    """The executor for a Hugging Face config and checkpoint; returns (model, facts about it)."""
-    import importlib
-
+def family_of(config: dict):
+    """The family module that builds this config's architecture (ValueError if none does)."""
     arch = architecture_of(config)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unsupported architecture {arch!r}: fastlm runs {', '.join(ARCHITECTURES)}")
-    family = importlib.import_module(f"fastlm.models.{ARCHITECTURES[arch][1]}")
-    return family.build(config, store, dtype, max_seq_len, progress, scheme, device)
+    return ARCHITECTURES[arch][1]
+
+
+def build(config: dict, store: Store, dtype: str = "auto", max_seq_len: int | None = None,
+          progress: Callable[[int, int], None] | None = None, scheme: QuantScheme | None = None,
+          device: str = "cpu") -> tuple[_C.Model, dict]:
+    """The executor for a Hugging Face config and checkpoint; returns (model, facts about it)."""
+    return family_of(config).build(config, store, dtype, max_seq_len, progress, scheme, device)
+
+
+def calibrate(scheme: QuantScheme, config: dict, store: Store, tokenizer, tokens: int = 2048, progress=None) -> None:
+    """For GPTQ: arranges for the float model's linear-input statistics over `tokens` tokens of
+    calibration text (fastlm.quant.calibration) to be computed when the first tensor needs them.
+    Other methods need none."""
+    if scheme.method != "gptq" or scheme.dtype != "int4":
+        return
+    if family_of(config) is not llama:
+        raise ValueError("GPTQ calibration runs Llama-family models; use method 'search' for others")
+    if tokenizer is None:
+        raise ValueError("GPTQ calibration needs the model's tokenizer")
+    scheme.calibration = lambda: llama_hessians(config, store, tokenizer.encode(calibration_text())[:tokens],
+                                                progress=progress)
+
+
+__all__ = ["ARCHITECTURES", "DEVICES", "DTYPES", "Loader", "QUANT_DTYPES", "WEIGHT_DTYPES", "architecture_of",
+           "build", "calibrate", "executor_class", "family_of", "resolve_dtype"]

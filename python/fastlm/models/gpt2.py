@@ -4,11 +4,14 @@ from __future__ import annotations
 from typing import Callable
 
 from fastlm import _C
-from fastlm.models import Loader, executor_class, resolve_dtype
-from fastlm.weights import TensorStore
+from fastlm.formats import Store
+from fastlm.models.executor import executor_class
+from fastlm.models.loader import Loader, resolve_dtype
+
+ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
 
 
-def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
+def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
           progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
     C = int(config["n_embd"])
     L = int(config["n_layer"])

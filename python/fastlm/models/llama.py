@@ -2,59 +2,29 @@
 TinyLlama. RMSNorm, rotary positions, SwiGLU, grouped-query attention, tied or untied head."""
 from __future__ import annotations
 
-import math
 from typing import Callable
 
-import numpy as np
-
 from fastlm import _C
-from fastlm.models import Loader, architecture_of, executor_class, resolve_dtype
-from fastlm.weights import TensorStore
+from fastlm.formats import Store
+from fastlm.models.executor import executor_class
+from fastlm.models.loader import Loader, architecture_of, resolve_dtype
+from fastlm.rope import inv_freq
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+# the executor's projections -> their tensor names in a decoder layer
+LINEAR_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
-def rope_theta(config: dict) -> float:
-    """transformers 5 keeps the base in rope_parameters; older configs at the top level."""
-    params = config.get("rope_parameters") or {}
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+def projection_of(name: str) -> str | None:
+    """The projection ("q" ... "down") a tensor name holds the weight of, else None."""
+    return next((p for p, part in LINEAR_NAMES.items() if f".{part}.weight" in name), None)
 
 
-def rope_scaling(config: dict) -> dict | None:
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
-    if not scaling:
-        return None
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    return None if kind == "default" else dict(scaling, rope_type=kind)
-
-
-def inv_freq(config: dict, rotary_dim: int) -> np.ndarray:
-    """1 / theta^(2i / d), as Hugging Face computes it in float32, with "linear" or "llama3" scaling."""
-    base = rope_theta(config)
-    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
-    freq = (1.0 / (np.float64(base) ** exponents.astype(np.float64))).astype(np.float32)
-    scaling = rope_scaling(config)
-    if scaling is None:
-        return freq
-    kind = scaling["rope_type"]
-    if kind == "linear":
-        return (freq / np.float32(scaling["factor"])).astype(np.float32)
-    if kind == "llama3":
-        factor = scaling["factor"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old = scaling["original_max_position_embeddings"]
-        low_wavelen, high_wavelen = old / low, old / high
-        wavelen = 2 * math.pi / freq
-        scaled = np.where(wavelen > low_wavelen, freq / factor, freq)
-        smooth = (old / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear and llama3 are)")
-
-
-def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
+def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
           progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
-    arch = architecture_of(config)
+    arch = architecture_of(config, ARCHITECTURES)
     C = int(config["hidden_size"])
     L = int(config["num_hidden_layers"])
     H = int(config["num_attention_heads"])
@@ -85,9 +55,7 @@ def build(config: dict, store: TensorStore, dtype: str, max_seq_len: int | None,
               "down": (C, F)}
     for i in range(L):
         p = f"model.layers.{i}."
-        for name, hf in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
-                         ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
-                         ("down", "mlp.down_proj")):
+        for name, hf in LINEAR_NAMES.items():
             has_bias = (name in "qkv" and qkv_bias) or (name == "o" and o_bias) or (name in ("gate", "up", "down") and mlp_bias)
             bias = ld.f32(p + hf + ".bias", (shapes[name][0],)) if has_bias else None
             ld.set_linear(model, i, name, p + hf + ".weight", shapes[name], bias)

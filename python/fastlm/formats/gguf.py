@@ -15,6 +15,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from fastlm.formats.qrecords import from_ggml
+
 MAGIC = b"GGUF"
 # ggml type -> (name, elements per block, bytes per block)
 GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
@@ -215,8 +217,6 @@ class GGUFStore:
     def ggml_records(self, name: str) -> tuple[np.ndarray, str] | None:
         """A Q8_0 / Q4_0 / Q4_1 matrix as fastlm q8 / q4 records (rows unpermuted for Q and K),
         without a float round trip; None for other types."""
-        from fastlm.quantize import from_ggml
-
         if name not in self._names:
             return None
         src, heads = self._names[name]

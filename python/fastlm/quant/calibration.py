@@ -1,6 +1,6 @@
 """Calibration for 4-bit quantization: the float model runs over ordinary text (NumPy and fastlm's
 kernels, one layer at a time) and each linear layer's input statistics H = sum x^T x are kept, for
-GPTQ (fastlm.quantize.gptq_q4) to place each weight's rounding error where the inputs are small.
+GPTQ (fastlm.quant.gptq) to place each weight's rounding error where the inputs are small.
 
 The default text is the docstrings of Python's standard library (present wherever Python is; not
 the ``pydoc_data`` reference pages that benchmarks/quantized.py evaluates on).
@@ -11,6 +11,9 @@ import importlib
 import inspect
 
 import numpy as np
+
+from fastlm import kernels
+from fastlm.rope import inv_freq
 
 STDLIB_MODULES = ["abc", "argparse", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib",
                   "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions",
@@ -42,9 +45,6 @@ def calibration_text(min_chars: int = 40000) -> str:
 def llama_hessians(config: dict, store, ids: list[int], window: int = 512, progress=None) -> dict[str, np.ndarray]:
     """{tensor name: H (K, K) float32} for every linear weight of a Llama-family model, from the
     float model run over `ids` in windows of `window` tokens (q/k/v share one H, gate/up another)."""
-    from fastlm import kernels
-    from fastlm.models.llama import inv_freq
-
     C = int(config["hidden_size"])
     L = int(config["num_hidden_layers"])
     H = int(config["num_attention_heads"])

@@ -1,4 +1,4 @@
-"""safetensors, memory-mapped: tensors are NumPy views of the file (zero-copy for F32, BF16, F16,
+"""safetensors, read memory-mapped and written: tensors are NumPy views of the file (zero-copy for F32, BF16, F16,
 I8 ...). A sharded checkpoint (``model.safetensors.index.json``) opens every shard it names.
 
 The format: an 8-byte little-endian header length N, N bytes of JSON mapping each tensor name to
@@ -15,6 +15,8 @@ from typing import Iterator
 
 import ml_dtypes
 import numpy as np
+
+from fastlm.formats.qrecords import FORMAT, FORMAT_VERSION, GROUP_SIZES
 
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -98,15 +100,13 @@ class TensorStore:
         for f in files:
             self.metadata.update(f.metadata)
         self.quantized_dtype: str | None = None
+        self.quantized_group_size: int | None = None
         self._stored: dict[str, tuple[str, int]] = {}
-        self.quant_scheme = None
-        if self.metadata.get("format") == "fastlm-quantized":
+        if self.metadata.get("format") == FORMAT:
             self._read_quantization()
 
     def _read_quantization(self) -> None:
         """A checkpoint written by ``fastlm quantize``: which tensors hold q8 / q4 records."""
-        from fastlm.quantize import FORMAT_VERSION, QuantScheme
-
         where = ", ".join(str(f.path) for f in self.files)
         try:
             q = json.loads(self.metadata["quantization"])
@@ -118,14 +118,18 @@ class TensorStore:
             raise SafetensorsError(f"{where}: quantized format version {version} is newer than this fastlm reads "
                                    f"({FORMAT_VERSION}); upgrade fastlm")
         for name, (qtype, g) in tensors.items():
-            if name not in self._where or qtype not in ("q8", "q4") or g not in (32, 64, 128):
+            if name not in self._where or qtype not in ("q8", "q4") or g not in GROUP_SIZES:
                 raise SafetensorsError(f"{where}: quantization metadata names {name!r} as {qtype}/{g}, "
                                        "which the file does not hold")
         self._stored = tensors
         self.quantized_dtype = dtype
-        overrides = {n: "float" for n in self._where if n not in tensors and len(self.shape(n)) == 2}
-        overrides.update({n: qt for n, (qt, _) in tensors.items()})
-        self.quant_scheme = QuantScheme(dtype, group, overrides=overrides)
+        self.quantized_group_size = group
+
+    def quant_overrides(self) -> dict[str, str]:
+        """Tensor name -> "q8" / "q4" / "float": what each 2-D tensor of a quantized checkpoint holds."""
+        out = {n: "float" for n in self._where if n not in self._stored and len(self.shape(n)) == 2}
+        out.update({n: qt for n, (qt, _) in self._stored.items()})
+        return out
 
     def stored_format(self, name: str) -> tuple[str, int] | None:
         """(qtype, group size) of a tensor stored as quantized records, else None."""
@@ -173,3 +177,27 @@ def open_checkpoint(folder: str | os.PathLike) -> TensorStore:
     if found:
         return TensorStore([SafetensorsFile(p) for p in found])
     raise FileNotFoundError(f"no safetensors weights in {folder} (model.safetensors or model.safetensors.index.json)")
+
+
+_WRITE_DTYPES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float16): "F16",
+              np.dtype(np.uint8): "U8"}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
+    """A .safetensors file: header (8-byte aligned), then each tensor's bytes; wider types first
+    so that every tensor stays aligned to its element size in a memory map."""
+    tensors = dict(sorted(tensors.items(), key=lambda kv: -kv[1].dtype.itemsize))
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, a in tensors.items():
+        if a.dtype not in _WRITE_DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be written")
+        header[name] = {"dtype": _WRITE_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in tensors.values():
+            f.write(np.ascontiguousarray(a).tobytes())

@@ -47,22 +47,7 @@ def log_softmax_rows(z: np.ndarray) -> np.ndarray:
 
 def window_logits(engine, ids: list[int], path: str = "prefill") -> np.ndarray:
     """(len(ids), vocab) logits of one window from an empty cache."""
-    if path == "prefill":
-        return engine.logits(ids)
-    if path != "decode":
-        raise ValueError(f"path must be 'prefill' or 'decode', got {path!r}")
-    engine.reset()
-    m = engine.model
-    m.ensure_slots(1)
-    m.truncate_slot(0, 0)
-    slot = np.zeros(1, np.int64)
-    out = np.empty((len(ids), m.vocab), np.float32)
-    try:
-        for i, t in enumerate(ids):
-            out[i] = m.decode(slot, np.asarray([t], np.int32))[0]
-    finally:
-        m.truncate_slot(0, 0)
-    return out
+    return engine.logits(ids, path=path)
 
 
 def windows(ids: list[int], ctx: int) -> Iterator[list[int]]:

@@ -1,0 +1,146 @@
+"""Loading weights into an executor: tensors fetched by name with checked shapes, converted to the
+weight dtype or quantized as the scheme says (records of a quantized checkpoint or GGUF blocks
+taken as they are)."""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from fastlm.formats import Store
+from fastlm.formats.qrecords import row_bytes
+from fastlm.quant import QuantScheme
+
+WEIGHT_DTYPES = ("float32", "bfloat16")
+QUANT_DTYPES = ("int8", "int4")
+DTYPES = ("auto",) + WEIGHT_DTYPES + QUANT_DTYPES
+
+
+def architecture_of(config: dict, known: dict[str, str]) -> str:
+    """The config's architecture class name: its "architectures" entry, else the one of `known`
+    (architecture -> model_type) whose model_type it names."""
+    archs = config.get("architectures") or []
+    if archs:
+        return archs[0]
+    model_type = config.get("model_type")
+    return next((a for a, mt in known.items() if mt == model_type), str(model_type))
+
+
+def resolve_dtype(dtype: str, store: Store, names: list[str]) -> str:
+    """'auto' keeps the checkpoint's precision: bf16 stays bf16, f32 and f16 run in float32, a
+    quantized checkpoint stays quantized."""
+    quantized = getattr(store, "quantized_dtype", None)
+    if quantized:
+        if dtype not in ("auto", quantized):
+            raise ValueError(f"this checkpoint is quantized to {quantized}; load it with dtype='auto' or "
+                             f"{quantized!r} (quantize the float model for another dtype)")
+        return quantized
+    if dtype in WEIGHT_DTYPES or dtype in QUANT_DTYPES:
+        return dtype
+    if dtype != "auto":
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    kinds = {store.get(n).dtype for n in names if n in store}
+    return "bfloat16" if kinds and all(k == np.dtype(ml_dtypes.bfloat16) for k in kinds) else "float32"
+
+
+class Loader:
+    """Fetches tensors by name with checked shapes and converts them to the weight dtype."""
+
+    def __init__(self, store: Store, dtype: str, scheme: QuantScheme | None = None):
+        self.store = store
+        self.dtype = dtype
+        self.scheme = scheme
+        if dtype in QUANT_DTYPES and scheme is None:
+            stored = getattr(store, "quantized_dtype", None)
+            self.scheme = (QuantScheme(stored, store.quantized_group_size, overrides=store.quant_overrides()) if stored
+                           else QuantScheme(dtype))
+        self.quantized: dict[str, tuple[str, int]] = {}  # tensor -> (qtype, group) as loaded
+
+    # ---- quantized weights ----
+    def records(self, name: str, shape: tuple[int, int], proj: str | None = None, embedding: bool = False,
+                transpose: bool = False) -> tuple[np.ndarray, str, int, bool] | None:
+        """(records, qtype, group size, borrowed) for a tensor the scheme quantizes, else None.
+        A quantized checkpoint's records are used in place (memory-mapped); GGUF Q8_0/Q4_0/Q4_1
+        blocks are rearranged when the layouts agree; float weights are quantized here."""
+        if self.scheme is None:
+            return None
+        fmt = self.scheme.format_for(name, proj, embedding)
+        if fmt is None:
+            return None
+        qtype, G = fmt
+        N, K = shape
+        stored = getattr(self.store, "stored_format", lambda n: None)(name)
+        if stored is not None:  # a fastlm quantized checkpoint
+            qt, g = stored
+            rec = self.store.get(name)
+            if rec.dtype != np.uint8 or rec.shape != (N, row_bytes(qt, K, g)):
+                raise ValueError(f"quantized tensor {name!r} has shape {rec.shape} {rec.dtype}, expected "
+                                 f"({N}, {row_bytes(qt, K, g)}) uint8 for {qt} groups of {g}")
+            self.quantized[name] = (qt, g)
+            return rec, qt, g, True
+        direct = getattr(self.store, "ggml_records", lambda n: None)(name) if G == 32 and not transpose else None
+        # records made here are the model's own: borrowed, not copied again
+        if direct is not None and direct[1] == qtype and direct[0].shape[0] == N:
+            self.quantized[name] = (qtype, 32)
+            return direct[0], qtype, 32, True
+        w = self.raw(name, (K, N) if transpose else (N, K))
+        return self._quantize(name, w.T if transpose else w, qtype, G)
+
+    def _quantize(self, name: str, w: np.ndarray, qtype: str, G: int, key: str | None = None):
+        self.quantized[key or name] = (qtype, G)
+        return self.scheme.quantize(name, np.ascontiguousarray(w, dtype=np.float32), qtype, G), qtype, G, True
+
+    def set_linear_part(self, model, layer: int, proj: str, name: str, w: np.ndarray, bias=None) -> None:
+        """A linear weight (out, in) cut from a fused checkpoint tensor `name` (GPT-2's c_attn holds
+        q, k and v): float-converted or quantized as `name` would be."""
+        fmt = self.scheme.format_for(name, proj) if self.scheme else None
+        if fmt is None:
+            model.set_linear(layer, proj, self.convert(w), bias)
+            return
+        q, qtype, G, borrow = self._quantize(name, w, *fmt, key=f"{name}[{proj}]")
+        model.set_linear_q(layer, proj, q, qtype, w.shape[1], G, bias, borrow)
+
+    def set_linear(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], bias=None,
+                   transpose: bool = False) -> None:
+        """Loads one linear weight (out, in) into the executor, quantized when the dtype says so."""
+        rec = self.records(name, shape, proj, transpose=transpose)
+        if rec is None:
+            model.set_linear(layer, proj, self.weight(name, (shape[1], shape[0]) if transpose else shape, transpose),
+                             bias)
+        else:
+            q, qtype, G, borrow = rec
+            model.set_linear_q(layer, proj, q, qtype, shape[1], G, bias, borrow)
+
+    def set_vocab_matrix(self, model, which: str, name: str, shape: tuple[int, int]) -> None:
+        """The (vocab, hidden) embedding or lm_head (which: "embedding" / "lm_head"), quantized
+        (q8) when the dtype is."""
+        rec = self.records(name, shape, embedding=True)
+        if rec is None:
+            getattr(model, f"set_{which}")(self.weight(name, shape))
+        else:
+            q, qtype, G, borrow = rec
+            getattr(model, f"set_{which}_q")(q, qtype, G, borrow)
+
+    def raw(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        if name not in self.store:
+            raise ValueError(f"the checkpoint lacks tensor {name!r}")
+        a = self.store.get(name)
+        if shape is not None and tuple(a.shape) != tuple(shape):
+            raise ValueError(f"tensor {name!r} has shape {tuple(a.shape)}, the config implies {tuple(shape)}")
+        if a.dtype.kind not in "fV" and a.dtype != np.dtype(ml_dtypes.bfloat16):
+            raise ValueError(f"tensor {name!r} has dtype {a.dtype}, expected a float type")
+        return a
+
+    def f32(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        return np.ascontiguousarray(self.raw(name, shape), dtype=np.float32)
+
+    def weight(self, name: str, shape: tuple[int, ...], transpose: bool = False) -> np.ndarray:
+        """A linear weight (out, in) in the weight dtype; transpose=True for Conv1D's (in, out)."""
+        a = self.raw(name, shape)
+        return self.convert(a.T if transpose else a)
+
+    def convert(self, a: np.ndarray) -> np.ndarray:
+        """A float weight kept in float: bf16 in a bf16 model, else float32."""
+        if self.dtype == "bfloat16":
+            return np.ascontiguousarray(a if a.dtype == np.dtype(ml_dtypes.bfloat16) else
+                                        a.astype(np.float32).astype(ml_dtypes.bfloat16))
+        return np.ascontiguousarray(a, dtype=np.float32)

@@ -1,0 +1,52 @@
+"""Rotary position frequencies from a Hugging Face config: the base (``rope_theta``, or
+``rope_parameters`` in transformers 5) and "linear" / "llama3" scaling, computed as transformers
+computes them in float32.
+
+>>> inv_freq({"rope_theta": 10000.0}, 4).tolist()
+[1.0, 0.009999999776482582]
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def rope_theta(config: dict) -> float:
+    """transformers 5 keeps the base in rope_parameters; older configs at the top level."""
+    params = config.get("rope_parameters") or {}
+    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def rope_scaling(config: dict) -> dict | None:
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    return None if kind == "default" else dict(scaling, rope_type=kind)
+
+
+def inv_freq(config: dict, rotary_dim: int) -> np.ndarray:
+    """1 / theta^(2i / d), as Hugging Face computes it in float32, with "linear" or "llama3" scaling."""
+    base = rope_theta(config)
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
+    freq = (1.0 / (np.float64(base) ** exponents.astype(np.float64))).astype(np.float32)
+    scaling = rope_scaling(config)
+    if scaling is None:
+        return freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return (freq / np.float32(scaling["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / freq
+        scaled = np.where(wavelen > low_wavelen, freq / factor, freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear and llama3 are)")

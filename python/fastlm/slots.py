@@ -1,0 +1,124 @@
+"""The one owner of an executor's KV cache slots and of the token ids each slot holds.
+
+Everything that runs the executor (generation, ``Engine.logits``, perplexity, ``fastlm bench``)
+goes through a Slots: it is the only caller of the executor's prefill / decode / truncate / copy,
+so the token ids it keeps always describe what the cache holds, and a prompt that starts with
+tokens already cached (the next turn of a chat) computes only its new suffix.
+
+>>> slots = Slots(engine.model)                     # doctest: +SKIP
+>>> slots.prefill(0, [1, 2, 3]).shape                # doctest: +SKIP
+(49152,)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class Slots:
+    """An executor's KV cache slots and the token ids whose keys and values each holds.
+
+    A user of the slots (one generation call) takes them with ``claim``; the user it displaces is
+    told (its ``stale`` becomes True) and must stop."""
+
+    def __init__(self, model):
+        self.model = model
+        self._tokens: list[list[int]] = []
+        self._owner = None
+
+    # ---- who drives them ----
+    def claim(self, owner=None) -> None:
+        """`owner` drives the slots from now on; the previous owner, if still running, goes stale."""
+        prev = self._owner
+        if prev is not None and prev is not owner and not getattr(prev, "done", True):
+            prev.stale = True
+        self._owner = owner
+
+    # ---- what they hold ----
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def tokens(self, slot: int) -> tuple[int, ...]:
+        return tuple(self._tokens[slot])
+
+    def ensure(self, n: int) -> None:
+        """At least n slots (each a KV cache of the model's context)."""
+        self.model.ensure_slots(n)
+        while len(self._tokens) < self.model.n_slots:
+            self._tokens.append([])
+        for s, toks in enumerate(self._tokens):  # an executor driven around this owner (a test): forget
+            if self.model.slot_len(s) != len(toks):
+                self.model.truncate_slot(s, 0)
+                toks.clear()
+
+    def plan(self, prompts: Sequence[Sequence[int]], n: int = 1) -> list[tuple[int, int, list[int]]]:
+        """For each prompt, (slot, tokens of it already cached there, slots for its other n - 1
+        samples): the slot with the longest cached prefix, copies where the least is lost. At
+        least the prompt's last token is always computed (its logits are needed)."""
+        self.ensure(len(prompts) * n)
+        free = list(range(len(self._tokens)))
+        out = []
+        for p in prompts:
+            best = max(free, key=lambda s: (common_prefix(self._tokens[s], p), -s))
+            free.remove(best)
+            free.sort(key=lambda s: (len(self._tokens[s]), s))
+            copies, free = free[:n - 1], free[n - 1:]
+            out.append((best, min(common_prefix(self._tokens[best], p), len(p) - 1), copies))
+        return out
+
+    # ---- running the executor ----
+    def truncate(self, slot: int, length: int) -> None:
+        self.model.truncate_slot(slot, length)
+        del self._tokens[slot][length:]
+
+    def reset(self) -> None:
+        """Forgets every cached prompt."""
+        for s in range(len(self._tokens)):
+            self.truncate(s, 0)
+
+    def prefill(self, slot: int, ids: Sequence[int], keep: int = 0, all_logits: bool = False) -> np.ndarray:
+        """Keeps the first `keep` cached tokens of `slot` (they must be ids[:keep]) and computes the
+        rest of ids after them; the logits of the last position (vocab,), or of every computed one
+        (all_logits: (len(ids) - keep, vocab))."""
+        self.truncate(slot, keep)
+        logits = self.model.prefill(slot, np.asarray(ids[keep:], dtype=np.int32), all_logits=all_logits)
+        self._tokens[slot].extend(int(t) for t in ids[keep:])
+        return logits if all_logits else logits[0]
+
+    def copy(self, src: int, dst: int) -> None:
+        """dst holds what src holds (n samples of one prompt share its prefill)."""
+        self.model.copy_slot(src, dst, len(self._tokens[src]))
+        self._tokens[dst] = list(self._tokens[src])
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """One token for each of several slots in one forward step; logits (len(slots), vocab)."""
+        logits = self.model.decode(np.asarray(slots, np.int64), np.asarray(tokens, np.int32))
+        for s, t in zip(slots, tokens):
+            self._tokens[s].append(int(t))
+        return logits
+
+    def logits(self, ids: Sequence[int], path: str = "prefill") -> np.ndarray:
+        """(len(ids), vocab) logits of ids from an empty cache, in one forward pass ("prefill") or
+        token by token through the decode step ("decode"); slot 0 is left empty."""
+        if path not in ("prefill", "decode"):
+            raise ValueError(f"path must be 'prefill' or 'decode', got {path!r}")
+        self.ensure(1)
+        self.truncate(0, 0)
+        try:
+            if path == "prefill":
+                return self.prefill(0, ids, all_logits=True)
+            out = np.empty((len(ids), self.model.vocab), np.float32)
+            for i, t in enumerate(ids):
+                out[i] = self.decode([0], [t])[0]
+            return out
+        finally:
+            self.truncate(0, 0)
