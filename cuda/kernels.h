@@ -13,17 +13,14 @@
 #include <cstdint>
 #include <string>
 
+#include "base/dtype.h"  // element types of device arrays
+
 #ifndef FASTLM_GPU_NS
 #define FASTLM_GPU_NS cuda
 #endif
 
 namespace fastlm {
 
-// element types of device arrays
-enum class DType { kF32 = 0, kBF16, kF16, kI8, kI32 };
-inline size_t dtype_size(DType t) {
-  return t == DType::kF32 || t == DType::kI32 ? 4 : t == DType::kI8 ? 1 : 2;
-}
 
 namespace FASTLM_GPU_NS {
 

@@ -24,7 +24,7 @@ namespace {
 constexpr int64_t kStepRows = 512;     // prefill rows per step
 constexpr int64_t kFlashMinRows = 64;  // prefill chunks this long or longer take FlashAttention (bf16 caches)
 
-DType dtype_of(WeightType wt) { return wt == WeightType::kBF16 ? DType::kBF16 : DType::kF32; }
+DType dtype_of(DType wt) { return wt == DType::kBF16 ? DType::kBF16 : DType::kF32; }
 
 }  // namespace
 
@@ -39,7 +39,7 @@ DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   use_graphs_ = !(env && std::string(env) == "0");
 }
 
-DeviceModel::Linear DeviceModel::upload_linear(const void* w, WeightType wt, int64_t N, int64_t K,
+DeviceModel::Linear DeviceModel::upload_linear(const void* w, DType wt, int64_t N, int64_t K,
                                                const float* bias) const {
   Linear l;
   l.wt = dtype_of(wt);
@@ -54,7 +54,7 @@ void DeviceModel::check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_
   fastlm::check_linear_shape(spec_, layer, proj, N, K);
 }
 
-void DeviceModel::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
+void DeviceModel::set_linear(int64_t layer, Proj proj, const void* w, DType wt, int64_t N, int64_t K,
                              const float* bias) {
   check_linear_shape(layer, proj, N, K);
   layers_[size_t(layer)].proj[int(proj)] = upload_linear(w, wt, N, K, bias);
@@ -63,30 +63,29 @@ void DeviceModel::set_linear(int64_t layer, Proj proj, const void* w, WeightType
 void DeviceModel::set_norm(int64_t layer, int which, const float* w, const float* b) {
   const size_t bytes = size_t(spec_.hidden) * 4;
   Buffer *dw, *db;
+  check_norm_index(spec_, layer, which);
   if (layer == -1) {
     dw = &final_w_, db = &final_b_;
   } else {
-    if (layer < 0 || layer >= spec_.n_layers || which < 0 || which > 1) throw std::invalid_argument("norm index out of range");
     dw = &layers_[size_t(layer)].norm_w[which], db = &layers_[size_t(layer)].norm_b[which];
   }
   *dw = Buffer::upload(w, bytes);
   *db = b ? Buffer::upload(b, bytes) : Buffer();
 }
 
-void DeviceModel::set_embedding(const void* w, WeightType wt) {
+void DeviceModel::set_embedding(const void* w, DType wt) {
   embedding_type_ = dtype_of(wt);
   embedding_ = Buffer::upload(w, size_t(spec_.vocab * spec_.hidden) * dtype_size(embedding_type_));
   has_embedding_ = true;
 }
 
 void DeviceModel::set_position_embedding(const float* w, int64_t n_positions) {
-  if (n_positions < spec_.max_seq)
-    throw std::invalid_argument("the position embedding has " + std::to_string(n_positions) +
-                                " rows, fewer than the context (" + std::to_string(spec_.max_seq) + ")");
+  const std::string err = position_embedding_error(spec_, n_positions);
+  if (!err.empty()) throw std::invalid_argument(err);
   pos_embedding_ = Buffer::upload(w, size_t(spec_.max_seq * spec_.hidden) * 4);
 }
 
-void DeviceModel::set_lm_head(const void* w, WeightType wt) {
+void DeviceModel::set_lm_head(const void* w, DType wt) {
   head_ = upload_linear(w, wt, spec_.vocab, spec_.hidden, nullptr);
 }
 
@@ -100,23 +99,19 @@ void DeviceModel::tie_lm_head() {
 }
 
 std::vector<std::string> DeviceModel::missing() const {
-  std::vector<std::string> out;
-  if (complete_) return out;  // checked at the first step (q|k|v, gate|up are fused since)
-  for (int64_t i = 0; i < spec_.n_layers; ++i) {
-    const Layer& l = layers_[size_t(i)];
-    for (int p = 0; p < int(Proj::kCount); ++p) {
-      if (spec_.mlp == MlpKind::kGelu && Proj(p) == Proj::kGate) continue;
-      if (!l.proj[p].set)
-        out.push_back("layer " + std::to_string(i) + " " + proj_name(Proj(p)));
+  if (complete_) return {};  // checked at the first step (q|k|v, gate|up are fused since)
+  struct Held : WeightsHeld {
+    const DeviceModel& m;
+    explicit Held(const DeviceModel& m) : m(m) {}
+    bool linear(int64_t layer, Proj p) const override { return m.layers_[size_t(layer)].proj[int(p)].set; }
+    bool norm(int64_t layer, int which) const override {
+      return (layer < 0 ? m.final_w_ : m.layers_[size_t(layer)].norm_w[which]).get() != nullptr;
     }
-    for (int w = 0; w < 2; ++w)
-      if (!l.norm_w[w].get()) out.push_back("layer " + std::to_string(i) + (w ? " mlp norm" : " attention norm"));
-  }
-  if (!final_w_.get()) out.push_back("final norm");
-  if (!has_embedding_) out.push_back("embedding");
-  if (!head_.set) out.push_back("lm head");
-  if (spec_.pos == PosKind::kLearned && !pos_embedding_.get()) out.push_back("position embedding");
-  return out;
+    bool embedding() const override { return m.has_embedding_; }
+    bool lm_head() const override { return m.head_.set; }
+    bool position_embedding() const override { return m.pos_embedding_.get() != nullptr; }
+  };
+  return missing_weights(spec_, Held(*this));
 }
 
 size_t DeviceModel::weight_bytes() const {
@@ -145,39 +140,23 @@ size_t DeviceModel::kv_bytes_per_slot() const {
 
 void DeviceModel::ensure_slots(int64_t n) {
   if (slots_.empty()) kv_dt_ = kv_type();
-  while (int64_t(slots_.size()) < n) {
+  slots_.ensure(n, [&] {
     std::unique_ptr<Slot> s(new Slot());
     s->kv = Buffer(kv_bytes_per_slot());
-    slots_.push_back(std::move(s));
-  }
+    return s;
+  });
 }
 
-void DeviceModel::check_slot(int64_t slot) const { check_slot_index(slot, slots_.size()); }
+int64_t DeviceModel::slot_len(int64_t slot) const { return slots_.len(slot); }
 
-int64_t DeviceModel::slot_len(int64_t slot) const {
-  check_slot(slot);
-  return slots_[size_t(slot)]->len;
-}
-
-void DeviceModel::truncate_slot(int64_t slot, int64_t len) {
-  check_slot(slot);
-  Slot& s = *slots_[size_t(slot)];
-  check_truncate(s.len, len);
-  s.len = len;
-}
+void DeviceModel::truncate_slot(int64_t slot, int64_t len) { slots_.truncate(slot, len); }
 
 void DeviceModel::copy_slot(int64_t src, int64_t dst, int64_t len) {
-  check_slot(src);
-  check_slot(dst);
-  const Slot& a = *slots_[size_t(src)];
-  Slot& b = *slots_[size_t(dst)];
-  check_copy(a.len, len);
-  if (src != dst && len > 0) {
-    const size_t row = size_t(2 * spec_.n_kv_heads * spec_.head_dim) * dtype_size(kv_dt_), layer = spec_.max_seq * row;
+  const size_t row = size_t(2 * spec_.n_kv_heads * spec_.head_dim) * dtype_size(kv_dt_), layer = spec_.max_seq * row;
+  slots_.copy(src, dst, len, [&](const Slot& a, Slot& b) {
     for (int64_t l = 0; l < spec_.n_layers; ++l)
       copy_device(static_cast<char*>(b.kv.get()) + l * layer, static_cast<const char*>(a.kv.get()) + l * layer, len * row);
-  }
-  b.len = len;
+  });
 }
 
 void DeviceModel::ensure_buffers(int64_t rows) {
@@ -247,12 +226,7 @@ void DeviceModel::fuse(Linear& out, std::initializer_list<const Linear*> parts) 
 }
 
 void DeviceModel::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
-  check_slot(slot);
-  if (T <= 0) throw std::invalid_argument("prefill needs at least one token");
-  Slot& s = *slots_[size_t(slot)];
-  if (s.len + T > spec_.max_seq)
-    throw std::invalid_argument("the sequence would reach " + std::to_string(s.len + T) +
-                                " positions, beyond the context of " + std::to_string(spec_.max_seq));
+  slots_.check_prefill(slot, T, spec_.max_seq);
   for (int64_t t0 = 0; t0 < T; t0 += kStepRows) {
     const int64_t n = std::min(kStepRows, T - t0);
     const bool last = t0 + n == T;
@@ -262,14 +236,7 @@ void DeviceModel::prefill(int64_t slot, const int32_t* tokens, int64_t T, float*
 }
 
 void DeviceModel::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits) {
-  for (int64_t b = 0; b < B; ++b) {
-    check_slot(slots[b]);
-    for (int64_t c = 0; c < b; ++c)
-      if (slots[c] == slots[b]) throw std::invalid_argument("decode got slot " + std::to_string(slots[b]) + " twice");
-    if (slots_[size_t(slots[b])]->len + 1 > spec_.max_seq)
-      throw std::invalid_argument("slot " + std::to_string(slots[b]) + " is full (context " +
-                                  std::to_string(spec_.max_seq) + ")");
-  }
+  slots_.check_decode(slots, B, spec_.max_seq);
   for (int64_t b0 = 0; b0 < B; b0 += kStepRows) {  // more sequences than a step's buffers: in chunks
     const int64_t n = std::min(kStepRows, B - b0);
     step(tokens + b0, n, std::vector<int64_t>(slots + b0, slots + b0 + n), 0, n, logits + b0 * spec_.vocab, true);
@@ -305,7 +272,7 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<int64
   int32_t* ids = reinterpret_cast<int32_t*>(args.data());
   int64_t max_keys = 0, run = 0;  // run: earlier rows of the same sequence (they lie together)
   for (int64_t i = 0; i < T; ++i) {
-    Slot& sl = *slots_[size_t(row_slots[size_t(i)])];
+    Slot& sl = slots_.at(row_slots[size_t(i)]);
     run = i > 0 && row_slots[size_t(i - 1)] == row_slots[size_t(i)] ? run + 1 : 0;
     ids[i] = tokens[i];
     ids[T + i] = int32_t(sl.len + run);
@@ -328,9 +295,9 @@ void DeviceModel::step(const int32_t* tokens, int64_t T, const std::vector<int64
       forward(T, max_keys, out_row0, n_out, nullptr);
     }
   } else {
-    forward(T, max_keys, out_row0, n_out, decode ? nullptr : slots_[size_t(row_slots[0])].get());
+    forward(T, max_keys, out_row0, n_out, decode ? nullptr : &slots_.at(row_slots[0]));
   }
-  for (int64_t i = 0; i < T; ++i) slots_[size_t(row_slots[size_t(i)])]->len += 1;
+  for (int64_t i = 0; i < T; ++i) slots_.at(row_slots[size_t(i)]).len += 1;
 
   if (n_out == 0)
     synchronize();

@@ -1,4 +1,4 @@
-// The decoder on the GPU: the CPU executor's interface (runtime/model.h) with weights, KV cache
+// The decoder on the GPU: the CPU executor's interface (runtime/model.h), on the same spec and checks (model/) with weights, KV cache
 // and activations in device memory, each step a sequence of the kernels in kernels.h. Host code
 // (no CUDA types): compiled for fastlm::cuda, and for fastlm::cuda_emu under the SIMT emulation,
 // where tests check its tokens against the CPU executor.
@@ -12,7 +12,8 @@
 #include <vector>
 
 #include "cuda/kernels.h"
-#include "runtime/model.h"
+#include "model/slots.h"
+#include "model/spec.h"
 
 namespace fastlm {
 namespace FASTLM_GPU_NS {
@@ -51,17 +52,17 @@ class DeviceModel {
   explicit DeviceModel(ModelSpec spec);  // validates the spec (std::invalid_argument)
   const ModelSpec& spec() const { return spec_; }
 
-  // weights (fp32 or bf16, WeightType as on the CPU) copied to the device
-  void set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K, const float* bias);
+  // weights (fp32 or bf16, DType as on the CPU) copied to the device
+  void set_linear(int64_t layer, Proj proj, const void* w, DType wt, int64_t N, int64_t K, const float* bias);
   void set_norm(int64_t layer, int which, const float* w, const float* b);  // layer -1: final
-  void set_embedding(const void* w, WeightType wt);
+  void set_embedding(const void* w, DType wt);
   void set_position_embedding(const float* w, int64_t n_positions);
-  void set_lm_head(const void* w, WeightType wt);
+  void set_lm_head(const void* w, DType wt);
   void tie_lm_head();
   std::vector<std::string> missing() const;
   size_t weight_bytes() const;
 
-  int64_t n_slots() const { return int64_t(slots_.size()); }
+  int64_t n_slots() const { return slots_.size(); }
   void ensure_slots(int64_t n);
   int64_t slot_len(int64_t slot) const;
   void truncate_slot(int64_t slot, int64_t len);
@@ -111,9 +112,8 @@ class DeviceModel {
   void norm(const Buffer& w, const Buffer& b, const float* x, float* y, int64_t rows);
   void ensure_buffers(int64_t rows);
   void fuse(Linear& out, std::initializer_list<const Linear*> parts);
-  void check_slot(int64_t slot) const;
   void check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const;
-  Linear upload_linear(const void* w, WeightType wt, int64_t N, int64_t K, const float* bias) const;
+  Linear upload_linear(const void* w, DType wt, int64_t N, int64_t K, const float* bias) const;
 
   ModelSpec spec_;
   std::vector<Layer> layers_;
@@ -121,7 +121,7 @@ class DeviceModel {
   Buffer final_w_, final_b_, embedding_, pos_embedding_, inv_freq_;
   DType embedding_type_ = DType::kF32;
   bool has_embedding_ = false, tied_ = false, complete_ = false;
-  std::vector<std::unique_ptr<Slot>> slots_;
+  SlotList<Slot> slots_;
   int64_t buf_rows_ = 0;
   // args_: a step's tokens and positions (int32), then its rows' cache pointers
   Buffer x_, h_, qkv_, attn_, tmp_, gu_, act_, xb_, ws_, args_, logits_;

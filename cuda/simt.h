@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/half.h"
+#include "base/half.h"
 
 namespace simt {
 

@@ -4,12 +4,14 @@ kernels include nothing above csrc/base."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "python" / "fastlm"
+CSRC = ROOT / "csrc"
 
 # lowest first: a unit (a top-level module or subpackage of fastlm) imports only from units in
 # earlier layers, or from within itself. fastlm/__init__.py, the public face, may import anything.
@@ -150,3 +152,69 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
         planted.unlink()
     assert any("imports fastlm.engine" in b for b in bad), bad
     assert any("function-local import of fastlm.kernels" in b for b in bad), bad
+
+
+# ---- native ----
+
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+# csrc folders, lowest first: a file includes only from its own folder and those before it
+NATIVE_LAYERS = ["base", "kernels", "model", "runtime", "bindings"]
+
+
+def include_violations(files) -> list[str]:
+    out = []
+    for path in files:
+        rel = path.relative_to(CSRC)
+        mine = rel.parts[0]
+        for inc in INCLUDE.findall(path.read_text()):
+            top = inc.split("/")[0]
+            if top not in NATIVE_LAYERS:
+                if top == "cuda" and mine == "bindings":  # the CUDA executor sits beside runtime/
+                    continue
+                if "/" in inc or mine not in NATIVE_LAYERS:
+                    out.append(f"csrc/{rel}: includes {inc}, outside the native layers")
+                continue
+            if NATIVE_LAYERS.index(top) > NATIVE_LAYERS.index(mine):
+                out.append(f"csrc/{rel}: includes {inc} ({top} sits above {mine})")
+    return out
+
+
+def native_files():
+    return sorted(p for p in CSRC.rglob("*") if p.suffix in (".h", ".cpp", ".inc", ".cuh"))
+
+
+def test_native_includes_run_down_the_layers():
+    bad = include_violations(native_files())
+    assert not bad, "\n".join(bad)
+
+
+def test_kernels_include_only_base():
+    bad = [b for b in include_violations(native_files()) if b.startswith("csrc/kernels/")]
+    for p in sorted((CSRC / "kernels").iterdir()):
+        for inc in INCLUDE.findall(p.read_text()):
+            if inc.split("/")[0] not in ("base", "kernels"):
+                bad.append(f"csrc/kernels/{p.name}: includes {inc}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_include_check_catches_an_upward_include(tmp_path):
+    planted = CSRC / "kernels" / "_planted_for_test.h"
+    planted.write_text('#include "runtime/model.h"\n')
+    try:
+        bad = include_violations([planted])
+    finally:
+        planted.unlink()
+    assert bad and "runtime sits above kernels" in bad[0], bad
+
+
+def test_cuda_sources_include_nothing_above_model():
+    """cuda/ is the device executor: it stands on base, kernels and model, never on the CPU
+    executor or the bindings."""
+    bad = []
+    for p in sorted((ROOT / "cuda").iterdir()):
+        if p.suffix not in (".h", ".cpp", ".cu", ".cuh"):
+            continue
+        for inc in INCLUDE.findall(p.read_text()):
+            if inc.split("/")[0] in ("runtime", "bindings"):
+                bad.append(f"cuda/{p.name}: includes {inc}")
+    assert not bad, "\n".join(bad)

@@ -20,33 +20,21 @@ bool is_bf16(const py::array& a) {
   return a.dtype().itemsize() == 2 && py::str(a.dtype()).cast<std::string>() == "bfloat16";
 }
 
-const char* dt_name(DT t) {
+bool has_dt(const py::array& a, DType t) {
   switch (t) {
-    case DT::kF32: return "float32";
-    case DT::kBF16: return "bfloat16";
-    case DT::kI8: return "int8";
-    case DT::kU8: return "uint8";
-    case DT::kI32: return "int32";
-    case DT::kI64: return "int64";
-  }
-  return "?";
-}
-
-bool has_dt(const py::array& a, DT t) {
-  switch (t) {
-    case DT::kF32: return a.dtype().is(py::dtype::of<float>());
-    case DT::kBF16: return is_bf16(a);
-    case DT::kI8: return a.dtype().is(py::dtype::of<int8_t>());
-    case DT::kU8: return a.dtype().is(py::dtype::of<uint8_t>());
-    case DT::kI32: return a.dtype().is(py::dtype::of<int32_t>());
-    case DT::kI64: return a.dtype().is(py::dtype::of<int64_t>());
+    case DType::kF32: return a.dtype().is(py::dtype::of<float>());
+    case DType::kBF16: return is_bf16(a);
+    case DType::kI8: return a.dtype().is(py::dtype::of<int8_t>());
+    case DType::kU8: return a.dtype().is(py::dtype::of<uint8_t>());
+    case DType::kI32: return a.dtype().is(py::dtype::of<int32_t>());
+    case DType::kI64: return a.dtype().is(py::dtype::of<int64_t>());
   }
   return false;
 }
 
 // the array behind `obj`, checked: a NumPy array of one of `dts`, C-contiguous, non-empty, with
 // a rank in [min_ndim, max_ndim]
-py::array checked(const py::object& obj, const char* name, std::initializer_list<DT> dts, int min_ndim,
+py::array checked(const py::object& obj, const char* name, std::initializer_list<DType> dts, int min_ndim,
                   int max_ndim) {
   if (!py::isinstance<py::array>(obj)) {
     throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
@@ -55,9 +43,9 @@ py::array checked(const py::object& obj, const char* name, std::initializer_list
   py::array a = py::reinterpret_borrow<py::array>(obj);
   bool ok = false;
   std::string want;
-  for (DT t : dts) {
+  for (DType t : dts) {
     ok = ok || has_dt(a, t);
-    want += std::string(want.empty() ? "" : " or ") + dt_name(t);
+    want += std::string(want.empty() ? "" : " or ") + dtype_name(t);
   }
   if (!ok) throw py::type_error(std::string(name) + " must have dtype " + want + ", got " + dtype_str(a));
   if (a.ndim() < min_ndim || a.ndim() > max_ndim) {
@@ -83,7 +71,7 @@ bool overlaps(const py::array& a, const py::array& b) {
 // `out` if given (checked: float32, C-contiguous, writeable, the expected shape), else a new array
 py::array_t<float> make_out(const py::object& out, const std::vector<py::ssize_t>& shape) {
   if (out.is_none()) return py::array_t<float>(shape);
-  py::array o = checked(out, "out", {DT::kF32}, 1, 32);
+  py::array o = checked(out, "out", {DType::kF32}, 1, 32);
   std::vector<py::ssize_t> got(o.shape(), o.shape() + o.ndim());
   if (got != shape) {
     py::array_t<float> tmp(shape);
@@ -124,7 +112,7 @@ void* workspace(size_t bytes) {
 
 const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n, py::array& keep) {
   if (obj.is_none()) return nullptr;
-  keep = checked(obj, name, {DT::kF32}, 1, 1);
+  keep = checked(obj, name, {DType::kF32}, 1, 1);
   if (keep.shape(0) != n) {
     throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",), got " +
                           shape_str(keep));
@@ -142,7 +130,7 @@ QWeight qweight_of(const py::object& obj, const std::string& qtype, int64_t K, i
   const QType t = qtype_of(qtype);
   if (G != 32 && G != 64 && G != 128) throw py::value_error("group size must be 32, 64 or 128, got " + std::to_string(G));
   if (K < 1) throw py::value_error("K must be positive, got " + std::to_string(K));
-  keep = checked(obj, "quantized weight", {DT::kU8}, 2, 2);
+  keep = checked(obj, "quantized weight", {DType::kU8}, 2, 2);
   const int64_t rb = q_row_bytes(t, K, G);
   if (keep.shape(1) != rb)
     throw py::value_error("a " + qtype + " weight with K=" + std::to_string(K) + " in groups of " + std::to_string(G) +

@@ -14,16 +14,13 @@
 namespace fastlm {
 namespace py = pybind11;
 
-enum class DT { kF32, kBF16, kI8, kU8, kI32, kI64 };
-
 std::string shape_str(const py::array& a);
 std::string dtype_str(const py::array& a);
 bool is_bf16(const py::array& a);
-const char* dt_name(DT t);
-bool has_dt(const py::array& a, DT t);
+bool has_dt(const py::array& a, DType t);
 // the array behind `obj`, checked: a NumPy array of one of `dts`, C-contiguous, non-empty, with a
 // rank in [min_ndim, max_ndim]
-py::array checked(const py::object& obj, const char* name, std::initializer_list<DT> dts, int min_ndim,
+py::array checked(const py::object& obj, const char* name, std::initializer_list<DType> dts, int min_ndim,
                   int max_ndim);
 bool overlaps(const py::array& a, const py::array& b);
 // `out` if given (checked: float32, C-contiguous, writeable, the expected shape), else a new array

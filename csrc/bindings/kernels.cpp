@@ -17,7 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/cpu.h"
+#include "base/cpu.h"
+#include "kernels/dispatch.h"
 
 namespace py = pybind11;
 
@@ -31,24 +32,24 @@ using Table = const KernelTable& (*)();
 // ---- packed weights ----
 
 PackedWeight::PackedWeight(const py::object& w_obj) {
-  py::array w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
+  py::array w = checked(w_obj, "w", {DType::kF32, DType::kBF16}, 2, 2);
   const KernelTable& t = kernels();
   N_ = w.shape(0);
   K_ = w.shape(1);
-  wtype_ = is_bf16(w) ? WeightType::kBF16 : WeightType::kF32;
+  wtype_ = is_bf16(w) ? DType::kBF16 : DType::kF32;
   nr_ = t.pack_nr;
   isa_ = t.name;
-  size_t bytes = size_t(packed_weight_elems(N_, K_, nr_)) * weight_type_size(wtype_);
+  size_t bytes = size_t(packed_weight_elems(N_, K_, nr_)) * dtype_size(wtype_);
   data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
   if (!data_) throw std::bad_alloc();
   py::gil_scoped_release nogil;
   t.pack_weight(w.data(), wtype_, N_, K_, data_.get());
 }
 
-std::string PackedWeight::dtype() const { return wtype_ == WeightType::kF32 ? "float32" : "bfloat16"; }
+std::string PackedWeight::dtype() const { return wtype_ == DType::kF32 ? "float32" : "bfloat16"; }
 
 size_t PackedWeight::nbytes() const {
-  return size_t(packed_weight_elems(N_, K_, nr_)) * weight_type_size(wtype_);
+  return size_t(packed_weight_elems(N_, K_, nr_)) * dtype_size(wtype_);
 }
 
 // ---- the kernels ----
@@ -58,7 +59,7 @@ namespace {
 py::array_t<float> matmul(Table table, const py::object& x_obj, const py::object& w_obj,
                           const py::object& bias_obj, const py::object& out_obj) {
   const KernelTable& t = table();
-  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 2);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 2, 2);
   MatmulArgs a{};
   py::array w, bias;
   if (py::isinstance<PackedWeight>(w_obj)) {
@@ -75,11 +76,11 @@ py::array_t<float> matmul(Table table, const py::object& x_obj, const py::object
     a.wtype = pw.wtype();
     a.packed = true;
   } else {
-    w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
+    w = checked(w_obj, "w", {DType::kF32, DType::kBF16}, 2, 2);
     a.w = w.data();
     a.N = w.shape(0);
     a.K = w.shape(1);
-    a.wtype = is_bf16(w) ? WeightType::kBF16 : WeightType::kF32;
+    a.wtype = is_bf16(w) ? DType::kBF16 : DType::kF32;
   }
   if (x.shape(1) != a.K) {
     throw py::value_error("x and w disagree on K: x has shape " + shape_str(x) + " (K = " +
@@ -102,9 +103,9 @@ py::array_t<float> matmul(Table table, const py::object& x_obj, const py::object
 py::array_t<float> attention(Table table, const py::object& q_obj, const py::object& k_obj,
                              const py::object& v_obj, bool causal, const py::object& scale_obj,
                              const py::object& out_obj) {
-  py::array q = checked(q_obj, "q", {DT::kF32}, 3, 3);
-  py::array k = checked(k_obj, "k", {DT::kF32}, 3, 3);
-  py::array v = checked(v_obj, "v", {DT::kF32}, 3, 3);
+  py::array q = checked(q_obj, "q", {DType::kF32}, 3, 3);
+  py::array k = checked(k_obj, "k", {DType::kF32}, 3, 3);
+  py::array v = checked(v_obj, "v", {DType::kF32}, 3, 3);
   if (shape_of(k) != shape_of(v))
     throw py::value_error("k and v must have the same shape, got " + shape_str(k) + " and " + shape_str(v));
   const int64_t H = q.shape(0), T = q.shape(1), D = q.shape(2), Hkv = k.shape(0), S = k.shape(1);
@@ -135,7 +136,7 @@ py::array_t<float> attention(Table table, const py::object& q_obj, const py::obj
 
 py::array_t<float> rms_norm(Table table, const py::object& x_obj, const py::object& w_obj, float eps,
                             const py::object& out_obj) {
-  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 1, 32);
   const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
   py::array w;
   const float* wp = optional_vec(w_obj, "weight", cols, w);
@@ -150,7 +151,7 @@ py::array_t<float> rms_norm(Table table, const py::object& x_obj, const py::obje
 
 py::array_t<float> layer_norm(Table table, const py::object& x_obj, const py::object& w_obj,
                               const py::object& b_obj, float eps, const py::object& out_obj) {
-  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 1, 32);
   const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
   py::array w, b;
   const float* wp = optional_vec(w_obj, "weight", cols, w);
@@ -165,7 +166,7 @@ py::array_t<float> layer_norm(Table table, const py::object& x_obj, const py::ob
 }
 
 py::tuple quantize_int8(Table table, const py::object& w_obj) {
-  py::array w = checked(w_obj, "w", {DT::kF32}, 2, 2);
+  py::array w = checked(w_obj, "w", {DType::kF32}, 2, 2);
   const int64_t N = w.shape(0), K = w.shape(1);
   py::array_t<int8_t> q({N, K});
   py::array_t<float> s({N});
@@ -183,8 +184,8 @@ py::array_t<float> int8_matmul(Table table, const py::object& x_obj, const py::o
                                const py::object& scale_obj, const py::object& bias_obj,
                                const py::object& out_obj) {
   const KernelTable& t = table();
-  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 2);
-  py::array qw = checked(qw_obj, "qw", {DT::kI8}, 2, 2);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 2, 2);
+  py::array qw = checked(qw_obj, "qw", {DType::kI8}, 2, 2);
   const int64_t M = x.shape(0), K = x.shape(1), N = qw.shape(0);
   if (qw.shape(1) != K)
     throw py::value_error("x and qw disagree on K: x " + shape_str(x) + ", qw " + shape_str(qw));
@@ -203,7 +204,7 @@ py::array_t<float> int8_matmul(Table table, const py::object& x_obj, const py::o
 
 py::array q_quantize(Table table, const py::object& w_obj, const std::string& qtype, int64_t G) {
   const KernelTable& t = table();
-  py::array w = checked(w_obj, "w", {DT::kF32}, 2, 2);
+  py::array w = checked(w_obj, "w", {DType::kF32}, 2, 2);
   const QType qt = qtype_of(qtype);
   if (G != 32 && G != 64 && G != 128) throw py::value_error("group_size must be 32, 64 or 128, got " + std::to_string(G));
   const int64_t N = w.shape(0), K = w.shape(1);
@@ -229,7 +230,7 @@ py::array_t<float> q_dequantize(Table table, const py::object& q_obj, const std:
 py::array_t<float> q_matmul(Table table, const py::object& x_obj, const py::object& q_obj, const std::string& qtype,
                             int64_t G, const py::object& bias_obj, const py::object& out_obj) {
   const KernelTable& t = table();
-  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 2);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 2, 2);
   const int64_t M = x.shape(0), K = x.shape(1);
   py::array keep, bias;
   QWeight w = qweight_of(q_obj, qtype, K, G, keep);
@@ -245,7 +246,7 @@ py::array_t<float> q_matmul(Table table, const py::object& x_obj, const py::obje
 py::array_t<float> rope(Table table, const py::object& x_obj, const py::object& pos_obj, double theta,
                         const py::object& inv_freq_obj, const py::object& rot_obj, bool interleaved,
                         const py::object& out_obj) {
-  py::array x = checked(x_obj, "x", {DT::kF32}, 2, 3);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 2, 3);
   const int64_t T = x.shape(0), H = x.ndim() == 3 ? x.shape(1) : 1, D = x.shape(x.ndim() - 1);
   int64_t rot = D;
   if (!rot_obj.is_none()) {
@@ -260,11 +261,11 @@ py::array_t<float> rope(Table table, const py::object& x_obj, const py::object& 
   if (pos_obj.is_none()) {
     for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = t;
   } else {
-    py::array p = checked(pos_obj, "positions", {DT::kI32, DT::kI64}, 1, 1);
+    py::array p = checked(pos_obj, "positions", {DType::kI32, DType::kI64}, 1, 1);
     if (p.shape(0) != T)
       throw py::value_error("positions must have shape (" + std::to_string(T) + ",), got " + shape_str(p));
     for (int64_t t = 0; t < T; ++t)
-      pos[size_t(t)] = has_dt(p, DT::kI32) ? static_cast<const int32_t*>(p.data())[t]
+      pos[size_t(t)] = has_dt(p, DType::kI32) ? static_cast<const int32_t*>(p.data())[t]
                                            : static_cast<const int64_t*>(p.data())[t];
   }
   std::vector<float> inv_freq(static_cast<size_t>(rot / 2));
@@ -291,7 +292,7 @@ using Unary = void (*)(const float*, float*, int64_t);
 using Binary = void (*)(const float*, const float*, float*, int64_t);
 
 py::array_t<float> unary(Unary f, const py::object& x_obj, const py::object& out_obj) {
-  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 1, 32);
   py::array_t<float> out = make_out(out_obj, shape_of(x));
   float* y = out.mutable_data();
   py::gil_scoped_release nogil;
@@ -301,8 +302,8 @@ py::array_t<float> unary(Unary f, const py::object& x_obj, const py::object& out
 
 py::array_t<float> binary(Binary f, const char* na, const char* nb, const py::object& a_obj,
                           const py::object& b_obj, const py::object& out_obj) {
-  py::array a = checked(a_obj, na, {DT::kF32}, 1, 32);
-  py::array b = checked(b_obj, nb, {DT::kF32}, 1, 32);
+  py::array a = checked(a_obj, na, {DType::kF32}, 1, 32);
+  py::array b = checked(b_obj, nb, {DType::kF32}, 1, 32);
   if (shape_of(a) != shape_of(b))
     throw py::value_error(std::string(na) + " and " + nb + " must have the same shape (no broadcasting), got " +
                           shape_str(a) + " and " + shape_str(b));
@@ -314,7 +315,7 @@ py::array_t<float> binary(Binary f, const char* na, const char* nb, const py::ob
 }
 
 py::array_t<float> softmax(Table table, const py::object& x_obj, const py::object& out_obj) {
-  py::array x = checked(x_obj, "x", {DT::kF32}, 1, 32);
+  py::array x = checked(x_obj, "x", {DType::kF32}, 1, 32);
   const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
   py::array_t<float> out = make_out(out_obj, shape_of(x));
   float* y = out.mutable_data();

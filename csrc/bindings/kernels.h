@@ -17,7 +17,7 @@ class PackedWeight {
   int64_t N() const { return N_; }
   int64_t K() const { return K_; }
   int nr() const { return nr_; }
-  WeightType wtype() const { return wtype_; }
+  DType wtype() const { return wtype_; }
   const std::string& isa() const { return isa_; }
   std::string dtype() const;
   size_t nbytes() const;
@@ -30,7 +30,7 @@ class PackedWeight {
   std::unique_ptr<uint8_t, Free> data_;
   int64_t N_ = 0, K_ = 0;
   int nr_ = 0;
-  WeightType wtype_ = WeightType::kF32;
+  DType wtype_ = DType::kF32;
   std::string isa_;
 };
 

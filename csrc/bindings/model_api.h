@@ -18,16 +18,9 @@
 namespace fastlm {
 namespace py = pybind11;
 
-inline Proj proj_from(const std::string& name) {
-  static const std::map<std::string, Proj> names = {{"q", Proj::kQ},       {"k", Proj::kK},   {"v", Proj::kV},
-                                                    {"o", Proj::kO},       {"gate", Proj::kGate},
-                                                    {"up", Proj::kUp},     {"down", Proj::kDown}};
-  auto it = names.find(name);
-  if (it == names.end()) throw py::value_error("unknown projection '" + name + "' (q, k, v, o, gate, up, down)");
-  return it->second;
-}
+inline Proj proj_from(const std::string& name) { return proj_from_name(name); }
 
-inline WeightType wtype_of(const py::array& a) { return is_bf16(a) ? WeightType::kBF16 : WeightType::kF32; }
+inline DType wtype_of(const py::array& a) { return is_bf16(a) ? DType::kBF16 : DType::kF32; }
 
 inline ModelSpec spec_from(const py::dict& d) {
   ModelSpec s;
@@ -53,7 +46,7 @@ inline ModelSpec spec_from(const py::dict& d) {
   s.mlp = mlp == "swiglu" ? MlpKind::kSwiGLU : MlpKind::kGelu;
   s.pos = pos == "rope" ? PosKind::kRope : PosKind::kLearned;
   if (s.pos == PosKind::kRope) {
-    py::array f = checked(get("rope_inv_freq"), "rope_inv_freq", {DT::kF32}, 1, 1);
+    py::array f = checked(get("rope_inv_freq"), "rope_inv_freq", {DType::kF32}, 1, 1);
     s.rope_inv_freq.assign(cf32(f), cf32(f) + f.shape(0));
     s.rotary_dim = d.contains("rotary_dim") ? d["rotary_dim"].cast<int64_t>() : s.head_dim;
     s.rope_interleaved = d.contains("rope_interleaved") && d["rope_interleaved"].cast<bool>();
@@ -62,7 +55,7 @@ inline ModelSpec spec_from(const py::dict& d) {
 }
 
 inline py::array weight_2d(const py::object& obj, const char* name, int64_t N, int64_t K) {
-  py::array w = checked(obj, name, {DT::kF32, DT::kBF16}, 2, 2);
+  py::array w = checked(obj, name, {DType::kF32, DType::kBF16}, 2, 2);
   if (w.shape(0) != N || w.shape(1) != K)
     throw py::value_error(std::string(name) + " must have shape (" + std::to_string(N) + ", " + std::to_string(K) +
                           "), got " + shape_str(w));
@@ -70,10 +63,10 @@ inline py::array weight_2d(const py::object& obj, const char* name, int64_t N, i
 }
 
 inline std::vector<int32_t> token_ids(const py::object& obj, const char* name) {
-  py::array a = checked(obj, name, {DT::kI32, DT::kI64}, 1, 1);
+  py::array a = checked(obj, name, {DType::kI32, DType::kI64}, 1, 1);
   std::vector<int32_t> out(static_cast<size_t>(a.shape(0)));
   for (py::ssize_t i = 0; i < a.shape(0); ++i) {
-    int64_t v = has_dt(a, DT::kI32) ? static_cast<const int32_t*>(a.data())[i] : static_cast<const int64_t*>(a.data())[i];
+    int64_t v = has_dt(a, DType::kI32) ? static_cast<const int32_t*>(a.data())[i] : static_cast<const int64_t*>(a.data())[i];
     if (v < INT32_MIN || v > INT32_MAX) throw py::value_error(std::string(name) + " holds an id out of range: " + std::to_string(v));
     out[size_t(i)] = int32_t(v);
   }
@@ -89,11 +82,11 @@ void def_model_api(py::class_<M>& c) {
       .def_property_readonly("max_seq", [](const M& md) { return md.spec().max_seq; })
       .def("set_linear", [](M& md, int64_t layer, const std::string& name, const py::object& w_obj,
                             const py::object& b_obj) {
-             py::array w = checked(w_obj, "w", {DT::kF32, DT::kBF16}, 2, 2);
+             py::array w = checked(w_obj, "w", {DType::kF32, DType::kBF16}, 2, 2);
              py::array b;
              const float* bp = optional_vec(b_obj, "bias", w.shape(0), b);
              Proj p = proj_from(name);
-             const WeightType wt = wtype_of(w);  // asks Python: before the GIL goes
+             const DType wt = wtype_of(w);  // asks Python: before the GIL goes
              py::gil_scoped_release nogil;
              md.set_linear(layer, p, w.data(), wt, w.shape(0), w.shape(1), bp);
            }, "layer"_a, "name"_a, "w"_a, "bias"_a = py::none())
@@ -109,7 +102,7 @@ void def_model_api(py::class_<M>& c) {
              md.set_embedding(w.data(), wtype_of(w));
            }, "w"_a)
       .def("set_position_embedding", [](M& md, const py::object& w_obj) {
-             py::array w = checked(w_obj, "position embedding", {DT::kF32}, 2, 2);
+             py::array w = checked(w_obj, "position embedding", {DType::kF32}, 2, 2);
              if (w.shape(1) != md.spec().hidden)
                throw py::value_error("position embedding must have " + std::to_string(md.spec().hidden) +
                                      " columns, got shape " + shape_str(w));
@@ -117,7 +110,7 @@ void def_model_api(py::class_<M>& c) {
            }, "w"_a)
       .def("set_lm_head", [](M& md, const py::object& w_obj) {
              py::array w = weight_2d(w_obj, "lm_head", md.spec().vocab, md.spec().hidden);
-             const WeightType wt = wtype_of(w);
+             const DType wt = wtype_of(w);
              py::gil_scoped_release nogil;
              md.set_lm_head(w.data(), wt);
            }, "w"_a)
@@ -150,7 +143,7 @@ void def_model_api(py::class_<M>& c) {
            }, "slot"_a, "tokens"_a, "all_logits"_a = false,
            "run tokens of one sequence after what its slot holds; logits of the last (or every) position")
       .def("decode", [](M& md, const py::object& slots_obj, const py::object& tok_obj) {
-             py::array sl = checked(slots_obj, "slots", {DT::kI64}, 1, 1);
+             py::array sl = checked(slots_obj, "slots", {DType::kI64}, 1, 1);
              std::vector<int32_t> toks = token_ids(tok_obj, "tokens");
              if (int64_t(toks.size()) != sl.shape(0))
                throw py::value_error("slots and tokens must have the same length, got " + std::to_string(sl.shape(0)) +

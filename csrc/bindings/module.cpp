@@ -8,9 +8,10 @@
 #include "bindings/cuda.h"
 #include "bindings/kernels.h"
 #include "bindings/model.h"
-#include "runtime/cpu.h"
+#include "base/cpu.h"
+#include "kernels/dispatch.h"
 #include "runtime/model.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
 
 namespace py = pybind11;
 

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "kernels/isa.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
 
 namespace fastlm {
 namespace FASTLM_ISA_NS {

@@ -5,11 +5,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "base/dtype.h"
+
 namespace fastlm {
 
-enum class WeightType : int { kF32 = 0, kBF16 = 1 };
-
-inline size_t weight_type_size(WeightType t) { return t == WeightType::kF32 ? 4 : 2; }
 
 // y = x @ W^T (+ b)
 // x: (M, K) row-major, W: (N, K) row-major ("linear" layout, as torch/HF store it), y: (M, N).
@@ -19,7 +18,7 @@ struct MatmulArgs {
   const float* x;
   int64_t M, K, N;
   const void* w;  // (N, K) row-major, or packed panels when packed == true
-  WeightType wtype;
+  DType wtype;
   bool packed;
   const float* bias;  // (N,) or null
   float* y;
@@ -98,34 +97,46 @@ struct QMatmulArgs {
   int64_t ldy;
 };
 
+// the ops of a kernel table, each once: X(name, return type, (parameters)). this list generates
+// the table's members (below), every ISA's declarations (isa.h) and tables (table.cpp) and the
+// reference table (ref.cpp): an op is added here and in its implementations, nowhere else, and
+// the tables are filled by name, never by position.
+#define FASTLM_KERNEL_OPS(X)                                                                          \
+  /* packed weights: ceil(N / pack_nr) panels of (K, pack_nr) */                                    \
+  X(pack_weight, void, (const void* w, DType wtype, int64_t N, int64_t K, void* packed))            \
+  /* row n of a packed weight as float32 (embedding lookups from a tied, packed head) */            \
+  X(packed_row, void, (const void* packed, DType wtype, int64_t N, int64_t K, int64_t n, float* out)) \
+  X(matmul_workspace, size_t, (int64_t M, int64_t N, int64_t K, bool packed))                       \
+  X(matmul, void, (const MatmulArgs& a))                                                            \
+  X(attention, void, (const AttentionArgs& a))                                                      \
+  X(rms_norm, void, (const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps)) \
+  X(layer_norm, void,                                                                               \
+    (const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t cols, float eps)) \
+  X(quantize_int8, void, (const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale))     \
+  X(int8_matmul_workspace, size_t, (int64_t M, int64_t N, int64_t K))                               \
+  X(int8_matmul, void, (const Int8MatmulArgs& a))                                                   \
+  /* x: (T, H, D) in place, row t at x + t * row_stride (H * D when contiguous, more inside a */    \
+  /* fused q|k|v row); rotates the first rot_dim of each head by pos[t] * inv_freq[i] */            \
+  X(rope, void,                                                                                     \
+    (float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D, int64_t rot_dim, \
+     const float* inv_freq, bool interleaved))                                                      \
+  X(gelu_tanh, void, (const float* x, float* y, int64_t n))                                         \
+  X(silu_mul, void, (const float* gate, const float* up, float* y, int64_t n))                      \
+  X(softmax, void, (const float* x, float* y, int64_t rows, int64_t cols))                          \
+  X(add, void, (const float* a, const float* b, float* y, int64_t n))                               \
+  /* w: (N, K) float32 -> N records (see QWeight), round to nearest with the group's range: */      \
+  /* q8 d = fp16(max|w| / 127); q4 m = fp16(min w), d = fp16((max w - m) / 15) */                   \
+  X(q_quantize, void, (const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out))  \
+  X(q_dequantize_row, void, (const QWeight& w, int64_t n, float* out)) /* row n, K floats */        \
+  X(q_matmul, void, (const QMatmulArgs& a))
+
+#define FASTLM_TABLE_MEMBER(op, ret, params) ret(*op) params;
+#define FASTLM_DECLARE_OP(op, ret, params) ret op params;
+
 struct KernelTable {
   const char* name;
   int pack_nr;  // panel width of packed fp32/bf16 weights for this ISA
-  void (*pack_weight)(const void* w, WeightType wtype, int64_t N, int64_t K, void* packed);
-  // row n of a packed weight, as float32 (embedding lookups from a tied, packed head)
-  void (*packed_row)(const void* packed, WeightType wtype, int64_t N, int64_t K, int64_t n, float* out);
-  size_t (*matmul_workspace)(int64_t M, int64_t N, int64_t K, bool packed);
-  void (*matmul)(const MatmulArgs& a);
-  void (*attention)(const AttentionArgs& a);
-  void (*rms_norm)(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps);
-  void (*layer_norm)(const float* x, const float* w, const float* b, float* y, int64_t rows,
-                     int64_t cols, float eps);
-  void (*quantize_int8)(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale);
-  size_t (*int8_matmul_workspace)(int64_t M, int64_t N, int64_t K);
-  void (*int8_matmul)(const Int8MatmulArgs& a);
-  // x: (T, H, D) in place, row t at x + t * row_stride (H * D when contiguous, more when the rows
-  // sit inside a wider fused q|k|v row); rotates the first rot_dim of each head by pos[t] * inv_freq[i]
-  void (*rope)(float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D,
-               int64_t rot_dim, const float* inv_freq, bool interleaved);
-  void (*gelu_tanh)(const float* x, float* y, int64_t n);
-  void (*silu_mul)(const float* gate, const float* up, float* y, int64_t n);
-  void (*softmax)(const float* x, float* y, int64_t rows, int64_t cols);
-  void (*add)(const float* a, const float* b, float* y, int64_t n);
-  // w: (N, K) float32 -> N records (see QWeight), round to nearest with the group's range:
-  // q8 d = fp16(max|w| / 127); q4 m = fp16(min w), d = fp16((max w - m) / 15)
-  void (*q_quantize)(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out);
-  void (*q_dequantize_row)(const QWeight& w, int64_t n, float* out);  // row n, K floats
-  void (*q_matmul)(const QMatmulArgs& a);
+  FASTLM_KERNEL_OPS(FASTLM_TABLE_MEMBER)
 };
 
 inline int64_t packed_weight_elems(int64_t N, int64_t K, int nr) { return (N + nr - 1) / nr * nr * K; }
@@ -138,27 +149,14 @@ namespace avx2 { const KernelTable& kernel_table(); }
 namespace avx512 { const KernelTable& kernel_table(); }
 #endif
 
-// scalar references: the test oracles. plain loops, double accumulation where it matters.
+// scalar references: the test oracles. plain loops, double accumulation where it matters; the
+// table (kernel_table) has no packed weights (pack_weight / packed_row do nothing).
 namespace ref {
-void matmul(const float* x, int64_t M, int64_t K, const void* w, WeightType wtype, int64_t N,
+FASTLM_KERNEL_OPS(FASTLM_DECLARE_OP)
+// matmul on plain arguments (the tests' oracle for every weight layout)
+void matmul(const float* x, int64_t M, int64_t K, const void* w, DType wtype, int64_t N,
             const float* bias, float* y);
-void attention(const AttentionArgs& a);
-void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps);
-void layer_norm(const float* x, const float* w, const float* b, float* y, int64_t rows,
-                int64_t cols, float eps);
-void quantize_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale);
-void int8_matmul(const Int8MatmulArgs& a);
-void rope(float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D,
-          int64_t rot_dim,
-          const float* inv_freq, bool interleaved);
-void gelu_tanh(const float* x, float* y, int64_t n);
-void silu_mul(const float* gate, const float* up, float* y, int64_t n);
-void softmax(const float* x, float* y, int64_t rows, int64_t cols);
-void add(const float* a, const float* b, float* y, int64_t n);
-void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out);
-void q_dequantize_row(const QWeight& w, int64_t n, float* out);
-void q_matmul(const QMatmulArgs& a);  // x quantized as the kernels do, then double sums
-const KernelTable& kernel_table();  // these behind the table interface; no packed weights
+const KernelTable& kernel_table();
 }  // namespace ref
 
 }  // namespace fastlm

@@ -14,7 +14,7 @@
 
 #include "kernels/isa.h"
 #include "kernels/tiling.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
 
 namespace fastlm {
 namespace FASTLM_ISA_NS {
@@ -335,19 +335,19 @@ size_t matmul_workspace(int64_t M, int64_t N, int64_t K, bool packed) {
   return size_t(packed_weight_elems(N, K, NR)) * sizeof(float);
 }
 
-void pack_weight(const void* w, WeightType wtype, int64_t N, int64_t K, void* packed) {
-  if (wtype == WeightType::kF32) {
+void pack_weight(const void* w, DType wtype, int64_t N, int64_t K, void* packed) {
+  if (wtype == DType::kF32) {
     pack_panels(static_cast<const float*>(w), N, K, static_cast<float*>(packed));
   } else {
     pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<uint16_t*>(packed));
   }
 }
 
-void packed_row(const void* packed, WeightType wtype, int64_t N, int64_t K, int64_t n, float* out) {
+void packed_row(const void* packed, DType wtype, int64_t N, int64_t K, int64_t n, float* out) {
   (void)N;
   const int64_t p = n / NR;
   const int j = int(n % NR);
-  if (wtype == WeightType::kF32) {
+  if (wtype == DType::kF32) {
     const float* src = static_cast<const float*>(packed) + p * K * NR + j;
     for (int64_t k = 0; k < K; ++k) out[k] = src[k * NR];
   } else {
@@ -360,7 +360,7 @@ void packed_row(const void* packed, WeightType wtype, int64_t N, int64_t K, int6
 }
 
 void matmul(const MatmulArgs& a) {
-  if (a.wtype == WeightType::kF32) matmul_typed<float>(a); else matmul_typed<uint16_t>(a);
+  if (a.wtype == DType::kF32) matmul_typed<float>(a); else matmul_typed<uint16_t>(a);
 }
 
 }  // namespace FASTLM_ISA_NS

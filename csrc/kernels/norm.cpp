@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "kernels/isa.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
 
 namespace fastlm {
 namespace FASTLM_ISA_NS {

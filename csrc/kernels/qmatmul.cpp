@@ -13,10 +13,10 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/half.h"
+#include "base/half.h"
 #include "kernels/isa.h"
 #include "kernels/qformat.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>

@@ -13,7 +13,7 @@
 
 #include "kernels/isa.h"
 #include "kernels/tiling.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
 
 namespace fastlm {
 namespace FASTLM_ISA_NS {

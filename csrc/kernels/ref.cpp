@@ -5,7 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/half.h"
+#include "base/half.h"
 #include "kernels/kernels.h"
 #include "kernels/qformat.h"
 
@@ -13,8 +13,8 @@ namespace fastlm {
 namespace ref {
 namespace {
 
-float load_weight(const void* w, WeightType t, int64_t i) {
-  if (t == WeightType::kF32) return static_cast<const float*>(w)[i];
+float load_weight(const void* w, DType t, int64_t i) {
+  if (t == DType::kF32) return static_cast<const float*>(w)[i];
   uint32_t u = uint32_t(static_cast<const uint16_t*>(w)[i]) << 16;
   float f;
   std::memcpy(&f, &u, 4);
@@ -23,7 +23,7 @@ float load_weight(const void* w, WeightType t, int64_t i) {
 
 }  // namespace
 
-void matmul(const float* x, int64_t M, int64_t K, const void* w, WeightType wtype, int64_t N,
+void matmul(const float* x, int64_t M, int64_t K, const void* w, DType wtype, int64_t N,
             const float* bias, float* y) {
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) {
@@ -166,17 +166,14 @@ void add(const float* a, const float* b, float* y, int64_t n) {
 
 namespace fastlm {
 namespace ref {
-namespace {
-
-void pack_weight_ref(const void*, WeightType, int64_t, int64_t, void*) {}
-void packed_row_ref(const void*, WeightType, int64_t, int64_t, int64_t, float*) {}
-size_t no_workspace(int64_t, int64_t, int64_t, bool) { return 0; }
-size_t no_int8_workspace(int64_t, int64_t, int64_t) { return 0; }
-void matmul_args(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N, a.bias, a.y); }
-
-}  // namespace
 
 // the references behind the same interface as an ISA's table (unpacked weights only)
+void pack_weight(const void*, DType, int64_t, int64_t, void*) {}
+void packed_row(const void*, DType, int64_t, int64_t, int64_t, float*) {}
+size_t matmul_workspace(int64_t, int64_t, int64_t, bool) { return 0; }
+size_t int8_matmul_workspace(int64_t, int64_t, int64_t) { return 0; }
+void matmul(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N, a.bias, a.y); }
+
 // element k of a record: its quant and its group's (scale, minimum)
 static void q_element(const QWeight& w, const uint8_t* rec, int64_t k, int* q, float* d, float* m) {
   const int64_t kp = q_padded_k(w.type, w.K, w.G), groups = kp / w.G, g = k / w.G;
@@ -252,11 +249,15 @@ void q_matmul(const QMatmulArgs& a) {
 }
 
 const KernelTable& kernel_table() {
-  static const KernelTable table = {
-      "ref",     16,       pack_weight_ref, packed_row_ref, no_workspace,  matmul_args,       attention,
-      rms_norm,  layer_norm, quantize_int8, no_int8_workspace, int8_matmul, rope,
-      gelu_tanh, silu_mul, softmax,         add,            q_quantize,     q_dequantize_row, q_matmul,
-  };
+  static const KernelTable table = [] {
+    KernelTable t{};
+    t.name = "ref";
+    t.pack_nr = 16;
+#define FASTLM_FILL(op, ret, params) t.op = op;
+    FASTLM_KERNEL_OPS(FASTLM_FILL)
+#undef FASTLM_FILL
+    return t;
+  }();
   return table;
 }
 

@@ -4,12 +4,15 @@ namespace fastlm {
 namespace FASTLM_ISA_NS {
 
 const KernelTable& kernel_table() {
-  static const KernelTable table = {
-      kIsaName,  matmul_pack_nr(), pack_weight,   packed_row, matmul_workspace,      matmul,
-      attention, rms_norm,         layer_norm,    quantize_int8,         int8_matmul_workspace,
-      int8_matmul, rope,           gelu_tanh,     silu_mul,              softmax,
-      add,       q_quantize,       q_dequantize_row, q_matmul,
-  };
+  static const KernelTable table = [] {
+    KernelTable t{};
+    t.name = kIsaName;
+    t.pack_nr = matmul_pack_nr();
+#define FASTLM_FILL(op, ret, params) t.op = op;
+    FASTLM_KERNEL_OPS(FASTLM_FILL)
+#undef FASTLM_FILL
+    return t;
+  }();
   return table;
 }
 

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "runtime/cpu.h"
-#include "runtime/threadpool.h"
+#include "base/threadpool.h"
+#include "kernels/dispatch.h"
 
 namespace fastlm {
 namespace {
@@ -21,8 +21,10 @@ struct FreeDeleter {
 enum Op { kOpEmbed, kOpNorm, kOpLinear, kOpRope, kOpKV, kOpAttention, kOpPointwise, kOpHead, kOpCount };
 const char* kOpNames[kOpCount] = {"embed", "norm", "linear", "rope", "kv_copy", "attention", "pointwise", "head"};
 
+}  // namespace
+
 // adds the time since the last mark to an op's total, when profiling
-class Stopwatch {
+class Model::Stopwatch {
  public:
   Stopwatch(bool on, double* totals) : on_(on), totals_(totals) {
     if (on_) t_ = std::chrono::steady_clock::now();
@@ -40,12 +42,10 @@ class Stopwatch {
   std::chrono::steady_clock::time_point t_;
 };
 
-}  // namespace
-
 struct Model::Linear {
   std::unique_ptr<uint8_t, FreeDeleter> packed;  // float panels, or an owned copy of quantized records
   int64_t N = 0, K = 0;
-  WeightType wt = WeightType::kF32;
+  DType wt = DType::kF32;
   std::vector<float> bias;
   bool set = false;
   // quantized: the records (borrowed, or `packed` when owned); a fused linear lists its parts
@@ -75,11 +75,11 @@ Model::Model(ModelSpec spec) : spec_(std::move(spec)), table_(&kernels()) {
 
 Model::~Model() = default;
 
-void Model::set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
+void Model::set_linear(int64_t layer, Proj proj, const void* w, DType wt, int64_t N, int64_t K,
                        const float* bias) {
   check_linear_shape(layer, proj, N, K);
   Linear& l = layers_[size_t(layer)].proj[int(proj)];
-  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * weight_type_size(wt);
+  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * dtype_size(wt);
   l.packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
   if (!l.packed) throw std::bad_alloc();
   table_->pack_weight(w, wt, N, K, l.packed.get());
@@ -142,12 +142,11 @@ void Model::set_norm(int64_t layer, int which, const float* w, const float* b) {
   const int64_t C = spec_.hidden;
   std::vector<float>* dw;
   std::vector<float>* db;
+  check_norm_index(spec_, layer, which);
   if (layer == -1) {
     dw = &final_norm_w_;
     db = &final_norm_b_;
   } else {
-    if (layer < 0 || layer >= spec_.n_layers || which < 0 || which > 1)
-      throw std::invalid_argument("norm index out of range");
     dw = &layers_[size_t(layer)].norm_w[which];
     db = &layers_[size_t(layer)].norm_b[which];
   }
@@ -155,8 +154,8 @@ void Model::set_norm(int64_t layer, int which, const float* w, const float* b) {
   if (b) db->assign(b, b + C); else db->clear();
 }
 
-void Model::set_embedding(const void* w, WeightType wt) {
-  size_t bytes = size_t(spec_.vocab * spec_.hidden) * weight_type_size(wt);
+void Model::set_embedding(const void* w, DType wt) {
+  size_t bytes = size_t(spec_.vocab * spec_.hidden) * dtype_size(wt);
   embedding_.assign(static_cast<const uint8_t*>(w), static_cast<const uint8_t*>(w) + bytes);
   embedding_type_ = wt;
   qembedding_.reset();
@@ -164,15 +163,14 @@ void Model::set_embedding(const void* w, WeightType wt) {
 }
 
 void Model::set_position_embedding(const float* w, int64_t n_positions) {
-  if (n_positions < spec_.max_seq)
-    throw std::invalid_argument("the position embedding has " + std::to_string(n_positions) +
-                                " rows, fewer than the context (" + std::to_string(spec_.max_seq) + ")");
+  const std::string err = position_embedding_error(spec_, n_positions);
+  if (!err.empty()) throw std::invalid_argument(err);
   position_embedding_.assign(w, w + spec_.max_seq * spec_.hidden);
 }
 
-void Model::set_lm_head(const void* w, WeightType wt) {
+void Model::set_lm_head(const void* w, DType wt) {
   const int64_t N = spec_.vocab, K = spec_.hidden;
-  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * weight_type_size(wt);
+  size_t bytes = size_t(packed_weight_elems(N, K, table_->pack_nr)) * dtype_size(wt);
   head_->packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
   if (!head_->packed) throw std::bad_alloc();
   table_->pack_weight(w, wt, N, K, head_->packed.get());
@@ -201,21 +199,18 @@ void Model::tie_lm_head() {
 }
 
 std::vector<std::string> Model::missing() const {
-  std::vector<std::string> out;
-  for (int64_t i = 0; i < spec_.n_layers; ++i) {
-    const Layer& l = layers_[size_t(i)];
-    for (int p = 0; p < int(Proj::kCount); ++p) {
-      if (spec_.mlp == MlpKind::kGelu && Proj(p) == Proj::kGate) continue;
-      if (!l.proj[p].set) out.push_back("layer " + std::to_string(i) + " " + proj_name(Proj(p)));
+  struct Held : WeightsHeld {
+    const Model& m;
+    explicit Held(const Model& m) : m(m) {}
+    bool linear(int64_t layer, Proj p) const override { return m.layers_[size_t(layer)].proj[int(p)].set; }
+    bool norm(int64_t layer, int which) const override {
+      return !(layer < 0 ? m.final_norm_w_ : m.layers_[size_t(layer)].norm_w[which]).empty();
     }
-    for (int w = 0; w < 2; ++w)
-      if (l.norm_w[w].empty()) out.push_back("layer " + std::to_string(i) + (w ? " mlp norm" : " attention norm"));
-  }
-  if (final_norm_w_.empty()) out.push_back("final norm");
-  if (!has_embedding_) out.push_back("embedding");
-  if (!head_->set) out.push_back("lm head");
-  if (spec_.pos == PosKind::kLearned && position_embedding_.empty()) out.push_back("position embedding");
-  return out;
+    bool embedding() const override { return m.has_embedding_; }
+    bool lm_head() const override { return m.head_->set; }
+    bool position_embedding() const override { return !m.position_embedding_.empty(); }
+  };
+  return missing_weights(spec_, Held(*this));
 }
 
 size_t Model::weight_bytes() const {
@@ -227,7 +222,7 @@ size_t Model::weight_bytes() const {
       return;
     }
     if (l.set && l.packed && !l.quant)
-      total += size_t(packed_weight_elems(l.N, l.K, table_->pack_nr)) * weight_type_size(l.wt) + l.bias.size() * 4;
+      total += size_t(packed_weight_elems(l.N, l.K, table_->pack_nr)) * dtype_size(l.wt) + l.bias.size() * 4;
   };
   for (const Layer& l : layers_) {
     for (const Linear& p : l.proj) add(p);
@@ -244,47 +239,29 @@ size_t Model::kv_bytes_per_slot() const {
 }
 
 void Model::ensure_slots(int64_t n) {
-  while (int64_t(slots_.size()) < n) {
+  slots_.ensure(n, [&] {
     std::unique_ptr<Slot> s(new Slot());
     size_t elems = kv_bytes_per_slot() / sizeof(float) / 2;
     // calloc: the pages of positions never used are never touched
     s->k.reset(static_cast<float*>(std::calloc(elems, sizeof(float))));
     s->v.reset(static_cast<float*>(std::calloc(elems, sizeof(float))));
     if (!s->k || !s->v) throw std::bad_alloc();
-    slots_.push_back(std::move(s));
-  }
+    return s;
+  });
 }
 
-void Model::check_slot(int64_t slot) const { check_slot_index(slot, slots_.size()); }
+int64_t Model::slot_len(int64_t slot) const { return slots_.len(slot); }
 
-int64_t Model::slot_len(int64_t slot) const {
-  check_slot(slot);
-  return slots_[size_t(slot)]->len;
-}
-
-void Model::truncate_slot(int64_t slot, int64_t len) {
-  check_slot(slot);
-  Slot& s = *slots_[size_t(slot)];
-  check_truncate(s.len, len);
-  s.len = len;
-}
+void Model::truncate_slot(int64_t slot, int64_t len) { slots_.truncate(slot, len); }
 
 void Model::copy_slot(int64_t src, int64_t dst, int64_t len) {
-  check_slot(src);
-  check_slot(dst);
-  const Slot& a = *slots_[size_t(src)];
-  Slot& b = *slots_[size_t(dst)];
-  check_copy(a.len, len);
-  if (src == dst) {
-    b.len = len;
-    return;
-  }
   const int64_t D = spec_.head_dim, S = spec_.max_seq, rows = spec_.n_layers * spec_.n_kv_heads;
-  for (int64_t r = 0; r < rows; ++r) {  // each (layer, kv head) holds its positions contiguously
-    std::memcpy(b.k.get() + r * S * D, a.k.get() + r * S * D, size_t(len * D) * sizeof(float));
-    std::memcpy(b.v.get() + r * S * D, a.v.get() + r * S * D, size_t(len * D) * sizeof(float));
-  }
-  b.len = len;
+  slots_.copy(src, dst, len, [&](const Slot& a, Slot& b) {
+    for (int64_t r = 0; r < rows; ++r) {  // each (layer, kv head) holds its positions contiguously
+      std::memcpy(b.k.get() + r * S * D, a.k.get() + r * S * D, size_t(len * D) * sizeof(float));
+      std::memcpy(b.v.get() + r * S * D, a.v.get() + r * S * D, size_t(len * D) * sizeof(float));
+    }
+  });
 }
 
 void Model::fuse_projections() {
@@ -313,7 +290,7 @@ void Model::fuse_projections() {
       N += l->N;
     }
     const Linear& first = **parts.begin();
-    const size_t esz = weight_type_size(first.wt);
+    const size_t esz = dtype_size(first.wt);
     size_t bytes = size_t(N * first.K) * esz;
     out.packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
     if (!out.packed) throw std::bad_alloc();
@@ -393,12 +370,7 @@ void Model::reset_profile() {
 }
 
 void Model::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
-  check_slot(slot);
-  if (T <= 0) throw std::invalid_argument("prefill needs at least one token");
-  const int64_t len = slots_[size_t(slot)]->len;
-  if (len + T > spec_.max_seq)
-    throw std::invalid_argument("the sequence would hold " + std::to_string(len + T) + " tokens, more than the context (" +
-                                std::to_string(spec_.max_seq) + ")");
+  slots_.check_prefill(slot, T, spec_.max_seq);
   for (int64_t t0 = 0; t0 < T; t0 += kChunk) {
     const int64_t n = std::min(kChunk, T - t0);
     std::vector<Group> groups{{slot, 0, n}};
@@ -416,19 +388,9 @@ void Model::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logit
 }
 
 void Model::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits) {
-  if (B <= 0) throw std::invalid_argument("decode needs at least one sequence");
+  slots_.check_decode(slots, B, spec_.max_seq);
   std::vector<Group> groups;
-  std::vector<int64_t> out_rows;
-  for (int64_t b = 0; b < B; ++b) {
-    check_slot(slots[b]);
-    for (int64_t c = 0; c < b; ++c)
-      if (slots[c] == slots[b]) throw std::invalid_argument("decode got slot " + std::to_string(slots[b]) + " twice");
-    if (slots_[size_t(slots[b])]->len + 1 > spec_.max_seq)
-      throw std::invalid_argument("sequence in slot " + std::to_string(slots[b]) + " is full (" +
-                                  std::to_string(spec_.max_seq) + " tokens)");
-    groups.push_back({slots[b], b, 1});
-    out_rows.push_back(b);
-  }
+  for (int64_t b = 0; b < B; ++b) groups.push_back({slots[b], b, 1});
   for (int64_t b0 = 0; b0 < B; b0 += kChunk) {  // very large batches run in steps of kChunk rows
     const int64_t n = std::min(kChunk, B - b0);
     std::vector<Group> g(groups.begin() + b0, groups.begin() + b0 + n);
@@ -439,35 +401,53 @@ void Model::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float
   }
 }
 
+// one forward step over T rows (see Group), as a list of named stages
 void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
                  int64_t n_out, float* logits) {
-  const ModelSpec& s = spec_;
-  const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim, F = s.ffn;
-  for (int64_t i = 0; i < T; ++i)
-    if (tokens[i] < 0 || tokens[i] >= s.vocab)
-      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
-                                  std::to_string(s.vocab) + ")");
-  if (!complete_) {
-    auto miss = missing();
-    if (!miss.empty()) throw std::invalid_argument("the model is missing weights: " + miss.front());
-    fuse_projections();
-    complete_ = true;
-  }
+  check_tokens(tokens, T);
+  prepare();
   ensure_buffers(T);
-  float* x = x_.data();
-  float* h = h_.data();
   Stopwatch sw(profiling_, prof_);
+  embed(tokens, T, groups, sw);
+  for (int64_t li = 0; li < spec_.n_layers; ++li) {
+    attention_block(li, T, groups, sw);
+    mlp_block(li, T, sw);
+  }
+  for (const Group& g : groups) slots_.at(g.slot).len += g.n;
+  if (n_out > 0) head(out_rows, n_out, logits, sw);
+}
 
-  // positions, then the embeddings
-  for (const Group& g : groups)
-    for (int64_t i = 0; i < g.n; ++i) pos_[size_t(g.row0 + i)] = slots_[size_t(g.slot)]->len + i;
+void Model::check_tokens(const int32_t* tokens, int64_t T) const {
+  for (int64_t i = 0; i < T; ++i)
+    if (tokens[i] < 0 || tokens[i] >= spec_.vocab)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
+                                  std::to_string(spec_.vocab) + ")");
+}
+
+// at the first step: every weight there, then q|k|v and gate|up fused
+void Model::prepare() {
+  if (complete_) return;
+  auto miss = missing();
+  if (!miss.empty()) throw std::invalid_argument("the model is missing weights: " + miss.front());
+  fuse_projections();
+  complete_ = true;
+}
+
+// positions, then x = the rows' embeddings (plus learned positions)
+void Model::embed(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, Stopwatch& sw) {
+  const ModelSpec& s = spec_;
+  const int64_t C = s.hidden;
+  for (const Group& g : groups) {
+    const int64_t len = slots_.at(g.slot).len;
+    for (int64_t i = 0; i < g.n; ++i) pos_[size_t(g.row0 + i)] = len + i;
+  }
   for (int64_t r = 0; r < T; ++r) {
-    float* xr = x + r * C;
+    float* xr = x_.data() + r * C;
     if (qembedding_) {
       table_->q_dequantize_row(qembedding_->parts[0], tokens[r], xr);
     } else if (tied_) {
       table_->packed_row(head_->packed.get(), head_->wt, s.vocab, C, tokens[r], xr);
-    } else if (embedding_type_ == WeightType::kF32) {
+    } else if (embedding_type_ == DType::kF32) {
       std::memcpy(xr, embedding_.data() + size_t(tokens[r]) * C * 4, size_t(C) * 4);
     } else {
       const uint16_t* src = reinterpret_cast<const uint16_t*>(embedding_.data()) + size_t(tokens[r]) * C;
@@ -481,156 +461,109 @@ void Model::step(const int32_t* tokens, int64_t T, const std::vector<Group>& gro
       for (int64_t c = 0; c < C; ++c) xr[c] += pe[c];
     }
   }
-
   sw.mark(kOpEmbed);
+}
+
+// x += o(attention(rope(q), rope(k) and v into the cache)) of norm(x)
+void Model::attention_block(int64_t li, int64_t T, const std::vector<Group>& groups, Stopwatch& sw) {
+  const ModelSpec& s = spec_;
+  const int64_t C = s.hidden, H = s.n_heads, Hkv = s.n_kv_heads, D = s.head_dim;
+  const Layer& L = layers_[size_t(li)];
+  float* x = x_.data();
+  float* h = h_.data();
+  norm(L.norm_w[0], L.norm_b[0], x, h, T);
+  sw.mark(kOpNorm);
+  // q, k, v rows: (T, H*D), (T, Hkv*D), (T, Hkv*D), in one fused buffer or three
+  float *qp, *kp, *vp;
+  int64_t qs, ks, vs;
+  if (L.qkv.set) {
+    linear(L.qkv, h, T, qkv_.data());
+    qs = ks = vs = (H + 2 * Hkv) * D;
+    qp = qkv_.data();
+    kp = qp + H * D;
+    vp = kp + Hkv * D;
+  } else {
+    linear(L.proj[int(Proj::kQ)], h, T, q_.data());
+    linear(L.proj[int(Proj::kK)], h, T, k_.data());
+    linear(L.proj[int(Proj::kV)], h, T, v_.data());
+    qp = q_.data(), kp = k_.data(), vp = v_.data();
+    qs = H * D, ks = vs = Hkv * D;
+  }
+  sw.mark(kOpLinear);
+  if (s.pos == PosKind::kRope) {
+    const float* inv = s.rope_inv_freq.data();
+    table_->rope(qp, qs, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
+    table_->rope(kp, ks, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
+    sw.mark(kOpRope);
+  }
   const int64_t kv_head_stride = s.max_seq * D;
   const int64_t kv_layer_stride = Hkv * kv_head_stride;
-  for (int64_t li = 0; li < s.n_layers; ++li) {
-    const Layer& L = layers_[size_t(li)];
-    // attention
-    norm(L.norm_w[0], L.norm_b[0], x, h, T);
-    sw.mark(kOpNorm);
-    // q, k, v rows: (T, H*D), (T, Hkv*D), (T, Hkv*D), in one fused buffer or three
-    float *qp, *kp, *vp;
-    int64_t qs, ks, vs;
-    if (L.qkv.set) {
-      linear(L.qkv, h, T, qkv_.data());
-      qs = ks = vs = (H + 2 * Hkv) * D;
-      qp = qkv_.data();
-      kp = qp + H * D;
-      vp = kp + Hkv * D;
-    } else {
-      linear(L.proj[int(Proj::kQ)], h, T, q_.data());
-      linear(L.proj[int(Proj::kK)], h, T, k_.data());
-      linear(L.proj[int(Proj::kV)], h, T, v_.data());
-      qp = q_.data(), kp = k_.data(), vp = v_.data();
-      qs = H * D, ks = vs = Hkv * D;
-    }
-    sw.mark(kOpLinear);
-    if (s.pos == PosKind::kRope) {
-      const float* inv = s.rope_inv_freq.data();
-      table_->rope(qp, qs, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
-      table_->rope(kp, ks, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
-      sw.mark(kOpRope);
-    }
-    for (const Group& g : groups) {
-      Slot& sl = *slots_[size_t(g.slot)];
-      float* kc = sl.k.get() + li * kv_layer_stride;
-      float* vc = sl.v.get() + li * kv_layer_stride;
-      for (int64_t i = 0; i < g.n; ++i) {  // (T, Hkv, D) rows into the (Hkv, max_seq, D) cache
-        const int64_t r = g.row0 + i, p = sl.len + i;
-        for (int64_t hk = 0; hk < Hkv; ++hk) {
-          std::memcpy(kc + hk * kv_head_stride + p * D, kp + r * ks + hk * D, size_t(D) * 4);
-          std::memcpy(vc + hk * kv_head_stride + p * D, vp + r * vs + hk * D, size_t(D) * 4);
-        }
+  for (const Group& g : groups) {
+    Slot& sl = slots_.at(g.slot);
+    float* kc = sl.k.get() + li * kv_layer_stride;
+    float* vc = sl.v.get() + li * kv_layer_stride;
+    for (int64_t i = 0; i < g.n; ++i) {  // (T, Hkv, D) rows into the (Hkv, max_seq, D) cache
+      const int64_t r = g.row0 + i, p = sl.len + i;
+      for (int64_t hk = 0; hk < Hkv; ++hk) {
+        std::memcpy(kc + hk * kv_head_stride + p * D, kp + r * ks + hk * D, size_t(D) * 4);
+        std::memcpy(vc + hk * kv_head_stride + p * D, vp + r * vs + hk * D, size_t(D) * 4);
       }
-      sw.mark(kOpKV);
-      AttentionArgs a{qp + g.row0 * qs, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
-                      D, qs, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
-      table_->attention(a);
-      sw.mark(kOpAttention);
     }
-    linear(L.proj[int(Proj::kO)], attn_.data(), T, tmp_.data());
-    sw.mark(kOpLinear);
-    table_->add(x, tmp_.data(), x, T * C);
-    sw.mark(kOpPointwise);
-
-    // mlp
-    norm(L.norm_w[1], L.norm_b[1], x, h, T);
-    sw.mark(kOpNorm);
-    if (s.mlp == MlpKind::kSwiGLU && L.gate_up.set) {
-      linear(L.gate_up, h, T, gu_.data());  // rows [gate | up]
-      sw.mark(kOpLinear);
-      float* gu = gu_.data();
-      float* act = up_.data();
-      if (T == 1) {
-        table_->silu_mul(gu, gu + F, act, F);
-      } else {
-        parallel_for(T, [&](int64_t r) { table_->silu_mul(gu + r * 2 * F, gu + r * 2 * F + F, act + r * F, F); });
-      }
-    } else if (s.mlp == MlpKind::kSwiGLU) {
-      linear(L.proj[int(Proj::kGate)], h, T, gate_.data());
-      linear(L.proj[int(Proj::kUp)], h, T, up_.data());
-      sw.mark(kOpLinear);
-      table_->silu_mul(gate_.data(), up_.data(), up_.data(), T * F);
-    } else {
-      linear(L.proj[int(Proj::kUp)], h, T, up_.data());
-      sw.mark(kOpLinear);
-      table_->gelu_tanh(up_.data(), up_.data(), T * F);
-    }
-    sw.mark(kOpPointwise);
-    linear(L.proj[int(Proj::kDown)], up_.data(), T, tmp_.data());
-    sw.mark(kOpLinear);
-    table_->add(x, tmp_.data(), x, T * C);
-    sw.mark(kOpPointwise);
+    sw.mark(kOpKV);
+    AttentionArgs a{qp + g.row0 * qs, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
+                    D, qs, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
+    table_->attention(a);
+    sw.mark(kOpAttention);
   }
-  for (const Group& g : groups) slots_[size_t(g.slot)]->len += g.n;
+  linear(L.proj[int(Proj::kO)], attn_.data(), T, tmp_.data());
+  sw.mark(kOpLinear);
+  table_->add(x, tmp_.data(), x, T * C);
+  sw.mark(kOpPointwise);
+}
 
-  if (n_out == 0) return;
-  // the head only for the rows whose logits are wanted
-  for (int64_t i = 0; i < n_out; ++i) std::memcpy(sel_.data() + i * C, x + out_rows[i] * C, size_t(C) * 4);
-  norm(final_norm_w_, final_norm_b_, sel_.data(), h, n_out);
-  linear(*head_, h, n_out, logits);
+// x += down(act(gate) * up), or down(gelu(up)), of norm(x)
+void Model::mlp_block(int64_t li, int64_t T, Stopwatch& sw) {
+  const ModelSpec& s = spec_;
+  const int64_t C = s.hidden, F = s.ffn;
+  const Layer& L = layers_[size_t(li)];
+  float* x = x_.data();
+  float* h = h_.data();
+  norm(L.norm_w[1], L.norm_b[1], x, h, T);
+  sw.mark(kOpNorm);
+  if (s.mlp == MlpKind::kSwiGLU && L.gate_up.set) {
+    linear(L.gate_up, h, T, gu_.data());  // rows [gate | up]
+    sw.mark(kOpLinear);
+    float* gu = gu_.data();
+    float* act = up_.data();
+    if (T == 1) {
+      table_->silu_mul(gu, gu + F, act, F);
+    } else {
+      parallel_for(T, [&](int64_t r) { table_->silu_mul(gu + r * 2 * F, gu + r * 2 * F + F, act + r * F, F); });
+    }
+  } else if (s.mlp == MlpKind::kSwiGLU) {
+    linear(L.proj[int(Proj::kGate)], h, T, gate_.data());
+    linear(L.proj[int(Proj::kUp)], h, T, up_.data());
+    sw.mark(kOpLinear);
+    table_->silu_mul(gate_.data(), up_.data(), up_.data(), T * F);
+  } else {
+    linear(L.proj[int(Proj::kUp)], h, T, up_.data());
+    sw.mark(kOpLinear);
+    table_->gelu_tanh(up_.data(), up_.data(), T * F);
+  }
+  sw.mark(kOpPointwise);
+  linear(L.proj[int(Proj::kDown)], up_.data(), T, tmp_.data());
+  sw.mark(kOpLinear);
+  table_->add(x, tmp_.data(), x, T * C);
+  sw.mark(kOpPointwise);
+}
+
+// logits = head(final_norm(x)) for the rows whose logits are wanted only
+void Model::head(const int64_t* out_rows, int64_t n_out, float* logits, Stopwatch& sw) {
+  const int64_t C = spec_.hidden;
+  for (int64_t i = 0; i < n_out; ++i) std::memcpy(sel_.data() + i * C, x_.data() + out_rows[i] * C, size_t(C) * 4);
+  norm(final_norm_w_, final_norm_b_, sel_.data(), h_.data(), n_out);
+  linear(*head_, h_.data(), n_out, logits);
   sw.mark(kOpHead);
-}
-
-const char* proj_name(Proj p) {
-  static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
-  return names[int(p)];
-}
-
-void validate_spec(const ModelSpec& s) {
-  auto need = [](bool ok, const std::string& what) {
-    if (!ok) throw std::invalid_argument("invalid model spec: " + what);
-  };
-  need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
-           s.vocab > 0 && s.max_seq > 0,
-       "every size must be positive");
-  need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
-  need(s.norm_eps >= 0, "norm eps must be >= 0");
-  if (s.pos == PosKind::kRope) {
-    need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
-         "rotary_dim must be even and at most head_dim");
-    need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
-  }
-}
-
-void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K) {
-  if (layer < 0 || layer >= spec.n_layers)
-    throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(spec.n_layers) + ")");
-  const int64_t H = spec.n_heads, Hkv = spec.n_kv_heads, D = spec.head_dim, C = spec.hidden;
-  int64_t wantN = 0, wantK = C;
-  switch (proj) {
-    case Proj::kQ: wantN = H * D; break;
-    case Proj::kK: case Proj::kV: wantN = Hkv * D; break;
-    case Proj::kO: wantN = C; wantK = H * D; break;
-    case Proj::kGate: case Proj::kUp: wantN = spec.ffn; break;
-    case Proj::kDown: wantN = C; wantK = spec.ffn; break;
-    default: throw std::invalid_argument("unknown projection");
-  }
-  if (N != wantN || K != wantK) {
-    throw std::invalid_argument("layer " + std::to_string(layer) + " " + proj_name(proj) + " weight has shape (" +
-                                std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
-                                std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
-  }
-}
-
-void check_slot_index(int64_t slot, size_t n_slots) {
-  if (slot < 0 || slot >= int64_t(n_slots))
-    throw std::invalid_argument("slot " + std::to_string(slot) + " does not exist (" + std::to_string(n_slots) +
-                                " slots)");
-}
-
-void check_truncate(int64_t have, int64_t len) {
-  if (len < 0 || len > have)
-    throw std::invalid_argument("cannot truncate a sequence of " + std::to_string(have) + " positions to " +
-                                std::to_string(len));
-}
-
-void check_copy(int64_t have, int64_t len) {
-  if (len < 0 || len > have)
-    throw std::invalid_argument("cannot copy " + std::to_string(len) + " positions of a sequence of " +
-                                std::to_string(have));
 }
 
 }  // namespace fastlm

@@ -11,36 +11,10 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "model/slots.h"
+#include "model/spec.h"
 
 namespace fastlm {
-
-enum class NormKind { kRms = 0, kLayer = 1 };
-enum class MlpKind { kSwiGLU = 0, kGelu = 1 };  // gate/up/down, or up(fc)/down(proj)
-enum class PosKind { kRope = 0, kLearned = 1 };
-
-struct ModelSpec {
-  int64_t n_layers = 0, hidden = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0, vocab = 0;
-  int64_t max_seq = 0;  // KV cache capacity per sequence (positions)
-  NormKind norm = NormKind::kRms;
-  float norm_eps = 1e-5f;
-  MlpKind mlp = MlpKind::kSwiGLU;
-  PosKind pos = PosKind::kRope;
-  std::vector<float> rope_inv_freq;  // rotary_dim / 2 frequencies
-  int64_t rotary_dim = 0;
-  bool rope_interleaved = false;
-};
-
-// the linear layers of one decoder layer, by name
-enum class Proj { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kCount };
-
-// checks both executors (Model here, the CUDA DeviceModel in cuda/model.h) share; each throws
-// std::invalid_argument naming what is wrong
-const char* proj_name(Proj p);
-void validate_spec(const ModelSpec& s);
-void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K);
-void check_slot_index(int64_t slot, size_t n_slots);
-void check_truncate(int64_t have, int64_t len);  // keep len of have positions
-void check_copy(int64_t have, int64_t len);      // copy len of have positions
 
 class Model {
  public:
@@ -53,12 +27,12 @@ class Model {
   const char* isa() const { return table_->name; }
 
   // weights: copied (and linear ones packed) into the model's own memory
-  void set_linear(int64_t layer, Proj proj, const void* w, WeightType wt, int64_t N, int64_t K,
+  void set_linear(int64_t layer, Proj proj, const void* w, DType wt, int64_t N, int64_t K,
                   const float* bias);
   void set_norm(int64_t layer, int which, const float* w, const float* b);  // layer -1: final
-  void set_embedding(const void* w, WeightType wt);                          // (vocab, hidden)
+  void set_embedding(const void* w, DType wt);                          // (vocab, hidden)
   void set_position_embedding(const float* w, int64_t n_positions);          // (n, hidden)
-  void set_lm_head(const void* w, WeightType wt);                            // (vocab, hidden)
+  void set_lm_head(const void* w, DType wt);                            // (vocab, hidden)
   void tie_lm_head();  // the head is the embedding: packed once, rows looked up from the panels
   // quantized weights (see QWeight): `data` holds N records of q_row_bytes(type, K, G). borrowed
   // (the caller keeps the memory alive and unchanged for the model's life: a memory-mapped
@@ -71,7 +45,7 @@ class Model {
   size_t weight_bytes() const;
 
   // sequence slots, each with its own KV cache of spec.max_seq positions
-  int64_t n_slots() const { return int64_t(slots_.size()); }
+  int64_t n_slots() const { return slots_.size(); }
   void ensure_slots(int64_t n);
   int64_t slot_len(int64_t slot) const;
   void truncate_slot(int64_t slot, int64_t len);  // keep the first len positions (prompt reuse)
@@ -99,15 +73,23 @@ class Model {
     int64_t slot, row0, n;
   };
 
+  class Stopwatch;
+
+  // a forward step, and its stages in order
   void step(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, const int64_t* out_rows,
             int64_t n_out, float* logits);
+  void check_tokens(const int32_t* tokens, int64_t T) const;
+  void prepare();
+  void embed(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, Stopwatch& sw);
+  void attention_block(int64_t layer, int64_t T, const std::vector<Group>& groups, Stopwatch& sw);
+  void mlp_block(int64_t layer, int64_t T, Stopwatch& sw);
+  void head(const int64_t* out_rows, int64_t n_out, float* logits, Stopwatch& sw);
   void linear(const Linear& l, const float* x, int64_t M, float* y) const;
   void check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const;
   void embed_row(int32_t token, float* out) const;
   void norm(const std::vector<float>& w, const std::vector<float>& b, const float* x, float* y, int64_t rows) const;
   void ensure_buffers(int64_t rows);
   void fuse_projections();
-  void check_slot(int64_t slot) const;
 
   ModelSpec spec_;
   const KernelTable* table_;
@@ -116,11 +98,11 @@ class Model {
   std::vector<float> final_norm_w_, final_norm_b_;
   std::vector<uint8_t> embedding_;  // (vocab, hidden) f32 or bf16 when not tied
   std::unique_ptr<Linear> qembedding_;  // a quantized embedding, when set that way
-  WeightType embedding_type_ = WeightType::kF32;
+  DType embedding_type_ = DType::kF32;
   bool tied_ = false, has_embedding_ = false;
   bool complete_ = false;  // every weight set (checked once, at the first step)
   std::vector<float> position_embedding_;
-  std::vector<std::unique_ptr<Slot>> slots_;
+  SlotList<Slot> slots_;
   // activation buffers, (rows, width) each
   int64_t buf_rows_ = 0;
   std::vector<float> x_, h_, q_, k_, v_, attn_, tmp_, gate_, up_, sel_, qkv_, gu_;

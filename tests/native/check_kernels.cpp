@@ -51,7 +51,7 @@ static void matmul_cases(const fl::KernelTable& t) {
     for (size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]);
     for (int bf = 0; bf < 2; ++bf) {
       const void* wp = bf ? static_cast<const void*>(wb.data()) : w.data();
-      fl::WeightType wt = bf ? fl::WeightType::kBF16 : fl::WeightType::kF32;
+      fl::DType wt = bf ? fl::DType::kBF16 : fl::DType::kF32;
       std::vector<float> want(size_t(M * N)), got(size_t(M * N));
       fl::ref::matmul(x.data(), M, K, wp, wt, N, b.data(), want.data());
       std::vector<uint8_t> ws(t.matmul_workspace(M, N, K, false) + 64);
@@ -59,7 +59,7 @@ static void matmul_cases(const fl::KernelTable& t) {
       t.matmul(a);
       std::string tag = "matmul " + std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N) + (bf ? " bf16" : " f32");
       check(tag, got.data(), want.data(), got.size(), 1e-5);
-      std::vector<uint8_t> packed(size_t(fl::packed_weight_elems(N, K, t.pack_nr)) * fl::weight_type_size(wt));
+      std::vector<uint8_t> packed(size_t(fl::packed_weight_elems(N, K, t.pack_nr)) * fl::dtype_size(wt));
       t.pack_weight(wp, wt, N, K, packed.data());
       fl::MatmulArgs p{x.data(), M, K, N, packed.data(), wt, true, b.data(), got.data(), nullptr};
       t.matmul(p);
@@ -168,7 +168,7 @@ static void q_cases(const fl::KernelTable& t) {
         } else {  // many rows run on dequantized weights with float activations
           std::vector<float> wd(size_t(N * K));
           for (int64_t n = 0; n < N; ++n) fl::ref::q_dequantize_row(qw, n, wd.data() + n * K);
-          fl::ref::matmul(x.data(), M, K, wd.data(), fl::WeightType::kF32, N, b.data(), want.data());
+          fl::ref::matmul(x.data(), M, K, wd.data(), fl::DType::kF32, N, b.data(), want.data());
         }
         fl::QMatmulArgs a{x.data(), M, K, &qw, 1, got.data(), N};
         t.q_matmul(a);

@@ -1,0 +1,85 @@
+#include "model/spec.h"
+
+#include <stdexcept>
+
+namespace fastlm {
+
+const char* proj_name(Proj p) {
+  static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+  return names[int(p)];
+}
+
+void validate_spec(const ModelSpec& s) {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument("invalid model spec: " + what);
+  };
+  need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
+           s.vocab > 0 && s.max_seq > 0,
+       "every size must be positive");
+  need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
+  need(s.norm_eps >= 0, "norm eps must be >= 0");
+  if (s.pos == PosKind::kRope) {
+    need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
+         "rotary_dim must be even and at most head_dim");
+    need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
+  }
+}
+
+void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K) {
+  if (layer < 0 || layer >= spec.n_layers)
+    throw std::invalid_argument("layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(spec.n_layers) + ")");
+  const int64_t H = spec.n_heads, Hkv = spec.n_kv_heads, D = spec.head_dim, C = spec.hidden;
+  int64_t wantN = 0, wantK = C;
+  switch (proj) {
+    case Proj::kQ: wantN = H * D; break;
+    case Proj::kK: case Proj::kV: wantN = Hkv * D; break;
+    case Proj::kO: wantN = C; wantK = H * D; break;
+    case Proj::kGate: case Proj::kUp: wantN = spec.ffn; break;
+    case Proj::kDown: wantN = C; wantK = spec.ffn; break;
+    default: throw std::invalid_argument("unknown projection");
+  }
+  if (N != wantN || K != wantK) {
+    throw std::invalid_argument("layer " + std::to_string(layer) + " " + proj_name(proj) + " weight has shape (" +
+                                std::to_string(N) + ", " + std::to_string(K) + "), the config implies (" +
+                                std::to_string(wantN) + ", " + std::to_string(wantK) + ")");
+  }
+}
+
+Proj proj_from_name(const std::string& name) {
+  std::string known;
+  for (int p = 0; p < int(Proj::kCount); ++p) {
+    if (name == proj_name(Proj(p))) return Proj(p);
+    known += std::string(p ? ", " : "") + proj_name(Proj(p));
+  }
+  throw std::invalid_argument("unknown projection '" + name + "' (" + known + ")");
+}
+
+void check_norm_index(const ModelSpec& spec, int64_t layer, int which) {
+  if (layer != -1 && (layer < 0 || layer >= spec.n_layers || which < 0 || which > 1))
+    throw std::invalid_argument("norm index out of range");
+}
+
+std::string position_embedding_error(const ModelSpec& spec, int64_t n_positions) {
+  if (n_positions >= spec.max_seq) return "";
+  return "the position embedding has " + std::to_string(n_positions) + " rows, fewer than the context (" +
+         std::to_string(spec.max_seq) + ")";
+}
+
+std::vector<std::string> missing_weights(const ModelSpec& spec, const WeightsHeld& held) {
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < spec.n_layers; ++i) {
+    for (int p = 0; p < int(Proj::kCount); ++p) {
+      if (spec.mlp == MlpKind::kGelu && Proj(p) == Proj::kGate) continue;
+      if (!held.linear(i, Proj(p))) out.push_back("layer " + std::to_string(i) + " " + proj_name(Proj(p)));
+    }
+    for (int w = 0; w < 2; ++w)
+      if (!held.norm(i, w)) out.push_back("layer " + std::to_string(i) + (w ? " mlp norm" : " attention norm"));
+  }
+  if (!held.norm(-1, 0)) out.push_back("final norm");
+  if (!held.embedding()) out.push_back("embedding");
+  if (!held.lm_head()) out.push_back("lm head");
+  if (spec.pos == PosKind::kLearned && !held.position_embedding()) out.push_back("position embedding");
+  return out;
+}
+
+}  // namespace fastlm

@@ -1,0 +1,50 @@
+// a decoder described by a small spec (its sizes, norm, positions, MLP), its projections by name,
+// and the checks both executors share: the CPU one (runtime/) and the CUDA one (cuda/).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastlm {
+
+enum class NormKind { kRms = 0, kLayer = 1 };
+enum class MlpKind { kSwiGLU = 0, kGelu = 1 };  // gate/up/down, or up(fc)/down(proj)
+enum class PosKind { kRope = 0, kLearned = 1 };
+
+struct ModelSpec {
+  int64_t n_layers = 0, hidden = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, ffn = 0, vocab = 0;
+  int64_t max_seq = 0;  // KV cache capacity per sequence (positions)
+  NormKind norm = NormKind::kRms;
+  float norm_eps = 1e-5f;
+  MlpKind mlp = MlpKind::kSwiGLU;
+  PosKind pos = PosKind::kRope;
+  std::vector<float> rope_inv_freq;  // rotary_dim / 2 frequencies
+  int64_t rotary_dim = 0;
+  bool rope_interleaved = false;
+};
+
+// the linear layers of one decoder layer, by name
+enum class Proj { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kCount };
+
+// checks both executors (Model in runtime/, the CUDA DeviceModel in cuda/) share; each throws
+// std::invalid_argument naming what is wrong
+const char* proj_name(Proj p);
+Proj proj_from_name(const std::string& name);  // "q" ... "down"
+void validate_spec(const ModelSpec& s);
+void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K);
+void check_norm_index(const ModelSpec& spec, int64_t layer, int which);  // layer -1: the final norm
+std::string position_embedding_error(const ModelSpec& spec, int64_t n_positions);  // "" when it fits
+
+// what an executor holds, asked weight by weight: the names of those a step would miss
+struct WeightsHeld {
+  virtual ~WeightsHeld() = default;
+  virtual bool linear(int64_t layer, Proj p) const = 0;
+  virtual bool norm(int64_t layer, int which) const = 0;  // layer -1: the final norm
+  virtual bool embedding() const = 0;
+  virtual bool lm_head() const = 0;
+  virtual bool position_embedding() const = 0;
+};
+std::vector<std::string> missing_weights(const ModelSpec& spec, const WeightsHeld& held);
+
+}  // namespace fastlm
