@@ -132,6 +132,16 @@ struct QMatmulArgs {
 
 #define FASTLM_TABLE_MEMBER(op, ret, params) ret(*op) params;
 #define FASTLM_DECLARE_OP(op, ret, params) ret op params;
+#define FASTLM_TABLE_ENTRY(op, ret, params) t.op = op;
+// the table of the ops declared in the current namespace (an ISA's, or ref), filled by name
+#define FASTLM_KERNEL_TABLE(isa_name, nr)   \
+  [] {                                      \
+    KernelTable t{};                        \
+    t.name = isa_name;                      \
+    t.pack_nr = nr;                         \
+    FASTLM_KERNEL_OPS(FASTLM_TABLE_ENTRY)   \
+    return t;                               \
+  }()
 
 struct KernelTable {
   const char* name;

@@ -249,15 +249,7 @@ void q_matmul(const QMatmulArgs& a) {
 }
 
 const KernelTable& kernel_table() {
-  static const KernelTable table = [] {
-    KernelTable t{};
-    t.name = "ref";
-    t.pack_nr = 16;
-#define FASTLM_FILL(op, ret, params) t.op = op;
-    FASTLM_KERNEL_OPS(FASTLM_FILL)
-#undef FASTLM_FILL
-    return t;
-  }();
+  static const KernelTable table = FASTLM_KERNEL_TABLE("ref", 16);
   return table;
 }
 
