@@ -7,6 +7,7 @@
 #include "gemm.cu"
 #include "attention.cu"
 #include "model.cpp"
+#include "simt_selftest.cu"
 
 #if defined(FASTLM_SIMT_FAST_SWITCH)
 // void fastlm_simt_switch(void** save_sp, void* load_sp): push the callee-saved registers, save

@@ -1,11 +1,11 @@
-// fastlm._C.cuda: the CUDA kernels on device arrays (gpu_backend.inc), or, in a build without a
-// CUDA toolkit, a module that only says so.
+// fastlm._C.cuda: the CUDA kernels on device arrays (the gpu_*.cpp bindings, compiled for
+// fastlm::cuda), or, in a build without a CUDA toolkit, a module that only says so.
 #include "bindings/cuda.h"
 
 #include <string>
 
 #if defined(FASTLM_WITH_CUDA)
-#include "bindings/gpu_backend.inc"
+#include "bindings/gpu_arrays.h"
 #endif
 
 namespace fastlm {
