@@ -4,6 +4,7 @@ kernels include nothing above csrc/base."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 from pathlib import Path
 
@@ -142,14 +143,21 @@ def test_no_import_circle():
             visit(n)
 
 
-def test_the_layer_check_catches_an_upward_import(tmp_path):
-    """A planted upward import and a function-local one both fail the check (so it can fail)."""
-    planted = PACKAGE / "formats" / "_planted_for_test.py"
-    planted.write_text("from fastlm.engine import Engine\n\n\ndef f():\n    from fastlm import kernels\n")
+@contextlib.contextmanager
+def planted(path: Path, text: str):
+    """A file planted in the tree for one check, then removed."""
+    path.write_text(text)
     try:
-        bad = violations([planted])
+        yield path
     finally:
-        planted.unlink()
+        path.unlink()
+
+
+def test_the_layer_check_catches_an_upward_import():
+    """A planted upward import and a function-local one both fail the check (so it can fail)."""
+    with planted(PACKAGE / "formats" / "_planted_for_test.py",
+                 "from fastlm.engine import Engine\n\n\ndef f():\n    from fastlm import kernels\n") as p:
+        bad = violations([p])
     assert any("imports fastlm.engine" in b for b in bad), bad
     assert any("function-local import of fastlm.kernels" in b for b in bad), bad
 
@@ -197,13 +205,9 @@ def test_kernels_include_only_base():
     assert not bad, "\n".join(bad)
 
 
-def test_the_include_check_catches_an_upward_include(tmp_path):
-    planted = CSRC / "kernels" / "_planted_for_test.h"
-    planted.write_text('#include "runtime/model.h"\n')
-    try:
-        bad = include_violations([planted])
-    finally:
-        planted.unlink()
+def test_the_include_check_catches_an_upward_include():
+    with planted(CSRC / "kernels" / "_planted_for_test.h", '#include "runtime/model.h"\n') as p:
+        bad = include_violations([p])
     assert bad and "runtime sits above kernels" in bad[0], bad
 
 

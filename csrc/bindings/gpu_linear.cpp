@@ -5,19 +5,40 @@ namespace fastlm {
 namespace FASTLM_GPU_NS {
 using namespace pybind11::literals;
 
+namespace {
+
+// the arguments of y = x @ w.T (+ bias) on float32 x (M, K) and w (N, K) of `w_types`, checked
+struct LinearCall {
+  View x, w;
+  int64_t M = 0, N = 0, K = 0;
+  std::vector<View> keep;
+  const float* bias = nullptr;
+  py::object y;
+  void* yp = nullptr;
+};
+
+LinearCall linear_call(const char* what, const py::object& x, const py::object& w, const py::object& bias,
+                       const py::object& out, std::initializer_list<DType> w_types) {
+  need_device();
+  LinearCall c;
+  c.x = typed(x, "x", {DType::kF32});
+  c.w = typed(w, "w", w_types);
+  if (c.x.shape.size() != 2 || c.w.shape.size() != 2 || c.x.shape[1] != c.w.shape[1])
+    throw py::value_error(std::string(what) + " takes x (M, K) and w (N, K)");
+  c.M = c.x.shape[0], c.K = c.x.shape[1], c.N = c.w.shape[0];
+  c.bias = optional_f32(bias, "bias", c.N, c.keep);
+  c.y = output(out, {c.M, c.N}, DType::kF32, &c.yp);
+  return c;
+}
+
+}  // namespace
+
 void def_linear_kernels(py::module_& m) {
   m.def("matmul", [](const py::object& x, const py::object& w, const py::object& bias, const py::object& out) {
-    need_device();
-    View xv = typed(x, "x", {DType::kF32}), wv = typed(w, "w", {DType::kF32});
-    if (xv.shape.size() != 2 || wv.shape.size() != 2 || xv.shape[1] != wv.shape[1])
-      throw py::value_error("matmul takes x (M, K) and w (N, K)");
-    const int64_t M = xv.shape[0], K = xv.shape[1], N = wv.shape[0];
-    std::vector<View> keep;
-    const float* bp = optional_f32(bias, "bias", N, keep);
-    void* yp;
-    py::object y = output(out, {M, N}, DType::kF32, &yp);
-    sgemm(static_cast<float*>(xv.ptr), static_cast<float*>(wv.ptr), bp, static_cast<float*>(yp), M, N, K);
-    return y;
+    LinearCall c = linear_call("matmul", x, w, bias, out, {DType::kF32});
+    sgemm(static_cast<float*>(c.x.ptr), static_cast<float*>(c.w.ptr), c.bias, static_cast<float*>(c.yp), c.M, c.N,
+          c.K);
+    return c.y;
   }, "x"_a, "w"_a, "bias"_a = py::none(), py::kw_only(), "out"_a = py::none(),
      "y = x @ w.T (+ bias), fp32 on CUDA cores (no TF32)");
   m.def("gemm", [](const py::object& x, const py::object& w, const py::object& bias, const std::string& out_dtype,
@@ -66,17 +87,9 @@ void def_linear_kernels(py::module_& m) {
      "int8 tensor cores: int32 x @ w.T, or float32 scaled by x_scale[m] * w_scale[n]. kernel: 'mma' (mma.sync), "
      "'wgmma' (Hopper), or 'auto' (wgmma on a Hopper GPU once it has matched mma.sync there)");
   m.def("gemv", [](const py::object& x, const py::object& w, const py::object& bias, const py::object& out) {
-    need_device();
-    View xv = typed(x, "x", {DType::kF32}), wv = typed(w, "w", {DType::kF32, DType::kBF16});
-    if (xv.shape.size() != 2 || wv.shape.size() != 2 || xv.shape[1] != wv.shape[1])
-      throw py::value_error("gemv takes x (M, K) and w (N, K)");
-    const int64_t M = xv.shape[0], K = xv.shape[1], N = wv.shape[0];
-    std::vector<View> keep;
-    const float* bp = optional_f32(bias, "bias", N, keep);
-    void* yp;
-    py::object y = output(out, {M, N}, DType::kF32, &yp);
-    gemv(static_cast<float*>(xv.ptr), wv.ptr, wv.dtype, bp, static_cast<float*>(yp), M, N, K);
-    return y;
+    LinearCall c = linear_call("gemv", x, w, bias, out, {DType::kF32, DType::kBF16});
+    gemv(static_cast<float*>(c.x.ptr), c.w.ptr, c.w.dtype, c.bias, static_cast<float*>(c.yp), c.M, c.N, c.K);
+    return c.y;
   }, "x"_a, "w"_a, "bias"_a = py::none(), py::kw_only(), "out"_a = py::none(),
      "y = x @ w.T (+ bias) for a few rows of x (decode): fp32 x, fp32 or bf16 w, w read once");
 }
