@@ -59,36 +59,6 @@ def test_gemv(benchmark, rng, impl, dtype, M, K_, N):
     run(benchmark, impl, calls)
 
 
-# ---- int8 ----
-@pytest.mark.parametrize("impl", ["fastlm-int8", "fastlm-fp32", "torch-int_mm", "torch-dynamic-int8"])
-@pytest.mark.parametrize("M,K_,N", [(512, 576, 1536), (1, 576, 49152)], ids=lambda v: str(v))
-def test_int8_matmul(benchmark, rng, impl, M, K_, N):
-    benchmark.group = f"int8 matmul {M}x{K_}x{N}"
-    x = rng.standard_normal((M, K_), dtype=np.float32)
-    w = rng.standard_normal((N, K_), dtype=np.float32)
-    record(benchmark, impl, 2.0 * M * K_ * N, "GOP/s")
-    qw, s = K.quantize_int8(w)
-    out = np.empty((M, N), np.float32)
-    lin = torch.nn.Linear(K_, N, bias=False)
-    lin.weight.data = torch.from_numpy(w)
-    q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-    xt = torch.from_numpy(x)
-
-    def dynamic():
-        with torch.no_grad():
-            return q(xt)
-    calls = {"fastlm-int8": lambda: K.int8_matmul(x, qw, s, out=out), "fastlm-fp32": lambda: K.matmul(x, w, out=out),
-             "torch-dynamic-int8": dynamic}
-    if M > 16:
-        qx = torch.randint(-127, 128, (M, K_), dtype=torch.int8)
-        qwt = torch.randint(-127, 128, (N, K_), dtype=torch.int8)
-        calls["torch-int_mm"] = lambda: torch._int_mm(qx, qwt.T)
-    elif impl == "torch-int_mm":
-        pytest.skip("torch._int_mm needs M > 16")
-    run(benchmark, impl, calls)
-
-
-# ---- quantized weights (q8 / q4 records, groups of 32): decode GEMV and prefill ----
 @pytest.mark.parametrize("impl", ["fastlm-q4", "fastlm-q8", "fastlm-fp32", "torch-dynamic-int8", "torch-fp32"])
 @pytest.mark.parametrize("M,K_,N", [(1, 576, 49152), (1, 576, 1536), (1, 1536, 576), (512, 576, 1536)],
                          ids=lambda v: str(v))

@@ -14,7 +14,7 @@ from conftest import SUPPORTED_ISAS
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["csrc/kernels/matmul.cpp", "csrc/kernels/attention.cpp", "csrc/kernels/norm.cpp",
-           "csrc/kernels/quant.cpp", "csrc/kernels/qmatmul.cpp", "csrc/kernels/elementwise.cpp", "csrc/kernels/table.cpp",
+           "csrc/kernels/qmatmul.cpp", "csrc/kernels/elementwise.cpp", "csrc/kernels/table.cpp",
            "csrc/kernels/ref.cpp", "csrc/base/threadpool.cpp", "tests/native/check_kernels.cpp"]
 
 

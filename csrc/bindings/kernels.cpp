@@ -165,43 +165,6 @@ py::array_t<float> layer_norm(Table table, const py::object& x_obj, const py::ob
   return out;
 }
 
-py::tuple quantize_int8(Table table, const py::object& w_obj) {
-  py::array w = checked(w_obj, "w", {DType::kF32}, 2, 2);
-  const int64_t N = w.shape(0), K = w.shape(1);
-  py::array_t<int8_t> q({N, K});
-  py::array_t<float> s({N});
-  int8_t* qp = q.mutable_data();
-  float* sp = s.mutable_data();
-  const KernelTable& t = table();
-  {
-    py::gil_scoped_release nogil;
-    t.quantize_int8(cf32(w), N, K, qp, sp);
-  }
-  return py::make_tuple(q, s);
-}
-
-py::array_t<float> int8_matmul(Table table, const py::object& x_obj, const py::object& qw_obj,
-                               const py::object& scale_obj, const py::object& bias_obj,
-                               const py::object& out_obj) {
-  const KernelTable& t = table();
-  py::array x = checked(x_obj, "x", {DType::kF32}, 2, 2);
-  py::array qw = checked(qw_obj, "qw", {DType::kI8}, 2, 2);
-  const int64_t M = x.shape(0), K = x.shape(1), N = qw.shape(0);
-  if (qw.shape(1) != K)
-    throw py::value_error("x and qw disagree on K: x " + shape_str(x) + ", qw " + shape_str(qw));
-  py::array scale, bias;
-  const float* sp = optional_vec(scale_obj, "scale", N, scale);
-  if (!sp) throw py::type_error("scale must be a float32 array of shape (N,), got None");
-  const float* bp = optional_vec(bias_obj, "bias", N, bias);
-  py::array_t<float> out = make_out(out_obj, {M, N});
-  no_alias(out, x, "x");
-  Int8MatmulArgs a{cf32(x), M, K, N, static_cast<const int8_t*>(qw.data()), sp, bp, out.mutable_data(),
-                   workspace(t.int8_matmul_workspace(M, N, K))};
-  py::gil_scoped_release nogil;
-  t.int8_matmul(a);
-  return out;
-}
-
 py::array q_quantize(Table table, const py::object& w_obj, const std::string& qtype, int64_t G) {
   const KernelTable& t = table();
   py::array w = checked(w_obj, "w", {DType::kF32}, 2, 2);
@@ -349,14 +312,6 @@ void register_kernels(py::module_& m, Table table, bool with_packed) {
                               const py::object& out) { return layer_norm(table, x, w, b, eps, out); },
       "x"_a, "weight"_a, "bias"_a, "eps"_a = 1e-5f, py::kw_only(), "out"_a = none,
       "(x - mean) / sqrt(var + eps) * weight + bias over the last axis");
-  m.def("quantize_int8", [table](const py::object& w) { return quantize_int8(table, w); }, "w"_a,
-        "per-row symmetric int8: returns (qw int8 (N, K), scale float32 (N,)), w ~= qw * scale[:, None]");
-  m.def("int8_matmul", [table](const py::object& x, const py::object& qw, const py::object& scale,
-                               const py::object& bias, const py::object& out) {
-        return int8_matmul(table, x, qw, scale, bias, out);
-      }, "x"_a, "qw"_a, "scale"_a, "bias"_a = none, py::kw_only(), "out"_a = none,
-      "x (M, K) float32 quantized per row on the fly, times qw (N, K) int8 with per-row scale (N,);\n"
-      "int32 accumulation, float32 (M, N) out");
   m.def("q_quantize", [table](const py::object& w, const std::string& qtype, int64_t group_size) {
         return q_quantize(table, w, qtype, group_size);
       }, "w"_a, "qtype"_a, "group_size"_a = 32,

@@ -42,18 +42,6 @@ struct AttentionArgs {
   bool causal;
 };
 
-// int8: per-row symmetric, q = nearbyint(x / s) with s = max|x| / 127, in [-127, 127]
-// int8_matmul: y = (qx @ qw^T) * sx[m] * sw[n] (+ b), x quantized per row on the fly
-struct Int8MatmulArgs {
-  const float* x;
-  int64_t M, K, N;
-  const int8_t* qw;      // (N, K) row-major
-  const float* wscale;   // (N,)
-  const float* bias;     // (N,) or null
-  float* y;
-  void* workspace;       // KernelTable::int8_matmul_workspace() bytes, 64-byte aligned
-};
-
 // a quantized linear weight (N, K) in groups of G (32, 64 or 128) along K, one record per row:
 //   q8: Kp int8 quants, then Kp / G fp16 scales                         w = d * q, q in [-127, 127]
 //   q4: Kp / 2 bytes of 4-bit quants, then Kp / G fp16 scales, then Kp / G fp16 minimums
@@ -112,9 +100,6 @@ struct QMatmulArgs {
   X(rms_norm, void, (const float* x, const float* w, float* y, int64_t rows, int64_t cols, float eps)) \
   X(layer_norm, void,                                                                               \
     (const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t cols, float eps)) \
-  X(quantize_int8, void, (const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale))     \
-  X(int8_matmul_workspace, size_t, (int64_t M, int64_t N, int64_t K))                               \
-  X(int8_matmul, void, (const Int8MatmulArgs& a))                                                   \
   /* x: (T, H, D) in place, row t at x + t * row_stride (H * D when contiguous, more inside a */    \
   /* fused q|k|v row); rotates the first rot_dim of each head by pos[t] * inv_freq[i] */            \
   X(rope, void,                                                                                     \

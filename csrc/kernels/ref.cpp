@@ -87,33 +87,6 @@ void layer_norm(const float* x, const float* w, const float* b, float* y, int64_
 }
 
 // bit-exact with the fast kernels: float32 arithmetic in the same order
-void quantize_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * cols;
-    float amax = 0.0f;
-    for (int64_t i = 0; i < cols; ++i) amax = std::max(amax, std::fabs(xr[i]));
-    const float s = amax / 127.0f;
-    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
-    scale[r] = s;
-    for (int64_t i = 0; i < cols; ++i) {
-      float v = std::nearbyint(xr[i] * inv);
-      q[r * cols + i] = int8_t(std::min(127.0f, std::max(-127.0f, v)));
-    }
-  }
-}
-
-void int8_matmul(const Int8MatmulArgs& a) {
-  std::vector<int8_t> qx(size_t(a.M * a.K));
-  std::vector<float> sx(size_t(a.M));
-  quantize_int8(a.x, a.M, a.K, qx.data(), sx.data());
-  for (int64_t m = 0; m < a.M; ++m)
-    for (int64_t n = 0; n < a.N; ++n) {
-      int64_t acc = 0;
-      for (int64_t k = 0; k < a.K; ++k) acc += int32_t(qx[m * a.K + k]) * a.qw[n * a.K + k];
-      a.y[m * a.N + n] = float(acc) * sx[m] * a.wscale[n] + (a.bias ? a.bias[n] : 0.0f);
-    }
-}
-
 void rope(float* x, int64_t row_stride, const int64_t* pos, int64_t T, int64_t H, int64_t D,
           int64_t rot_dim,
           const float* inv_freq, bool interleaved) {
@@ -171,7 +144,6 @@ namespace ref {
 void pack_weight(const void*, DType, int64_t, int64_t, void*) {}
 void packed_row(const void*, DType, int64_t, int64_t, int64_t, float*) {}
 size_t matmul_workspace(int64_t, int64_t, int64_t, bool) { return 0; }
-size_t int8_matmul_workspace(int64_t, int64_t, int64_t) { return 0; }
 void matmul(const MatmulArgs& a) { matmul(a.x, a.M, a.K, a.w, a.wtype, a.N, a.bias, a.y); }
 
 // element k of a record: its quant and its group's (scale, minimum)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fastlm.quant.calibration import calibration_text, llama_hessians
 from fastlm.quant.gptq import gptq_q4
-from fastlm.quant.rtn import quantize_int8_reference, quantize_rtn
+from fastlm.quant.rtn import quantize_rtn
 from fastlm.quant.scheme import METHODS, PROJECTIONS, QuantScheme
 from fastlm.quant.search import fit_dm, quantize_q4_search
 
 __all__ = ["METHODS", "PROJECTIONS", "QuantScheme", "calibration_text", "fit_dm", "gptq_q4", "llama_hessians",
-           "quantize_int8_reference", "quantize_q4_search", "quantize_rtn"]
+           "quantize_q4_search", "quantize_rtn"]
