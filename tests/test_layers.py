@@ -8,8 +8,6 @@ import contextlib
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "python" / "fastlm"
 CSRC = ROOT / "csrc"

@@ -6,9 +6,8 @@ from typing import Callable
 
 from fastlm import _C
 from fastlm.formats import Store
-from fastlm.models import gpt2, llama
+from fastlm.models import gpt2, llama, loader
 from fastlm.models.executor import DEVICES, executor_class
-from fastlm.models import loader
 from fastlm.models.loader import DTYPES, QUANT_DTYPES, WEIGHT_DTYPES, Loader, resolve_dtype
 from fastlm.quant import QuantScheme, calibration_text, llama_hessians
 
