@@ -18,6 +18,7 @@ LAYERS = [
     ["_C", "_version"],
     ["_runtime"],
     ["kernels"],
+    ["config"],
     ["hub", "tokenizer", "chat", "rope"],
     ["formats"],
     ["quant"],

@@ -8,15 +8,19 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "bindings/arrays.h"
+#include "model/slots.h"
 #include "runtime/model.h"
 
 namespace fastlm {
 namespace py = pybind11;
+
+constexpr int64_t kPrefillSignalChunk = 512;  // prompt tokens between two looks for Ctrl-C
 
 inline Proj proj_from(const std::string& name) { return proj_from_name(name); }
 
@@ -133,11 +137,18 @@ void def_model_api(py::class_<M>& c) {
       .def("prefill", [](M& md, int64_t slot, const py::object& tok_obj, bool all_logits) {
              std::vector<int32_t> toks = token_ids(tok_obj, "tokens");
              const int64_t T = int64_t(toks.size()), V = md.spec().vocab;
+             check_prefill_room(md.slot_len(slot), T, md.spec().max_seq);  // the whole prompt fits, before any chunk
              py::array_t<float> logits({all_logits ? T : int64_t(1), V});
              float* lp = logits.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               md.prefill(slot, toks.data(), T, lp, all_logits);
+             // in chunks, with Ctrl-C noticed between them (a long prompt takes minutes); a chunk cut
+             // off this way leaves the slot holding the chunks before it
+             for (int64_t t0 = 0; t0 < T; t0 += kPrefillSignalChunk) {
+               const int64_t n = std::min(kPrefillSignalChunk, T - t0);
+               {
+                 py::gil_scoped_release nogil;
+                 md.prefill(slot, toks.data() + t0, n, all_logits ? lp + t0 * V : lp, all_logits);
+               }
+               if (t0 + n < T && PyErr_CheckSignals() != 0) throw py::error_already_set();
              }
              return logits;
            }, "slot"_a, "tokens"_a, "all_logits"_a = false,

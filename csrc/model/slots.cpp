@@ -5,6 +5,11 @@
 
 namespace fastlm {
 
+void check_slot_count(int64_t n) {
+  if (n < 0 || n > kMaxSlots)
+    throw std::invalid_argument("slots must be in [0, " + std::to_string(kMaxSlots) + "], got " + std::to_string(n));
+}
+
 void check_slot_index(int64_t slot, size_t n_slots) {
   if (slot < 0 || slot >= int64_t(n_slots))
     throw std::invalid_argument("slot " + std::to_string(slot) + " does not exist (" + std::to_string(n_slots) +

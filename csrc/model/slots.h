@@ -9,6 +9,8 @@
 
 namespace fastlm {
 
+constexpr int64_t kMaxSlots = 4096;  // sequences one executor holds at once
+void check_slot_count(int64_t n);  // 0 <= n <= kMaxSlots
 void check_slot_index(int64_t slot, size_t n_slots);
 void check_truncate(int64_t have, int64_t len);  // keep len of have positions
 void check_copy(int64_t have, int64_t len);      // copy len of have positions
@@ -24,6 +26,7 @@ class SlotList {
   // at least n slots; make() returns a new std::unique_ptr<Slot>
   template <class Make>
   void ensure(int64_t n, Make make) {
+    check_slot_count(n);
     while (size() < n) slots_.push_back(make());
   }
   Slot& at(int64_t slot) {

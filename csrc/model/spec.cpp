@@ -3,6 +3,10 @@
 #include <stdexcept>
 
 namespace fastlm {
+namespace {
+constexpr int64_t kMaxDim = int64_t(1) << 24;        // any one size (positions, vocabulary, widths)
+constexpr uint64_t kMaxKvBytes = uint64_t(1) << 40;  // one slot's KV cache
+}  // namespace
 
 const char* proj_name(Proj p) {
   static const char* names[] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -16,7 +20,17 @@ void validate_spec(const ModelSpec& s) {
   need(s.n_layers > 0 && s.hidden > 0 && s.n_heads > 0 && s.n_kv_heads > 0 && s.head_dim > 0 && s.ffn > 0 &&
            s.vocab > 0 && s.max_seq > 0,
        "every size must be positive");
+  need(s.n_layers <= kMaxDim && s.hidden <= kMaxDim && s.n_heads <= kMaxDim && s.n_kv_heads <= kMaxDim &&
+           s.head_dim <= kMaxDim && s.ffn <= kMaxDim && s.vocab <= kMaxDim && s.max_seq <= kMaxDim &&
+           s.n_heads * s.head_dim <= kMaxDim,
+       "every size must be at most 2^24");
   need(s.n_heads % s.n_kv_heads == 0, "heads must be a multiple of kv heads");
+  // one slot's KV cache: 2 x layers x kv heads x positions x head_dim floats, in 128-bit arithmetic
+  // (its pages are touched only as positions fill, but the address range is reserved at once)
+  const unsigned __int128 kv = (unsigned __int128)(2 * 4) * uint64_t(s.n_layers) * uint64_t(s.n_kv_heads) *
+                               uint64_t(s.max_seq) * uint64_t(s.head_dim);
+  need(kv <= kMaxKvBytes, "one slot's KV cache (2 x layers x kv heads x max_seq x head_dim x 4 bytes) would pass "
+                          "2^40 bytes: lower max_seq");
   need(s.norm_eps >= 0, "norm eps must be >= 0");
   if (s.pos == PosKind::kRope) {
     need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -17,6 +18,17 @@ from fastlm.tools.bench import bench
 from fastlm.tools.convert import convert_gguf
 from fastlm.tools.perplexity import evaluate
 from fastlm.tools.quantize import write_quantized
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: flags are checked before any model loads."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
 
 
 def info_dict() -> dict:
@@ -81,6 +93,8 @@ def _report(c) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if not args.prompt:  # one rule in both modes, before loading: an empty prompt is refused
+        raise ValueError("the prompt is empty")
     if args.n > 1 and args.temperature == 0:  # before loading: greedy samples are all the same text
         raise ValueError(f"-n {args.n} needs --temperature above 0: greedy decoding (the default) would print "
                          f"{args.n} identical samples")
@@ -221,13 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("-m", "--model", default=DEFAULT_MODEL,
                        help=f"a Hugging Face folder, a .gguf file or an alias (default: {DEFAULT_MODEL})")
         s.add_argument("--dtype", default="auto", choices=list(DTYPES), help="weight precision (default: auto)")
-        s.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+        s.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: physical cores)")
         s.add_argument("--device", default="cpu", choices=list(DEVICES),
                        help="cpu (default), cuda (the decoder on the GPU, float weights), or cuda-emulated (the CUDA "
                             "decoder under the host emulation: slow, for checking)")
 
     def sampling_args(s):
-        s.add_argument("--max-tokens", type=int, default=None, help="default: until EOS or the context")
+        s.add_argument("--max-tokens", type=positive_int, default=None, help="default: until EOS or the context")
         s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
         s.add_argument("--top-p", type=float, default=1.0)
         s.add_argument("--top-k", type=int, default=0, help="0 is off")
@@ -236,14 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=None)
         s.add_argument("--stop", action="append", metavar="STRING", help="stop before this text (repeatable)")
         s.add_argument("--ignore-eos", action="store_true")
-        s.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+        s.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's)")
         s.add_argument("-v", "--verbose", action="store_true", help="print token counts and timings to stderr")
 
     g = sub.add_parser("generate", help="generate text from a prompt, streamed")
     model_args(g)
     g.add_argument("prompt")
     sampling_args(g)
-    g.add_argument("-n", type=int, default=1, help="samples to generate (decoded as one batch)")
+    g.add_argument("-n", type=positive_int, default=1, help="samples to generate (decoded as one batch)")
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                    help="wrap the prompt in the model's chat template when it has one (default: on)")
     g.set_defaults(func=cmd_generate)
@@ -257,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, like llama-bench")
     model_args(b)
     b.add_argument("-p", "--n-prompt", type=int, default=512)
-    b.add_argument("-n", "--n-gen", type=int, default=128)
-    b.add_argument("-r", "--repetitions", type=int, default=5)
-    b.add_argument("--ctx", type=int, default=2048, help="KV cache capacity for the run")
+    b.add_argument("-n", "--n-gen", type=int, default=128, help="decode tokens (0: none)")
+    b.add_argument("-r", "--repetitions", type=positive_int, default=5)
+    b.add_argument("--ctx", type=positive_int, default=2048, help="KV cache capacity for the run")
     b.add_argument("--json", action="store_true")
     b.add_argument("--profile", action="store_true", help="time each kind of op (adds a little overhead)")
     b.set_defaults(func=cmd_bench)
@@ -285,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("perplexity", help="perplexity over a text; KL and top-1 against a reference dtype")
     model_args(pp)
     pp.add_argument("file", help="a UTF-8 text file")
-    pp.add_argument("--ctx", type=int, default=None, help="window length (default: the model's context)")
+    pp.add_argument("--ctx", type=positive_int, default=None, help="window length (default: the model's context)")
     pp.add_argument("--reference-dtype", default=None, choices=list(DTYPES), help="e.g. float32: adds KL and top-1")
     pp.add_argument("--reference-model", default=None, help="default: the same model")
     pp.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128])
@@ -293,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--keep-8bit", default="", metavar="PROJ,...", help="projections kept at int8 in an int4 model")
     pp.add_argument("--path", default="prefill", choices=["prefill", "decode"],
                     help="score windows in one forward pass, or token by token through decode")
-    pp.add_argument("--max-tokens", type=int, default=None, help="use only the text's first N tokens")
+    pp.add_argument("--max-tokens", type=positive_int, default=None, help="use only the text's first N tokens")
     pp.add_argument("--json", action="store_true")
     pp.set_defaults(func=cmd_perplexity)
 
@@ -312,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `fastlm info --json | head`: the reader left; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastlm import _C, _runtime
 from fastlm.chat import render
+from fastlm.config import MAX_SIZE, ConfigError
 from fastlm.formats import open_model
 from fastlm.generation import Generation, Stream
 from fastlm.hub import DEFAULT_MODEL
@@ -72,8 +73,8 @@ class Engine:
         if threads is not None:
             _runtime.set_num_threads(threads)
         if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int)
-                                        or max_seq_len < 1):
-            raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+                                        or not 1 <= max_seq_len <= MAX_SIZE):
+            raise ValueError(f"max_seq_len must be an int in [1, {MAX_SIZE}], got {max_seq_len!r}")
         scheme = None
         if dtype in ("int8", "int4"):
             scheme = QuantScheme(dtype, group_size=group_size, method=quant_method, keep_8bit=keep_8bit)
@@ -90,8 +91,11 @@ class Engine:
                       file=sys.stderr, flush=True)
         if scheme is not None:
             calibrate(scheme, src.config, src.store, src.tokenizer, progress=calib_report)
-        m, info = build(src.config, src.store, dtype=dtype, max_seq_len=max_seq_len, progress=report, scheme=scheme,
-                        device=device)
+        try:
+            m, info = build(src.config, src.store, dtype=dtype, max_seq_len=max_seq_len, progress=report,
+                            scheme=scheme, device=device)
+        except ConfigError as e:  # name the file the field came from
+            raise ConfigError(f"{src.path}: {e}") from None
         info["device"] = device
         if src.gguf is not None:
             info["gguf_types"] = sorted({src.gguf.type_name(n) for n in src.gguf.tensors})
@@ -107,7 +111,29 @@ class Engine:
         return self._need_tokenizer().encode(text)
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return self._need_tokenizer().decode(list(ids), skip_special_tokens=True)
+        return self._need_tokenizer().decode(self._token_ids(ids, "ids"), skip_special_tokens=True)
+
+    def _token_ids(self, ids, what: str = "the prompt") -> list[int]:
+        """ids as a list of ints in the vocabulary; anything else (floats, bools, bytes, a float
+        array) is refused, never coerced."""
+        if isinstance(ids, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{what} must be a str or a list of token ids, got {type(ids).__name__} (decode it first)")
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise TypeError(f"{what} as an array must be 1-D of an integer dtype, got {ids.dtype} of shape {ids.shape}")
+            ids = ids.tolist()
+        try:
+            items = list(ids)
+        except TypeError:
+            raise TypeError(f"{what} must be a str or a list of token ids, got {type(ids).__name__}") from None
+        for t in items:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"{what} must hold token ids (ints), got {t!r} ({type(t).__name__})")
+        out = [int(t) for t in items]
+        bad = [t for t in out if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return out
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The model's own chat template applied to messages (as transformers does)."""
@@ -128,18 +154,9 @@ class Engine:
 
     def _ids(self, prompt: Prompt, room: int = 1) -> list[int]:
         """Token ids of a prompt, checked; `room` positions must stay free in the context."""
-        if isinstance(prompt, str):
-            ids = self.tokenize(prompt)
-        else:
-            try:
-                ids = [int(t) for t in prompt]
-            except (TypeError, ValueError):
-                raise TypeError("a prompt is a str or a list of token ids") from None
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else self._token_ids(prompt)
         if not ids:
-            raise ValueError("the prompt is empty")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+            raise ValueError("the prompt is empty (it must hold at least one token)")
         if len(ids) + room > self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.context_length}"
                              + (" (room is needed for at least one generated token)" if room else ""))
@@ -153,8 +170,8 @@ class Engine:
         if path not in ("prefill", "decode"):
             raise ValueError(f"path must be 'prefill' or 'decode', got {path!r}")
         ids = self._ids(ids, room=0)
-        self.slots.claim(None)
-        return self.slots.logits(ids, path)
+        with self.slots.hold() as slots:
+            return slots.logits(ids, path)
 
     # ---- generation ----
     @staticmethod
@@ -207,6 +224,8 @@ class Engine:
         return Stream(self._start([self._ids(prompt)], p, chat=False))
 
     def _chat_ids(self, messages: Messages) -> list[int]:
+        if isinstance(messages, (list, tuple)) and not messages:
+            raise ValueError("the conversation is empty (it must hold at least one message)")
         text = self.apply_chat_template(messages, add_generation_prompt=True)
         return self._ids(self._need_tokenizer().encode(text, add_special_tokens=False))
 
@@ -237,5 +256,5 @@ class Engine:
 
     def reset(self) -> None:
         """Forgets the cached prompts (the next call computes its whole prompt)."""
-        self.slots.claim(None)
-        self.slots.reset()
+        with self.slots.hold() as slots:
+            slots.reset()

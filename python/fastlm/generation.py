@@ -14,6 +14,7 @@ from fastlm.sampling import (
     SamplingParams,
     SequenceSampler,
     StopStrings,
+    check_finite,
     log_softmax,
     top_logprobs,
 )
@@ -62,12 +63,27 @@ class Generation:
         self.cached = [0] * len(prompts)
         self.timings = Timings()
         self.samples: list[_Sample] = []
-        self.stale = False  # another call took over the KV cache slots
+        self.stale = False  # another call (of this thread) took over the KV cache slots
+        self.cancelled = False  # close() from another thread: stop at the next step
+        self._t_first: float | None = None  # when the first token was chosen
         self.done = False
-        slots.claim(self)
+        slots.claim(self)  # calls from other threads wait until this one is done
+
+    def finish(self) -> None:
+        """Done (ended, closed or interrupted): the timings are closed and the slots go to the next caller."""
+        if not self.done and self._t_first is not None:
+            self.timings.decode_s = time.perf_counter() - self._t_first
+        self.done = True
+        self.slots.release(self)
 
     # ---- the run ----
     def chunks(self) -> Iterator[Chunk]:
+        try:
+            yield from self._chunks()
+        finally:
+            self.finish()
+
+    def _chunks(self) -> Iterator[Chunk]:
         slots, p = self.slots, self.params
         t0 = time.perf_counter()
         plan = slots.plan(self.prompts, p.n)
@@ -99,11 +115,12 @@ class Generation:
         t_first = None
         while active:
             if p.plain_greedy:
+                check_finite(logits)
                 toks = np.argmax(logits, axis=1).tolist()
             else:
                 toks = [self.samples[b].sampler.choose(logits[i]) for i, b in enumerate(active)]
             if t_first is None:
-                t_first = time.perf_counter()
+                t_first = self._t_first = time.perf_counter()
                 self.timings.time_to_first_token_s = self.timings.prefill_s = t_first - t0
             for i, (b, tok) in enumerate(zip(active, toks)):
                 yield self._advance(self.samples[b], tok, logits[i], eos, stop_ids)
@@ -111,11 +128,11 @@ class Generation:
                     raise RuntimeError("this generation was interrupted: another call on the same Engine "
                                        "took over its KV cache")
             active = [b for b in active if self.samples[b].finish is None]
+            if self.cancelled:
+                break  # the unfinished samples end as "abort"
             if active:
                 logits = slots.decode([self.samples[b].slot for b in active], [self.samples[b].out[-1] for b in active])
                 self.timings.decode_tokens += len(active)
-        self.timings.decode_s = time.perf_counter() - (t_first or t0)
-        self.done = True
 
     def _advance(self, s: _Sample, tok: int, row: np.ndarray, eos: set, stop_ids: set) -> Chunk:
         p = self.params
@@ -170,7 +187,9 @@ class Generation:
 
 class Stream:
     """Chunks of one prompt's samples as they are generated. Leaving the loop (break) and close()
-    stop decoding; after the last chunk, `completion` holds the whole result.
+    stop decoding; `completion` holds what was generated (finish_reason "abort" for a sample cut
+    short). While a stream is open, calls on its Engine from other threads wait for it; close() may
+    come from any thread.
 
     >>> for chunk in engine.stream("Once upon a time", max_tokens=32):  # doctest: +SKIP
     ...     print(chunk.text, end="", flush=True)
@@ -179,24 +198,40 @@ class Stream:
     def __init__(self, gen: Generation):
         self._gen = gen
         self._it = gen.chunks()
-        self.completion: Completion | None = None
+        self._final: Completion | None = None
 
     def __iter__(self) -> "Stream":
         return self
 
     def __next__(self) -> Chunk:
-        try:
-            return next(self._it)
-        except StopIteration:
-            if self.completion is None:
-                self.completion = self._gen.completions()[0]
-            raise
+        return next(self._it)
+
+    @property
+    def completion(self) -> Completion | None:
+        """The result so far (final once the stream ended or was closed); None before any token."""
+        if self._final is not None:
+            return self._final
+        if not self._gen.samples:
+            return None
+        c = self._gen.completions()[0]
+        if self._gen.done:
+            self._final = c
+        return c
 
     def close(self) -> None:
         """Stops decoding; `completion` then holds what was generated so far."""
-        self._it.close()
-        if self.completion is None and self._gen.samples:
-            self.completion = self._gen.completions()[0]
+        self._gen.cancelled = True
+        if self._it.gi_running:
+            return  # another thread is inside a step: it sees `cancelled` there, stops and gives the slots back
+        try:
+            self._it.close()
+        except ValueError:  # the other thread entered its step just now: `cancelled` stops it, as above
+            return
+        self._gen.finish()  # a stream never iterated holds the slots too
+
+    def __del__(self) -> None:
+        if not self._gen.done:
+            self.close()
 
     def __enter__(self) -> "Stream":
         return self

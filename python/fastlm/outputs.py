@@ -94,7 +94,9 @@ class Completion:
         return self.choices[0].logprobs
 
     def to_openai(self) -> dict:
-        """The dict an OpenAI client expects: a chat.completion for chat(), else a text_completion."""
+        """The dict an OpenAI client expects: a chat.completion for chat(), else a text_completion.
+        A sample cut short ("abort": its stream was closed) reports "stop", the nearest reason the
+        OpenAI types allow."""
         usage = {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
                  "total_tokens": self.usage.total_tokens,
                  "prompt_tokens_details": {"cached_tokens": self.usage.cached_tokens}}
@@ -107,7 +109,7 @@ class Completion:
                                       for _, s, v in t.top]}
                     for t in c.logprobs]}
                 choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                "logprobs": lp, "finish_reason": c.finish_reason})
+                                "logprobs": lp, "finish_reason": _openai_reason(c.finish_reason)})
             else:
                 lp = None
                 if c.logprobs is not None:
@@ -119,9 +121,14 @@ class Completion:
                           "token_logprobs": [t.logprob for t in c.logprobs],
                           "top_logprobs": [{s: v for _, s, v in t.top} for t in c.logprobs],
                           "text_offset": offsets}
-                choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+                choices.append({"index": c.index, "text": c.text, "logprobs": lp,
+                                "finish_reason": _openai_reason(c.finish_reason)})
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices, "usage": usage}
+
+
+def _openai_reason(reason: str) -> str:
+    return "stop" if reason == "abort" else reason
 
 
 @dataclass(frozen=True)

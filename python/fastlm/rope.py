@@ -11,20 +11,34 @@ import math
 
 import numpy as np
 
+from fastlm.config import ConfigError, cfg_dict, cfg_float
+
 
 def rope_theta(config: dict) -> float:
     """transformers 5 keeps the base in rope_parameters; older configs at the top level."""
-    params = config.get("rope_parameters") or {}
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+    params = cfg_dict(config, "rope_parameters") or {}
+    if "rope_theta" in params:
+        return cfg_float(params, "rope_theta", positive=True)
+    return cfg_float(config, "rope_theta", 10000.0, positive=True)
 
 
 def rope_scaling(config: dict) -> dict | None:
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
+    params = cfg_dict(config, "rope_parameters") or {}
+    scaling = cfg_dict(config, "rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
     if not scaling:
         return None
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    return None if kind == "default" else dict(scaling, rope_type=kind)
+    if kind == "default":
+        return None
+    if kind in ("linear", "llama3"):
+        cfg_float(scaling, "factor", positive=True)
+    if kind == "llama3":
+        low = cfg_float(scaling, "low_freq_factor", positive=True)
+        high = cfg_float(scaling, "high_freq_factor", positive=True)
+        cfg_float(scaling, "original_max_position_embeddings", positive=True)
+        if high <= low:
+            raise ConfigError(f"config rope_scaling: high_freq_factor ({high}) must exceed low_freq_factor ({low})")
+    return dict(scaling, rope_type=kind)
 
 
 def inv_freq(config: dict, rotary_dim: int) -> np.ndarray:

@@ -21,6 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 MAX_LOGPROBS = 20
+MAX_N = 1024  # samples per prompt: each holds a KV cache slot (an executor holds at most 4096)
+MIN_TEMPERATURE = 1e-5  # below it logits / temperature overflow; 0 means greedy
 
 
 def _is_int(v) -> bool:
@@ -76,8 +78,8 @@ class SamplingParams:
         set_ = object.__setattr__
         if self.max_tokens is not None and not (_is_int(self.max_tokens) and self.max_tokens >= 1):
             raise bad("max_tokens", "a positive int or None")
-        if not (_is_num(self.temperature) and self.temperature >= 0):
-            raise bad("temperature", "a finite number >= 0")
+        if not (_is_num(self.temperature) and (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE)):
+            raise bad("temperature", f"0 (greedy) or a finite number >= {MIN_TEMPERATURE}")
         if not (_is_int(self.top_k) and (self.top_k >= 0 or self.top_k == -1)):
             raise bad("top_k", "an int >= 0 (0 or -1: off)")
         if not (_is_num(self.top_p) and 0 < self.top_p <= 1):
@@ -89,8 +91,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not (_is_num(getattr(self, name)) and -2 <= getattr(self, name) <= 2):
                 raise bad(name, "in [-2, 2]")
-        if not (_is_int(self.n) and self.n >= 1):
-            raise bad("n", "a positive int")
+        if not (_is_int(self.n) and 1 <= self.n <= MAX_N):
+            raise bad("n", f"an int in [1, {MAX_N}]")
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
         if stop is None:
             stop = ()
@@ -116,10 +118,13 @@ class SamplingParams:
                 raise bad("logit_bias", "a dict {token id: bias}")
             bias = {}
             for k, v in self.logit_bias.items():
-                try:
-                    key = int(k)  # JSON keys arrive as strings, as in the OpenAI API
-                except (TypeError, ValueError):
-                    raise bad("logit_bias", "a dict {token id: bias}") from None
+                # an int, or its decimal string (JSON keys arrive as strings, as in the OpenAI API)
+                if _is_int(k):
+                    key = int(k)
+                elif isinstance(k, str) and k.strip().lstrip("-").isdigit():
+                    key = int(k)
+                else:
+                    raise ValueError(f"logit_bias keys must be token ids (ints, or their decimal strings), got {k!r}")
                 if key < 0 or not (_is_num(v) and -100 <= v <= 100):
                     raise ValueError(f"logit_bias[{k!r}] must be a bias in [-100, 100] for a token id >= 0, got {v!r}")
                 bias[key] = float(v)
@@ -165,6 +170,13 @@ def top_logprobs(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(logprobs[i])) for i in idx]
 
 
+def check_finite(logits: np.ndarray) -> None:
+    """Logits must be finite before any choice: argmax over NaN picks token 0, silently."""
+    if not np.isfinite(logits).all():
+        bad = "NaN" if np.isnan(logits).any() else "infinite"
+        raise FloatingPointError(f"the model produced {bad} logits: the weights or the input are broken")
+
+
 class SequenceSampler:
     """Token choice for one sample: its own generator and the counts the penalties need."""
 
@@ -202,6 +214,7 @@ class SequenceSampler:
 
     def choose(self, logits: np.ndarray) -> int:
         p = self.p
+        check_finite(logits)
         z = self.process(logits) if not p.plain_greedy else logits
         if p.greedy:
             tok = int(np.argmax(z))

@@ -11,7 +11,9 @@ tokens already cached (the next turn of a chat) computes only its new suffix.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -24,24 +26,61 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
+class _Hold:
+    """The owner of a one-off use of the slots (Engine.logits, reset, bench)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.stale = False
+
+
 class Slots:
     """An executor's KV cache slots and the token ids whose keys and values each holds.
 
-    A user of the slots (one generation call) takes them with ``claim``; the user it displaces is
-    told (its ``stale`` becomes True) and must stop."""
+    A user of the slots (one generation call, or a ``hold``) takes them with ``claim`` and gives
+    them back with ``release``. Calls from other threads wait for it (calls on one Engine queue,
+    never interleave); a new call from the user's own thread takes over, and the user it displaces
+    is told (its ``stale`` becomes True) and must stop."""
 
     def __init__(self, model):
         self.model = model
         self._tokens: list[list[int]] = []
         self._owner = None
+        self._owner_thread: int | None = None
+        self._cond = threading.Condition()
 
     # ---- who drives them ----
-    def claim(self, owner=None) -> None:
-        """`owner` drives the slots from now on; the previous owner, if still running, goes stale."""
-        prev = self._owner
-        if prev is not None and prev is not owner and not getattr(prev, "done", True):
-            prev.stale = True
-        self._owner = owner
+    def _busy(self) -> bool:
+        return self._owner is not None and not self._owner.done
+
+    def claim(self, owner) -> None:
+        """`owner` (an object with `done` and `stale`) drives the slots from now on."""
+        me = threading.get_ident()
+        with self._cond:
+            while self._busy() and self._owner_thread != me:
+                self._cond.wait()
+            prev = self._owner
+            if prev is not None and prev is not owner and self._busy():
+                prev.stale = True  # the same thread started a new call: its open stream stops
+            self._owner, self._owner_thread = owner, me
+
+    def release(self, owner) -> None:
+        """`owner` is finished with the slots (a no-op if another has taken them over since)."""
+        with self._cond:
+            if self._owner is owner:
+                self._owner = self._owner_thread = None
+                self._cond.notify_all()
+
+    @contextmanager
+    def hold(self) -> Iterator["Slots"]:
+        """The slots for one block of calls, queued behind other threads' calls."""
+        token = _Hold()
+        self.claim(token)
+        try:
+            yield self
+        finally:
+            token.done = True
+            self.release(token)
 
     # ---- what they hold ----
     def __len__(self) -> int:
@@ -55,10 +94,14 @@ class Slots:
         self.model.ensure_slots(n)
         while len(self._tokens) < self.model.n_slots:
             self._tokens.append([])
-        for s, toks in enumerate(self._tokens):  # an executor driven around this owner (a test): forget
-            if self.model.slot_len(s) != len(toks):
-                self.model.truncate_slot(s, 0)
-                toks.clear()
+        for s, toks in enumerate(self._tokens):
+            # they disagree when a step was cut off (Ctrl-C inside a prefill), or the executor was
+            # driven around this owner (a test): the shorter is a prefix of the longer; keep it
+            have = self.model.slot_len(s)
+            if have != len(toks):
+                keep = min(have, len(toks))
+                self.model.truncate_slot(s, keep)
+                del toks[keep:]
 
     def plan(self, prompts: Sequence[Sequence[int]], n: int = 1) -> list[tuple[int, int, list[int]]]:
         """For each prompt, (slot, tokens of it already cached there, slots for its other n - 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Union
 
 from fastlm import hub
+from fastlm.config import ConfigError
 from fastlm.formats.gguf import GGUFError, GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
 from fastlm.formats.safetensors import SafetensorsError, TensorStore, open_checkpoint, write_safetensors
 from fastlm.tokenizer import Tokenizer
@@ -45,9 +46,12 @@ class ModelSource:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(out, dict):
+        raise ConfigError(f"{path}: not a JSON object")
+    return out
 
 
 def eos_ids(*configs: dict) -> list[int]:
@@ -68,7 +72,12 @@ def open_model(model: str | os.PathLike) -> ModelSource:
         f = GGUFFile(path)
         config = llama_config(f)
         store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
-        backend, tok_config = tokenizer_from_gguf(f)
+        try:
+            backend, tok_config = tokenizer_from_gguf(f)
+        except GGUFError:
+            raise
+        except Exception as e:  # the tokenizers library raises its own types on a malformed vocabulary
+            raise GGUFError(f"{path}: the tokenizer in the metadata cannot be built ({type(e).__name__}: {e})") from None
         gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
         return ModelSource(path, config, store, Tokenizer(backend, tok_config, str(path)), gen, eos_ids(config), f)
     if not (path / "config.json").exists():
@@ -80,5 +89,5 @@ def open_model(model: str | os.PathLike) -> ModelSource:
     return ModelSource(path, config, store, tok, gen, eos_ids(gen, config))
 
 
-__all__ = ["GGUFError", "GGUFFile", "GGUFStore", "ModelSource", "SafetensorsError", "Store", "TensorStore",
+__all__ = ["ConfigError", "GGUFError", "GGUFFile", "GGUFStore", "ModelSource", "SafetensorsError", "Store", "TensorStore",
            "eos_ids", "open_checkpoint", "open_model", "read_json", "write_safetensors"]

@@ -62,22 +62,29 @@ class _Cursor:
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def _value(c: _Cursor, vtype: int):
+MAX_ARRAY_DEPTH = 4  # arrays of arrays: GGUF allows them; no model uses more than one level
+
+
+def _value(c: _Cursor, vtype: int, depth: int = 0):
     if vtype in _SCALARS:
         return c.unpack(_SCALARS[vtype])
     if vtype == 8:
         return c.string()
     if vtype == 9:
+        if depth >= MAX_ARRAY_DEPTH:
+            raise GGUFError(f"{c.path}: arrays nested more than {MAX_ARRAY_DEPTH} deep at offset {c.pos}")
         etype, n = c.unpack("I"), c.unpack("Q")
-        if etype in _SCALARS and etype != 7:  # numeric arrays in one read
+        if etype in _SCALARS:  # numeric and bool arrays in one read, bounded by the file
             fmt = _SCALARS[etype]
             size = struct.calcsize(fmt)
-            if n * size > len(c.buf):
+            if n * size > len(c.buf) - c.pos:
                 raise GGUFError(f"{c.path}: an array of {n} elements does not fit in the file")
-            return np.frombuffer(c.take(n * size), dtype=np.dtype("<" + fmt)).tolist()
-        if n > len(c.buf):
+            a = np.frombuffer(c.take(n * size), dtype=np.dtype("u1" if fmt == "?" else "<" + fmt))
+            return (a != 0).tolist() if fmt == "?" else a.tolist()
+        min_size = 8 if etype in (8, 9) else 1  # a string or an array takes at least its 8-byte length
+        if n * min_size > len(c.buf) - c.pos:
             raise GGUFError(f"{c.path}: an array of {n} elements does not fit in the file")
-        return [_value(c, etype) for _ in range(n)]
+        return [_value(c, etype, depth + 1) for _ in range(n)]
     raise GGUFError(f"{c.path}: unknown metadata value type {vtype} at offset {c.pos}")
 
 
@@ -100,6 +107,8 @@ class GGUFFile:
         self.metadata: dict = {}
         for _ in range(n_kv):
             key = c.string()
+            if key in self.metadata:
+                raise GGUFError(f"{self.path}: metadata key {key!r} appears twice")
             self.metadata[key] = _value(c, c.unpack("I"))
         infos = []
         for _ in range(n_tensors):
@@ -110,15 +119,26 @@ class GGUFFile:
             dims = [c.unpack("Q") for _ in range(n_dims)]
             ggml_type, offset = c.unpack("I"), c.unpack("Q")
             infos.append((name, dims, ggml_type, offset))
-        align = int(self.metadata.get("general.alignment", 32))
+        align = self.metadata.get("general.alignment", 32)
+        if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align % 8 or align > 1 << 20:
+            raise GGUFError(f"{self.path}: general.alignment = {align!r}: must be a positive multiple of 8")
         data_start = (c.pos + align - 1) // align * align
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, ggml_type, offset in infos:
+            if name in self.tensors:
+                raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
+            if offset % align:
+                raise GGUFError(f"{self.path}: tensor {name!r} starts at data offset {offset}, not a multiple of the "
+                                f"alignment {align}")
+            if any(d > len(buf) * 8 for d in dims):  # more elements than a file of this size could hold
+                raise GGUFError(f"{self.path}: tensor {name!r} has dimensions {dims}, beyond what the file holds")
             if ggml_type not in GGML_TYPES:
                 raise GGUFError(f"{self.path}: tensor {name!r} has ggml type {ggml_type}, which fastlm does not read "
                                 f"(it reads {', '.join(v[0] for v in GGML_TYPES.values())})")
             _, block, block_bytes = GGML_TYPES[ggml_type]
-            n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+            n = 1
+            for d in dims:
+                n *= int(d)  # Python ints: no overflow
             if n % block:
                 raise GGUFError(f"{self.path}: tensor {name!r} has {n} elements, not a whole number of blocks")
             nbytes = n // block * block_bytes
@@ -127,6 +147,10 @@ class GGUFFile:
                 raise GGUFError(f"{self.path}: tensor {name!r} spans bytes [{start}, {start + nbytes}) beyond the "
                                 f"file's {len(buf)}")
             self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type, start, nbytes)
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise GGUFError(f"{self.path}: tensors {a!r} and {b!r} overlap")
 
     def type_name(self, name: str) -> str:
         return GGML_TYPES[self.tensors[name].ggml_type][0]

@@ -30,6 +30,19 @@ class SafetensorsError(ValueError):
     """A safetensors file that cannot be read as one."""
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 class SafetensorsFile:
     """One .safetensors file: its header, and tensors as read-only views of a memory map."""
 
@@ -44,12 +57,16 @@ class SafetensorsFile:
                 raise SafetensorsError(f"{self.path}: header length {n} does not fit in a file of {size} bytes")
             raw = f.read(n)
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SafetensorsError(f"{self.path}: the header is not valid JSON ({e})") from None
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise SafetensorsError(f"{self.path}: the header is not valid JSON ({type(e).__name__}: {e})") from None
+        except _DuplicateKey as e:
+            raise SafetensorsError(f"{self.path}: the header names {e.args[0]!r} twice") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: the header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise SafetensorsError(f"{self.path}: __metadata__ is not a JSON object")
         self.data_start = 8 + n
         data_len = size - self.data_start
         self.entries: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
@@ -71,6 +88,17 @@ class SafetensorsFile:
                 raise SafetensorsError(f"{self.path}: tensor {name!r} of shape {shape} and dtype {dtype_name} needs "
                                        f"{want} bytes, its offsets span {end - begin}")
             self.entries[name] = (dtype, tuple(shape), begin, end)
+        # the tensors cover the data exactly, back to back (as the format requires): a shifted
+        # offset, an overlap, a hole or a header length off by one all show here
+        pos = 0
+        for name, (_, _, begin, end) in sorted(self.entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+            if begin != pos:
+                what = "overlaps the tensor before it" if begin < pos else f"leaves bytes [{pos}, {begin}) unused"
+                raise SafetensorsError(f"{self.path}: tensor {name!r} at data offset {begin} {what}")
+            pos = end
+        if pos != data_len:
+            raise SafetensorsError(f"{self.path}: the tensors end at data offset {pos}, the file's data holds "
+                                   f"{data_len} bytes")
         self._map: np.memmap | None = None
 
     def _data(self) -> np.ndarray:

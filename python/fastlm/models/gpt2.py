@@ -4,31 +4,35 @@ from __future__ import annotations
 from typing import Callable
 
 from fastlm import _C
+from fastlm.config import ConfigError, cfg_float, cfg_int
 from fastlm.formats import Store
 from fastlm.models.executor import executor_class
-from fastlm.models.loader import Loader, resolve_dtype
+from fastlm.models.loader import MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, Loader, check_layer_count, resolve_dtype
 
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2"}
 
 
 def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
           progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
-    C = int(config["n_embd"])
-    L = int(config["n_layer"])
-    H = int(config["n_head"])
-    F = int(config.get("n_inner") or 4 * C)
-    V = int(config["vocab_size"])
-    P = int(config.get("n_positions", 1024))
+    C = cfg_int(config, "n_embd", hi=MAX_WIDTH)
+    L = cfg_int(config, "n_layer", hi=MAX_LAYERS)
+    H = cfg_int(config, "n_head", hi=MAX_HEADS)
+    if C % H:
+        raise ConfigError(f"config n_embd ({C}) must be a multiple of n_head ({H})")
+    F = cfg_int(config, "n_inner", 4 * C, hi=MAX_WIDTH)
+    V = cfg_int(config, "vocab_size", hi=MAX_VOCAB)
+    P = cfg_int(config, "n_positions", 1024)
     act = config.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 activation {act!r} is not supported (gelu_new is)")
-    max_seq = int(max_seq_len or P)
+    max_seq = max_seq_len or P
     if not 1 <= max_seq <= P:
         raise ValueError(f"max_seq_len must be in [1, {P}] (GPT-2 has {P} learned positions), got {max_seq}")
     prefix = "transformer." if "transformer.wte.weight" in store else ""
+    check_layer_count(store, prefix + "h.", L)
     wdtype = resolve_dtype(dtype, store, [prefix + "wte.weight"])
     spec = {"n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": H, "head_dim": C // H, "ffn": F, "vocab": V,
-            "max_seq": max_seq, "norm": "layer", "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
+            "max_seq": max_seq, "norm": "layer", "norm_eps": cfg_float(config, "layer_norm_epsilon", 1e-5, lo=0, hi=1),
             "mlp": "gelu", "pos": "learned"}
     model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)

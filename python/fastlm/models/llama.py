@@ -5,9 +5,21 @@ from __future__ import annotations
 from typing import Callable
 
 from fastlm import _C
+from fastlm.config import ConfigError, cfg_bool, cfg_float, cfg_int
 from fastlm.formats import Store
 from fastlm.models.executor import executor_class
-from fastlm.models.loader import Loader, architecture_of, resolve_dtype
+from fastlm.models.loader import (
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    Loader,
+    architecture_of,
+    check_layer_count,
+    resolve_dtype,
+    tied_head,
+)
 from fastlm.rope import inv_freq
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
@@ -25,32 +37,36 @@ def projection_of(name: str) -> str | None:
 def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
           progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
     arch = architecture_of(config, ARCHITECTURES)
-    C = int(config["hidden_size"])
-    L = int(config["num_hidden_layers"])
-    H = int(config["num_attention_heads"])
-    Hkv = int(config.get("num_key_value_heads") or H)
-    D = int(config.get("head_dim") or C // H)
-    F = int(config["intermediate_size"])
-    V = int(config["vocab_size"])
-    context = int(config.get("max_position_embeddings", 2048))
-    if arch == "MistralForCausalLM" and config.get("sliding_window"):
+    C = cfg_int(config, "hidden_size", hi=MAX_WIDTH)
+    L = cfg_int(config, "num_hidden_layers", hi=MAX_LAYERS)
+    H = cfg_int(config, "num_attention_heads", hi=MAX_HEADS)
+    Hkv = cfg_int(config, "num_key_value_heads", H, hi=H)
+    if H % Hkv:
+        raise ConfigError(f"config num_attention_heads ({H}) must be a multiple of num_key_value_heads ({Hkv})")
+    D = cfg_int(config, "head_dim", C // H or 1, hi=MAX_HEAD_DIM)
+    F = cfg_int(config, "intermediate_size", hi=MAX_WIDTH)
+    V = cfg_int(config, "vocab_size", hi=MAX_VOCAB)
+    context = cfg_int(config, "max_position_embeddings", 2048)
+    window = cfg_int(config, "sliding_window", 0, lo=0)
+    if arch == "MistralForCausalLM" and window:
         # positions beyond the window would attend differently: stay within it
-        context = min(context, int(config["sliding_window"]))
-    max_seq = int(max_seq_len or context)
-    if max_seq < 1:
-        raise ValueError(f"max_seq_len must be >= 1, got {max_seq}")
+        context = min(context, window)
+    max_seq = max_seq_len or context
+    check_layer_count(store, "model.layers.", L)
     linear_names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
     wdtype = resolve_dtype(dtype, store, linear_names)
     spec = {
         "n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": Hkv, "head_dim": D, "ffn": F, "vocab": V,
-        "max_seq": max_seq, "norm": "rms", "norm_eps": float(config.get("rms_norm_eps", 1e-6)), "mlp": "swiglu",
+        "max_seq": max_seq, "norm": "rms", "norm_eps": cfg_float(config, "rms_norm_eps", 1e-6, lo=0, hi=1),
+        "mlp": "swiglu",
         "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D,
     }
     model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
-    qkv_bias = arch == "Qwen2ForCausalLM" or bool(config.get("attention_bias", False))
-    o_bias = bool(config.get("attention_bias", False)) and arch != "Qwen2ForCausalLM"
-    mlp_bias = bool(config.get("mlp_bias", False))
+    attention_bias = cfg_bool(config, "attention_bias")
+    qkv_bias = arch == "Qwen2ForCausalLM" or attention_bias
+    o_bias = attention_bias and arch != "Qwen2ForCausalLM"
+    mlp_bias = cfg_bool(config, "mlp_bias")
     shapes = {"q": (H * D, C), "k": (Hkv * D, C), "v": (Hkv * D, C), "o": (C, H * D), "gate": (F, C), "up": (F, C),
               "down": (C, F)}
     for i in range(L):
@@ -65,7 +81,7 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32("model.norm.weight", (C,)))
     ld.set_vocab_matrix(model, "embedding", "model.embed_tokens.weight", (V, C))
-    tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in store
+    tied = tied_head(config, store, "lm_head.weight")
     if tied:
         model.tie_lm_head()
     else:

@@ -6,9 +6,18 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from fastlm.config import ConfigError
 from fastlm.formats import Store
 from fastlm.formats.qrecords import row_bytes
 from fastlm.quant import QuantScheme
+
+# bounds on what a config may ask for, checked before anything is sized by it (the largest models
+# people run are well inside them: Llama-3 405B has 126 layers, 16384 wide, 128 heads of 128)
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 20
+MAX_HEADS = 1024
+MAX_HEAD_DIM = 1024
+MAX_VOCAB = 1 << 22
 
 WEIGHT_DTYPES = ("float32", "bfloat16")
 QUANT_DTYPES = ("int8", "int4")
@@ -23,6 +32,36 @@ def architecture_of(config: dict, known: dict[str, str]) -> str:
         return archs[0]
     model_type = config.get("model_type")
     return next((a for a, mt in known.items() if mt == model_type), str(model_type))
+
+
+def check_layer_count(store: Store, prefix: str, n_layers: int) -> None:
+    """The checkpoint holds no layer at or past n_layers (tensors that would be ignored)."""
+    found = set()
+    for name in store.names():
+        if name.startswith(prefix):
+            head = name[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                found.add(int(head))
+    extra = sorted(i for i in found if i >= n_layers)
+    if extra:
+        raise ConfigError(f"config says {n_layers} layers, but the checkpoint holds layer {extra[-1]}: the config does "
+                          "not describe these weights")
+
+
+def tied_head(config: dict, store: Store, head_name: str) -> bool:
+    """Whether the head is the embedding: tie_word_embeddings says so, or the checkpoint has no
+    head and the config does not say otherwise."""
+    tie = config.get("tie_word_embeddings")
+    if tie is not None and not isinstance(tie, bool):
+        raise ConfigError(f"config tie_word_embeddings = {tie!r}: must be true or false")
+    if tie:
+        return True
+    if head_name in store:
+        return False
+    if tie is False:
+        raise ValueError(f"the checkpoint lacks {head_name!r} and config tie_word_embeddings is false: the head "
+                         "would be missing")
+    return True
 
 
 def resolve_dtype(dtype: str, store: Store, names: list[str]) -> str:
