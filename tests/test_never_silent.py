@@ -283,25 +283,25 @@ def test_breaking_out_of_a_stream_leaves_its_completion(eng):
 
 
 def test_close_from_another_thread_stops_the_stream(eng):
-    stream = eng.stream(ids(5), max_tokens=200, ignore_eos=True)
+    """close() from the main thread while a worker is inside the stream's steps."""
+    stream = eng.stream(ids(5), max_tokens=600, ignore_eos=True)
     seen, errors = [], []
 
     def consume():
         try:
             for c in stream:
                 seen.append(c)
-                if len(seen) == 3:
-                    closer.start()
-                    closer.join()
         except Exception as e:  # noqa: BLE001 - the test reports any
             errors.append(e)
 
-    closer = threading.Thread(target=stream.close)
     t = threading.Thread(target=consume)
     t.start()
+    while len(seen) < 3 and t.is_alive():
+        pass
+    stream.close()
     t.join(60)
     assert not t.is_alive() and not errors
-    assert len(seen) < 200 and stream.completion.finish_reason == "abort"
+    assert len(seen) < 600 and stream.completion.finish_reason == "abort"
     eng.generate(ids(3), max_tokens=2)  # the slots were given back
 
 
@@ -342,3 +342,68 @@ def test_threads_on_one_engine_queue_and_equal_the_serial_results(eng):
 def test_bench_json_has_no_profile_unless_asked(llama, capsys):
     assert cli.main(["bench", "-m", str(llama), "-p", "4", "-n", "2", "-r", "1", "--ctx", "32", "--json"]) == 0
     assert "profile_s" not in capsys.readouterr().out
+
+
+# ---- kernels ----
+
+def _buf(rng, rows=8, cols=64):
+    return rng.standard_normal((rows, cols)).astype(np.float32)
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "layer_norm", "softmax", "gelu_tanh", "silu_mul", "add", "rope",
+                                "matmul", "q_matmul"])
+def test_out_that_partly_overlaps_an_input_is_refused(rng, op):
+    from fastlm import kernels as K
+
+    buf = _buf(rng)
+    x, out = buf[:4], buf[2:6]  # rows 2, 3 are both
+    ones = np.ones(64, np.float32)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    calls = {"rms_norm": lambda: K.rms_norm(x, ones, 1e-5, out=out),
+             "layer_norm": lambda: K.layer_norm(x, ones, ones, 1e-5, out=out),
+             "softmax": lambda: K.softmax(x, out=out), "gelu_tanh": lambda: K.gelu_tanh(x, out=out),
+             "silu_mul": lambda: K.silu_mul(x, buf[4:], out=out), "add": lambda: K.add(buf[4:], x, out=out),
+             "rope": lambda: K.rope(buf.reshape(8, 4, 16)[:4], np.arange(4), out=buf.reshape(8, 4, 16)[2:6]),
+             "matmul": lambda: K.matmul(rng.standard_normal((4, 64)).astype(np.float32), buf,
+                                        out=buf.reshape(-1)[:32].reshape(4, 8)),
+             "q_matmul": lambda: K.q_matmul(x, K.q_quantize(w, "q8", 32), "q8", 32, out=out)}
+    with pytest.raises(ValueError, match="overlap"):
+        calls[op]()
+
+
+def test_out_may_still_be_the_input_itself(rng):
+    from fastlm import kernels as K
+
+    x = _buf(rng)
+    want = K.softmax(x)
+    K.softmax(x, out=x)
+    np.testing.assert_array_equal(x, want)
+
+
+def test_softmax_propagates_nan_as_the_reference(isa):
+    from fastlm import kernels as K
+
+    x = np.array([[1.0, np.nan, 2.0], [1.0, 2.0, 3.0]], np.float32)
+    got = K.softmax(x)
+    assert np.isnan(got[0]).all() and np.isfinite(got[1]).all()
+    assert np.isnan(K.ref.softmax(x)[0]).all()
+
+
+def test_a_nan_weight_is_refused_at_quantization(rng):
+    from fastlm import kernels as K
+    from fastlm.quant import QuantScheme
+
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    w[1, 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        K.q_quantize(w, "q8", 32)
+    with pytest.raises(ValueError, match="NaN"):
+        QuantScheme("int4", method="search").quantize("w", w, "q4", 32)
+
+
+def test_a_wrong_argument_type_is_a_type_error():
+    from fastlm import kernels as K
+
+    z = np.zeros((1, 1, 8), np.float32)
+    with pytest.raises(TypeError, match="scale"):
+        K.attention(z, z, z, scale="x")

@@ -82,7 +82,13 @@ py::array_t<float> make_out(const py::object& out, const std::vector<py::ssize_t
 }
 
 void no_alias(const py::array& out, const py::array& in, const char* name) {
-  if (overlaps(out, in)) throw py::value_error(std::string("out must not overlap ") + name);
+  if (in && overlaps(out, in)) throw py::value_error(std::string("out must not overlap ") + name);
+}
+
+void same_or_apart(const py::array& out, const py::array& in, const char* name) {
+  if (!in || !overlaps(out, in)) return;
+  if (out.data() == in.data() && out.nbytes() == in.nbytes()) return;  // in place, element for element
+  throw py::value_error(std::string("out must be ") + name + " itself (in place) or not overlap it at all");
 }
 
 std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }

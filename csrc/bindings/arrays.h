@@ -25,7 +25,9 @@ py::array checked(const py::object& obj, const char* name, std::initializer_list
 bool overlaps(const py::array& a, const py::array& b);
 // `out` if given (checked: float32, C-contiguous, writeable, the expected shape), else a new array
 py::array_t<float> make_out(const py::object& out, const std::vector<py::ssize_t>& shape);
-void no_alias(const py::array& out, const py::array& in, const char* name);
+void no_alias(const py::array& out, const py::array& in, const char* name);  // no overlap at all
+// element-wise and row ops: out may be `in` itself, but not overlap it partly
+void same_or_apart(const py::array& out, const py::array& in, const char* name);
 std::vector<py::ssize_t> shape_of(const py::array& a);
 const float* cf32(const py::array& a);
 // a per-thread scratch buffer, 64-byte aligned, that only grows

@@ -91,6 +91,8 @@ py::array_t<float> matmul(Table table, const py::object& x_obj, const py::object
   a.bias = optional_vec(bias_obj, "bias", a.N, bias);
   py::array_t<float> out = make_out(out_obj, {a.M, a.N});
   no_alias(out, x, "x");
+  no_alias(out, w, "w");
+  no_alias(out, bias, "bias");
   a.y = out.mutable_data();
   a.workspace = workspace(t.matmul_workspace(a.M, a.N, a.K, a.packed));
   {
@@ -119,6 +121,8 @@ py::array_t<float> attention(Table table, const py::object& q_obj, const py::obj
                           std::to_string(S) + "): queries must sit at the end of the keys");
   float scale = 1.0f / std::sqrt(float(D));
   if (!scale_obj.is_none()) {
+    if (py::isinstance<py::bool_>(scale_obj) || !(py::isinstance<py::float_>(scale_obj) || py::isinstance<py::int_>(scale_obj)))
+      throw py::type_error("scale must be a number or None, got " + std::string(py::str(py::type::of(scale_obj).attr("__name__"))));
     scale = scale_obj.cast<float>();
     if (!std::isfinite(scale)) throw py::value_error("scale must be finite, got " + std::to_string(scale));
   }
@@ -142,6 +146,8 @@ py::array_t<float> rms_norm(Table table, const py::object& x_obj, const py::obje
   const float* wp = optional_vec(w_obj, "weight", cols, w);
   if (!(eps >= 0.0f)) throw py::value_error("eps must be >= 0, got " + std::to_string(eps));
   py::array_t<float> out = make_out(out_obj, shape_of(x));
+  same_or_apart(out, x, "x");
+  no_alias(out, w, "weight");
   float* y = out.mutable_data();
   const KernelTable& t = table();
   py::gil_scoped_release nogil;
@@ -158,6 +164,9 @@ py::array_t<float> layer_norm(Table table, const py::object& x_obj, const py::ob
   const float* bp = optional_vec(b_obj, "bias", cols, b);
   if (!(eps >= 0.0f)) throw py::value_error("eps must be >= 0, got " + std::to_string(eps));
   py::array_t<float> out = make_out(out_obj, shape_of(x));
+  same_or_apart(out, x, "x");
+  no_alias(out, w, "weight");
+  no_alias(out, b, "bias");
   float* y = out.mutable_data();
   const KernelTable& t = table();
   py::gil_scoped_release nogil;
@@ -174,6 +183,10 @@ py::array q_quantize(Table table, const py::object& w_obj, const std::string& qt
   py::array_t<uint8_t> out({N, q_row_bytes(qt, K, G)});
   uint8_t* op = out.mutable_data();
   const float* wp = cf32(w);
+  for (int64_t i = 0; i < N * K; ++i)  // a NaN or inf would quantize to -127 * scale, silently
+    if (!std::isfinite(wp[i]))
+      throw py::value_error("w holds a non-finite value at (" + std::to_string(i / K) + ", " + std::to_string(i % K) +
+                            "): it cannot be quantized");
   py::gil_scoped_release nogil;
   t.q_quantize(wp, N, K, qt, G, op);
   return std::move(out);
@@ -200,6 +213,8 @@ py::array_t<float> q_matmul(Table table, const py::object& x_obj, const py::obje
   w.bias = optional_vec(bias_obj, "bias", w.N, bias);
   py::array_t<float> out = make_out(out_obj, {M, w.N});
   no_alias(out, x, "x");
+  no_alias(out, keep, "q");
+  no_alias(out, bias, "bias");
   QMatmulArgs a{cf32(x), M, K, &w, 1, out.mutable_data(), w.N};
   py::gil_scoped_release nogil;
   t.q_matmul(a);
@@ -243,6 +258,7 @@ py::array_t<float> rope(Table table, const py::object& x_obj, const py::object& 
       inv_freq[size_t(i)] = 1.0f / std::pow(float(theta), float(2 * i) / float(rot));
   }
   py::array_t<float> out = make_out(out_obj, shape_of(x));
+  same_or_apart(out, x, "x");
   float* y = out.mutable_data();
   const KernelTable& t = table();
   py::gil_scoped_release nogil;
@@ -257,6 +273,7 @@ using Binary = void (*)(const float*, const float*, float*, int64_t);
 py::array_t<float> unary(Unary f, const py::object& x_obj, const py::object& out_obj) {
   py::array x = checked(x_obj, "x", {DType::kF32}, 1, 32);
   py::array_t<float> out = make_out(out_obj, shape_of(x));
+  same_or_apart(out, x, "x");
   float* y = out.mutable_data();
   py::gil_scoped_release nogil;
   f(cf32(x), y, x.size());
@@ -271,6 +288,8 @@ py::array_t<float> binary(Binary f, const char* na, const char* nb, const py::ob
     throw py::value_error(std::string(na) + " and " + nb + " must have the same shape (no broadcasting), got " +
                           shape_str(a) + " and " + shape_str(b));
   py::array_t<float> out = make_out(out_obj, shape_of(a));
+  same_or_apart(out, a, na);
+  same_or_apart(out, b, nb);
   float* y = out.mutable_data();
   py::gil_scoped_release nogil;
   f(cf32(a), cf32(b), y, a.size());
@@ -281,6 +300,7 @@ py::array_t<float> softmax(Table table, const py::object& x_obj, const py::objec
   py::array x = checked(x_obj, "x", {DType::kF32}, 1, 32);
   const int64_t cols = x.shape(x.ndim() - 1), rows = x.size() / cols;
   py::array_t<float> out = make_out(out_obj, shape_of(x));
+  same_or_apart(out, x, "x");
   float* y = out.mutable_data();
   const KernelTable& t = table();
   py::gil_scoped_release nogil;

@@ -22,6 +22,8 @@ PYBIND11_MODULE(_C, m) {
       if (p) std::rethrow_exception(p);
     } catch (const std::invalid_argument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const py::cast_error& e) {  // an argument of the wrong type, found past pybind's own checks
+      PyErr_SetString(PyExc_TypeError, e.what());
     }
   });
 

@@ -87,6 +87,13 @@ void softmax(const float* x, float* y, int64_t rows, int64_t cols) {
         }
         sum = vadd(sum, e);
       }
+      // a NaN anywhere in the row makes it all NaN, as in the reference (max ignores a NaN operand)
+      bool nan = false;
+      for (int64_t i = 0; i < cols; ++i) nan |= std::isnan(xr[i]);
+      if (nan) {
+        for (int64_t i = 0; i < cols; ++i) yr[i] = NAN;
+        continue;
+      }
       VF inv = vset1(1.0f / vsum(sum));
       for (int64_t i = 0; i < cols; i += kW) {
         int m = int(std::min<int64_t>(kW, cols - i));

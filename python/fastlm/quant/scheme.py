@@ -56,6 +56,8 @@ class QuantScheme:
         return QTYPES[self.dtype], self.group_size
 
     def quantize(self, name: str, w: np.ndarray, qtype: str, G: int) -> np.ndarray:
+        if not np.isfinite(w).all():
+            raise ValueError(f"tensor {name!r} holds NaN or inf: it cannot be quantized")
         if qtype == "q4" and self.method == "gptq" and not self.hessians and self.calibration is not None:
             self.hessians = self.calibration()  # only when a tensor needs it (not for GGUF 4-bit blocks)
             self.calibration = None
