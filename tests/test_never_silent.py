@@ -407,3 +407,30 @@ def test_a_wrong_argument_type_is_a_type_error():
     z = np.zeros((1, 1, 8), np.float32)
     with pytest.raises(TypeError, match="scale"):
         K.attention(z, z, z, scale="x")
+
+
+def test_quantize_says_which_method_ran(tmp_path, capsys):
+    from tiny_gguf import build as build_gguf
+
+    src = build_gguf(tmp_path / "g", types={k: "Q4_1" for k in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                                 "ffn_gate", "ffn_up", "ffn_down")})
+    # every 4-bit tensor is a GGUF block kept as it is; ffn_down (K = 96, no whole 64-blocks) goes to int8
+    assert cli.main(["quantize", str(src), str(tmp_path / "q"), "--dtype", "int4", "--keep-8bit", "down"]) == 0
+    out = capsys.readouterr().out
+    assert "rtn (asked for gptq" in out
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["method"] == "rtn"
+
+
+def test_help_needs_no_model_and_bad_flags_fail_before_loading(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--ctx", "0", "x", "-m", "/nonexistent"])
+    assert e.value.code == 2 and "--ctx" in capsys.readouterr().err
+
+
+def test_info_json_into_a_closed_pipe_is_quiet():
+    import subprocess
+    import sys
+
+    p = subprocess.run(f"{sys.executable} -m fastlm.cli info --json | head -c 10", shell=True, capture_output=True,
+                       text=True)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

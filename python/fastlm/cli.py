@@ -1,4 +1,9 @@
-"""The ``fastlm`` command line: generate, chat, bench, quantize, perplexity, convert, info."""
+"""The ``fastlm`` command line: generate, chat, bench, quantize, perplexity, convert, info.
+
+Parsing needs only the standard library and two small base modules, so ``fastlm --help`` and a bad
+flag answer at once; each command imports the engine and tools it runs when it runs (the one
+module besides ``fastlm/__init__.py`` allowed function-local project imports: tests/test_layers.py).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,17 +12,15 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fastlm import _C
 from fastlm._version import __version__
-from fastlm.engine import Engine
+from fastlm.config import DEVICES, DTYPES
 from fastlm.hub import DEFAULT_MODEL
-from fastlm.models import DEVICES, DTYPES
-from fastlm.sampling import SamplingParams
-from fastlm.tools.bench import bench
-from fastlm.tools.convert import convert_gguf
-from fastlm.tools.perplexity import evaluate
-from fastlm.tools.quantize import write_quantized
+
+if TYPE_CHECKING:
+    from fastlm.engine import Engine
+    from fastlm.sampling import SamplingParams
 
 
 def positive_int(text: str) -> int:
@@ -32,14 +35,16 @@ def positive_int(text: str) -> int:
 
 
 def info_dict() -> dict:
+    from fastlm import _C, _runtime  # _runtime applies FASTLM_ISA / FASTLM_NUM_THREADS
+
     return {
         "version": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "build": _C.build_info(),
         "cpu": _C.cpu_info(),
-        "isa": _C.get_isa(),
-        "threads": _C.get_num_threads(),
+        "isa": _runtime.get_isa(),
+        "threads": _runtime.get_num_threads(),
         "cuda_devices": [_C.cuda.device_name(i) for i in range(_C.cuda.device_count())],
     }
 
@@ -64,12 +69,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Engine:
+    from fastlm.engine import Engine
+
     return Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads,
                                   max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty(),
                                   device=args.device)
 
 
 def _params(args: argparse.Namespace) -> SamplingParams:
+    from fastlm.sampling import SamplingParams
+
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           seed=args.seed, stop=tuple(args.stop or ()), n=getattr(args, "n", 1),
@@ -154,6 +163,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from fastlm.tools.bench import bench
+
     engine = _load(args)
     rows = bench(engine, args.n_prompt, args.n_gen, args.repetitions, args.profile)
     if args.json:
@@ -183,17 +194,24 @@ def _progress(what: str):
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from fastlm.tools.quantize import write_quantized
+
     method = args.method or ("gptq" if args.dtype == "int4" else "rtn")
     keep = args.keep_8bit if args.keep_8bit is not None else ("down,v,o" if args.dtype == "int4" else "")
     out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=method,
                           keep_8bit=keep, progress=_progress("quantizing"))
     size = (out / "model.safetensors").stat().st_size
     kept = f", {keep} kept at int8" if keep and args.dtype == "int4" else ""
-    print(f"wrote {out} ({args.dtype}, groups of {args.group_size}, {method}{kept}; {size / 1e6:.1f} MB)")
+    ran = json.loads((out / "config.json").read_text())["quantization_config"]["method"]  # what ran
+    note = f" (asked for {method}: no tensor was quantized from float weights)" if ran != method else ""
+    print(f"wrote {out} ({args.dtype}, groups of {args.group_size}, {ran}{note}{kept}; {size / 1e6:.1f} MB)")
     return 0
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
+    from fastlm.engine import Engine
+    from fastlm.tools.perplexity import evaluate
+
     text = Path(args.file).read_text(encoding="utf-8")
     kw = dict(threads=args.threads, group_size=args.group_size, quant_method=args.method, keep_8bit=args.keep_8bit,
               device=args.device)
@@ -222,6 +240,8 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from fastlm.tools.convert import convert_gguf
+
     out = convert_gguf(args.src, args.out, dtype=args.dtype)
     print(f"wrote {out}")
     return 0

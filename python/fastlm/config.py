@@ -15,6 +15,11 @@ from __future__ import annotations
 import math
 
 MAX_SIZE = 1 << 24  # any one size: layers, widths, heads, vocabulary, positions
+# what a user may ask a model for: weight dtypes and devices
+WEIGHT_DTYPES = ("float32", "bfloat16")
+QUANT_DTYPES = ("int8", "int4")
+DTYPES = ("auto",) + WEIGHT_DTYPES + QUANT_DTYPES
+DEVICES = ("cpu", "cuda", "cuda-emulated")
 _REQUIRED = object()
 
 

@@ -3,8 +3,7 @@ decoder's sources under the host SIMT emulation."""
 from __future__ import annotations
 
 from fastlm import _C
-
-DEVICES = ("cpu", "cuda", "cuda-emulated")
+from fastlm.config import DEVICES
 
 
 def executor_class(device: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from fastlm.config import ConfigError
+from fastlm.config import DTYPES, QUANT_DTYPES, WEIGHT_DTYPES, ConfigError
 from fastlm.formats import Store
 from fastlm.formats.qrecords import row_bytes
 from fastlm.quant import QuantScheme
@@ -19,9 +19,6 @@ MAX_HEADS = 1024
 MAX_HEAD_DIM = 1024
 MAX_VOCAB = 1 << 22
 
-WEIGHT_DTYPES = ("float32", "bfloat16")
-QUANT_DTYPES = ("int8", "int4")
-DTYPES = ("auto",) + WEIGHT_DTYPES + QUANT_DTYPES
 
 
 def architecture_of(config: dict, known: dict[str, str]) -> str:

@@ -43,6 +43,10 @@ def write_quantized(src: str | os.PathLike, out: str | os.PathLike, dtype: str =
             progress(i + 1, len(names))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # what ran, not what was asked: GPTQ runs only where a tensor is quantized from float (a 4-bit
+    # GGUF's blocks are kept as they are, and the rest are rounded to nearest)
+    if method == "gptq" and not scheme.hessians:
+        method = "rtn"
     meta = {"version": FORMAT_VERSION, "dtype": dtype, "group_size": group_size, "method": method,
             "keep_8bit": list(scheme.keep_8bit), "tensors": {n: list(v) for n, v in ld.quantized.items()}}
     write_safetensors(out / "model.safetensors", tensors,
