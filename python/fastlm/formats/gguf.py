@@ -93,6 +93,9 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        size = self.path.stat().st_size
+        if size < 24:  # magic, version and the two counts
+            raise GGUFError(f"{self.path}: {size} bytes is too short for a GGUF file")
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         buf = memoryview(self._map)
         c = _Cursor(buf, self.path)
