@@ -139,9 +139,8 @@ size_t DeviceModel::kv_bytes_per_slot() const {
 }
 
 void DeviceModel::ensure_slots(int64_t n) {
-  std::lock_guard<std::mutex> lock(mu_);
   if (slots_.empty()) kv_dt_ = kv_type();
-  slots_.ensure(n, [&] {
+  slots_.ensure_locked(n, [&] {
     std::unique_ptr<Slot> s(new Slot());
     s->kv = Buffer(kv_bytes_per_slot());
     return s;
@@ -150,15 +149,11 @@ void DeviceModel::ensure_slots(int64_t n) {
 
 int64_t DeviceModel::slot_len(int64_t slot) const { return slots_.len(slot); }
 
-void DeviceModel::truncate_slot(int64_t slot, int64_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
-  slots_.truncate(slot, len);
-}
+void DeviceModel::truncate_slot(int64_t slot, int64_t len) { slots_.truncate_locked(slot, len); }
 
 void DeviceModel::copy_slot(int64_t src, int64_t dst, int64_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
   const size_t row = size_t(2 * spec_.n_kv_heads * spec_.head_dim) * dtype_size(kv_dt_), layer = spec_.max_seq * row;
-  slots_.copy(src, dst, len, [&](const Slot& a, Slot& b) {
+  slots_.copy_locked(src, dst, len, [&](const Slot& a, Slot& b) {
     for (int64_t l = 0; l < spec_.n_layers; ++l)
       copy_device(static_cast<char*>(b.kv.get()) + l * layer, static_cast<const char*>(a.kv.get()) + l * layer, len * row);
   });
@@ -231,7 +226,7 @@ void DeviceModel::fuse(Linear& out, std::initializer_list<const Linear*> parts) 
 }
 
 void DeviceModel::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(slots_.mutex());
   slots_.check_prefill(slot, T, spec_.max_seq);
   for (int64_t t0 = 0; t0 < T; t0 += kStepRows) {
     const int64_t n = std::min(kStepRows, T - t0);
@@ -242,7 +237,7 @@ void DeviceModel::prefill(int64_t slot, const int32_t* tokens, int64_t T, float*
 }
 
 void DeviceModel::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(slots_.mutex());
   slots_.check_decode(slots, B, spec_.max_seq);
   for (int64_t b0 = 0; b0 < B; b0 += kStepRows) {  // more sequences than a step's buffers: in chunks
     const int64_t n = std::min(kStepRows, B - b0);

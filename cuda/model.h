@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <utility>
 #include <string>
 #include <vector>
@@ -117,7 +116,6 @@ class DeviceModel {
   Linear upload_linear(const void* w, DType wt, int64_t N, int64_t K, const float* bias) const;
 
   ModelSpec spec_;
-  std::mutex mu_;  // one step (or slot change) at a time: callers may come from several threads
   std::vector<Layer> layers_;
   Linear head_;
   Buffer final_w_, final_b_, embedding_, pos_embedding_, inv_freq_;

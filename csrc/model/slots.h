@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace fastlm {
@@ -21,6 +22,24 @@ void check_decode_slots(const int64_t* slots, const int64_t* lens, int64_t B, in
 template <class Slot>
 class SlotList {
  public:
+  // the executor's lock: one step or slot change at a time (callers may come from several
+  // threads). the *_locked forms below take it; prefill and decode hold it for a whole step
+  std::mutex& mutex() { return mu_; }
+  void truncate_locked(int64_t slot, int64_t len) {
+    std::lock_guard<std::mutex> lock(mu_);
+    truncate(slot, len);
+  }
+  template <class Make>
+  void ensure_locked(int64_t n, Make make) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ensure(n, make);
+  }
+  template <class Move>
+  void copy_locked(int64_t src, int64_t dst, int64_t len, Move move) {
+    std::lock_guard<std::mutex> lock(mu_);
+    copy(src, dst, len, move);
+  }
+
   int64_t size() const { return int64_t(slots_.size()); }
   bool empty() const { return slots_.empty(); }
   // at least n slots; make() returns a new std::unique_ptr<Slot>
@@ -62,6 +81,7 @@ class SlotList {
 
  private:
   std::vector<std::unique_ptr<Slot>> slots_;
+  std::mutex mu_;
 };
 
 }  // namespace fastlm

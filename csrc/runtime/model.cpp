@@ -239,8 +239,7 @@ size_t Model::kv_bytes_per_slot() const {
 }
 
 void Model::ensure_slots(int64_t n) {
-  std::lock_guard<std::mutex> lock(mu_);
-  slots_.ensure(n, [&] {
+  slots_.ensure_locked(n, [&] {
     std::unique_ptr<Slot> s(new Slot());
     size_t elems = kv_bytes_per_slot() / sizeof(float) / 2;
     // calloc: the pages of positions never used are never touched
@@ -253,15 +252,11 @@ void Model::ensure_slots(int64_t n) {
 
 int64_t Model::slot_len(int64_t slot) const { return slots_.len(slot); }
 
-void Model::truncate_slot(int64_t slot, int64_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
-  slots_.truncate(slot, len);
-}
+void Model::truncate_slot(int64_t slot, int64_t len) { slots_.truncate_locked(slot, len); }
 
 void Model::copy_slot(int64_t src, int64_t dst, int64_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
   const int64_t D = spec_.head_dim, S = spec_.max_seq, rows = spec_.n_layers * spec_.n_kv_heads;
-  slots_.copy(src, dst, len, [&](const Slot& a, Slot& b) {
+  slots_.copy_locked(src, dst, len, [&](const Slot& a, Slot& b) {
     for (int64_t r = 0; r < rows; ++r) {  // each (layer, kv head) holds its positions contiguously
       std::memcpy(b.k.get() + r * S * D, a.k.get() + r * S * D, size_t(len * D) * sizeof(float));
       std::memcpy(b.v.get() + r * S * D, a.v.get() + r * S * D, size_t(len * D) * sizeof(float));
@@ -375,7 +370,7 @@ void Model::reset_profile() {
 }
 
 void Model::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logits, bool all_logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(slots_.mutex());
   slots_.check_prefill(slot, T, spec_.max_seq);
   for (int64_t t0 = 0; t0 < T; t0 += kChunk) {
     const int64_t n = std::min(kChunk, T - t0);
@@ -394,7 +389,7 @@ void Model::prefill(int64_t slot, const int32_t* tokens, int64_t T, float* logit
 }
 
 void Model::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float* logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(slots_.mutex());
   slots_.check_decode(slots, B, spec_.max_seq);
   std::vector<Group> groups;
   for (int64_t b = 0; b < B; ++b) groups.push_back({slots[b], b, 1});

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -93,7 +92,6 @@ class Model {
   void fuse_projections();
 
   ModelSpec spec_;
-  std::mutex mu_;  // one step (or slot change) at a time: callers may come from several threads
   const KernelTable* table_;
   std::vector<Layer> layers_;
   std::unique_ptr<Linear> head_;
