@@ -1,5 +1,5 @@
 // the CPU kernels: raw pointers, explicit sizes, row-major, no Python and no model knowledge.
-// each ISA's copy (scalar, avx2, avx512) fills one KernelTable; runtime/cpu.cpp picks the table.
+// each ISA's copy (scalar, avx2, avx512) fills one KernelTable; kernels/dispatch.cpp picks the table.
 #pragma once
 
 #include <cstddef>

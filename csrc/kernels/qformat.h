@@ -1,6 +1,6 @@
 // the round-to-nearest quantizer of one weight row into a q8 / q4 record (QWeight in kernels.h).
 // plain C++ with fp16 done in software, so a record has the same bits whichever ISA wrote it; the
-// per-ISA q_quantize only spreads rows over threads, and fastlm/quantize.py holds its NumPy twin.
+// per-ISA q_quantize only spreads rows over threads, and fastlm/quant/rtn.py holds its NumPy twin.
 #pragma once
 
 #include <algorithm>

@@ -166,7 +166,7 @@ static void q_element(const QWeight& w, const uint8_t* rec, int64_t k, int* q, f
 }
 
 // the quantizer has one implementation (qformat.h), the same bits on every ISA: its independent
-// check is the NumPy twin in fastlm/quantize.py
+// check is the NumPy twin in fastlm/quant/rtn.py
 void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uint8_t* out) {
   const int64_t rb = q_row_bytes(type, K, G);
   for (int64_t n = 0; n < N; ++n) q_quantize_row(w + n * K, K, type, G, out + n * rb);
