@@ -139,8 +139,9 @@ size_t DeviceModel::kv_bytes_per_slot() const {
 }
 
 void DeviceModel::ensure_slots(int64_t n) {
+  std::lock_guard<std::mutex> lock(slots_.mutex());  // the cache type is settled with the first slot, under the lock
   if (slots_.empty()) kv_dt_ = kv_type();
-  slots_.ensure_locked(n, [&] {
+  slots_.ensure(n, [&] {
     std::unique_ptr<Slot> s(new Slot());
     s->kv = Buffer(kv_bytes_per_slot());
     return s;

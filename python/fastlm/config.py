@@ -45,11 +45,10 @@ def cfg_int(config: dict, key: str, default=_REQUIRED, lo: int = 1, hi: int = MA
 def cfg_float(config: dict, key: str, default=_REQUIRED, lo: float = -math.inf, hi: float = math.inf,
               positive: bool = False) -> float:
     v = _get(config, key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
-            or (positive and v <= 0):
-        want = "a finite number" + (" > 0" if positive else "") + (f" in [{lo}, {hi}]" if math.isfinite(lo) or
-                                                                     math.isfinite(hi) else "")
-        raise ConfigError(f"config {key} = {v!r}: must be {want}")
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and lo <= v <= hi
+    if not ok or (positive and v <= 0):
+        bounds = f" in [{lo}, {hi}]" if math.isfinite(lo) or math.isfinite(hi) else ""
+        raise ConfigError(f"config {key} = {v!r}: must be a finite number{' > 0' if positive else ''}{bounds}")
     return float(v)
 
 
