@@ -129,13 +129,25 @@ const float* optional_vec(const py::object& obj, const char* name, py::ssize_t n
 QType qtype_of(const std::string& name) {
   if (name == "q8") return QType::kQ8;
   if (name == "q4") return QType::kQ4;
-  throw py::value_error("quantized type must be 'q8' or 'q4', got '" + name + "'");
+  for (int t = int(QType::kQ5_0); t <= int(QType::kIQ4_XS); ++t)
+    if (name == ggml_type_info(QType(t)).name) return QType(t);
+  throw py::value_error("quantized type must be 'q8', 'q4' or a GGUF block type (q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, "
+                        "q6_k, iq4_nl, iq4_xs), got '" + name + "'");
 }
 
 QWeight qweight_of(const py::object& obj, const std::string& qtype, int64_t K, int64_t G, py::array& keep) {
   const QType t = qtype_of(qtype);
-  if (G != 32 && G != 64 && G != 128) throw py::value_error("group size must be 32, 64 or 128, got " + std::to_string(G));
   if (K < 1) throw py::value_error("K must be positive, got " + std::to_string(K));
+  const GgmlTypeInfo g = ggml_type_info(t);
+  if (g.qk > 0) {  // a GGUF block type: rows of K / qk blocks, G is the block
+    if (G != 0 && G != g.qk)
+      throw py::value_error(qtype + " blocks hold " + std::to_string(g.qk) + " elements, got group size " + std::to_string(G));
+    if (K % g.qk)
+      throw py::value_error("a " + qtype + " weight needs K a multiple of " + std::to_string(g.qk) + ", got " + std::to_string(K));
+    G = g.qk;
+  } else if (G != 32 && G != 64 && G != 128) {
+    throw py::value_error("group size must be 32, 64 or 128, got " + std::to_string(G));
+  }
   keep = checked(obj, "quantized weight", {DType::kU8}, 2, 2);
   const int64_t rb = q_row_bytes(t, K, G);
   if (keep.shape(1) != rb)

@@ -178,6 +178,8 @@ py::array q_quantize(Table table, const py::object& w_obj, const std::string& qt
   const KernelTable& t = table();
   py::array w = checked(w_obj, "w", {DType::kF32}, 2, 2);
   const QType qt = qtype_of(qtype);
+  if (q_is_ggml(qt))
+    throw py::value_error("q_quantize writes fastlm's q8 / q4 records; " + qtype + " blocks are read from GGUF files");
   if (G != 32 && G != 64 && G != 128) throw py::value_error("group_size must be 32, 64 or 128, got " + std::to_string(G));
   const int64_t N = w.shape(0), K = w.shape(1);
   py::array_t<uint8_t> out({N, q_row_bytes(qt, K, G)});

@@ -33,7 +33,7 @@ auto set_vocab_q(void (Model::*set)(const uint8_t*, QType, int64_t, bool), const
     if (w.N != md.spec().vocab)
       throw py::value_error(std::string("the quantized ") + what + " has " + std::to_string(w.N) +
                             " rows, the vocabulary " + std::to_string(md.spec().vocab));
-    (md.*set)(w.data, w.type, G, borrow);
+    (md.*set)(w.data, w.type, w.G, borrow);
     if (borrow) hold(self, keep);
   };
 }
@@ -51,7 +51,7 @@ void register_model(py::module_& m) {
              py::array keep, b;
              QWeight w = qweight_of(q_obj, qtype, K, G, keep);
              const float* bp = optional_vec(b_obj, "bias", w.N, b);
-             self.cast<Model&>().set_linear_q(layer, proj_from(name), w.data, w.type, w.N, K, G, bp, borrow);
+             self.cast<Model&>().set_linear_q(layer, proj_from(name), w.data, w.type, w.N, K, w.G, bp, borrow);
              if (borrow) hold(self, keep);
            }, "layer"_a, "name"_a, "q"_a, "qtype"_a, "K"_a, "group_size"_a, "bias"_a = py::none(), "borrow"_a = false,
            "a quantized linear weight: (N, row_bytes) uint8 records; borrow=True reads them in place (the model "

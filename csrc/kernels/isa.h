@@ -11,6 +11,10 @@ namespace FASTLM_ISA_NS {
 
 FASTLM_KERNEL_OPS(FASTLM_DECLARE_OP)
 int matmul_pack_nr();
+// the GGUF block types (qmatmul_ggml.cpp): a row dequantized as the `gguf` package does, and
+// q_matmul for up to 16 rows of x
+void ggml_dequantize_row(const QWeight& w, int64_t n, float* out);
+void ggml_matvec(const QMatmulArgs& a);
 // C = x @ W^T for a W handed out panel by panel: fill(ctx, n0, panel) writes rows n0 .. n0 + NR - 1
 // of W (zeros past N) as a (K, NR) panel; y: (M, ldy); bias (N,) or null
 int gemm_panel_width();

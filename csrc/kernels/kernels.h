@@ -52,7 +52,34 @@ struct AttentionArgs {
 // Q4_1 pack each 32 into 16 bytes instead: their nibbles are reshuffled at load, no float round
 // trip). a q8 group of 32 is ggml's Q8_0 block. records are byte-packed: fp16 fields may sit at
 // odd addresses.
-enum class QType : int { kQ8 = 0, kQ4 = 1 };
+enum class QType : int { kQ8 = 0, kQ4 = 1, kQ5_0, kQ5_1, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS };
+
+// the GGUF block types (kernels/ggml_blocks.h), kept in the file's own bits: a record is a row of
+// K / qk blocks exactly as the file stores it (K a multiple of qk; G is qk)
+struct GgmlTypeInfo {
+  int64_t qk;      // elements per block
+  int64_t bytes;   // bytes per block
+  int sub;         // elements per sub-block (one scale)
+  bool is_signed;  // the quants are signed lookup values (IQ4), no minimum
+  const char* name;
+  int ggml_id;     // the type's number in GGUF files
+};
+
+constexpr GgmlTypeInfo ggml_type_info(QType t) {
+  switch (t) {
+    case QType::kQ5_0: return {32, 22, 32, false, "q5_0", 6};
+    case QType::kQ5_1: return {32, 24, 32, false, "q5_1", 7};
+    case QType::kQ2_K: return {256, 84, 16, false, "q2_k", 10};
+    case QType::kQ3_K: return {256, 110, 16, false, "q3_k", 11};
+    case QType::kQ4_K: return {256, 144, 32, false, "q4_k", 12};
+    case QType::kQ5_K: return {256, 176, 32, false, "q5_k", 13};
+    case QType::kQ6_K: return {256, 210, 16, false, "q6_k", 14};
+    case QType::kIQ4_NL: return {32, 18, 32, true, "iq4_nl", 20};
+    case QType::kIQ4_XS: return {256, 136, 32, true, "iq4_xs", 23};
+    default: return {0, 0, 0, false, nullptr, -1};
+  }
+}
+constexpr bool q_is_ggml(QType t) { return ggml_type_info(t).qk > 0; }
 
 struct QWeight {
   const uint8_t* data;  // N records of q_row_bytes(type, K, G)
@@ -62,20 +89,24 @@ struct QWeight {
 };
 
 inline int64_t q_padded_k(QType t, int64_t K, int64_t G) {
+  if (q_is_ggml(t)) return K;
   const int64_t unit = t == QType::kQ4 && G < 64 ? 64 : G;
   return (K + unit - 1) / unit * unit;
 }
 inline int64_t q_row_bytes(QType t, int64_t K, int64_t G) {
+  const GgmlTypeInfo g = ggml_type_info(t);
+  if (g.qk > 0) return K / g.qk * g.bytes;
   const int64_t kp = q_padded_k(t, K, G), groups = kp / G;
   return t == QType::kQ8 ? kp + 2 * groups : kp / 2 + 4 * groups;
 }
 
 // y[m, off_p + n] = sum_k x[m, k] w_p[n, k] (+ b_p[n]) for each part p, outputs side by side
-// (off_p = the rows of the parts before p; fused q|k|v or gate|up in one call). x: (M, K),
-// y: (M, ldy). x is quantized on the fly: against q8 weights to int16 with one scale per row (a
-// step of max|x| / 32767 keeps the outliers of real models harmless), against q4 weights to int8
-// with one scale per 32 elements (like ggml's Q8_1). more than 16 rows (prefill) dequantize the
-// weights panel by panel into the float GEMM instead (float activations).
+// (off_p = the rows of the parts before p; fused q|k|v or gate|up in one call; the parts share
+// one type). x: (M, K), y: (M, ldy). x is quantized on the fly: against q8 weights to int16 with
+// one scale per row (a step of max|x| / 32767 keeps the outliers of real models harmless), against
+// q4 and the GGUF block types to int8 with one scale per 32 elements (like ggml's Q8_0). more
+// than 16 rows (prefill) dequantize the weights panel by panel into the float GEMM instead (float
+// activations).
 struct QMatmulArgs {
   const float* x;
   int64_t M, K;

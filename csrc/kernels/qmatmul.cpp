@@ -391,6 +391,7 @@ void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uin
 }
 
 void q_dequantize_row(const QWeight& w, int64_t n, float* out) {
+  if (q_is_ggml(w.type)) return ggml_dequantize_row(w, n, out);
   const int64_t kp = q_padded_k(w.type, w.K, w.G), groups = kp / w.G;
   const uint8_t* rec = w.data + n * q_row_bytes(w.type, w.K, w.G);
   uint16_t h;
@@ -454,6 +455,7 @@ void q_matmul(const QMatmulArgs& a) {
     }
     return;
   }
+  if (q_is_ggml(w0.type)) return ggml_matvec(a);
   thread_local QuantX q;  // the caller's thread; workers read it through the reference below
   q.kp = q_padded_k(w0.type, a.K, w0.G);
   if (w0.type == QType::kQ8) quantize_x16(a.x, a.M, a.K, q.kp, q); else quantize_x8(a.x, a.M, a.K, q.kp, q);

@@ -1,0 +1,328 @@
+// linear layers over GGUF block weights in their own bits (kernels/ggml_blocks.h): decode rows
+// (few rows of x) dot each weight row against activations quantized to int8 in blocks of 32 (one
+// float scale each, as ggml's Q8_0; finer than its Q8_K's 256), without expanding the weights:
+//
+//   each 32-element block of a weight row is unpacked in registers to 32 bytes of quants (nibbles,
+//   high bits and 2-bit planes shifted and masked into place; IQ4's nibbles looked up with
+//   vpshufb), dotted with the activations (vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd) and the
+//   eight blocks of 256 elements reduced together into 8 sums (or 8 sums of 16 for the types with
+//   16-element sub-blocks: the low and high halves of four blocks). the float side is then one
+//   multiply-add per 8 sub-blocks: sum * (sub-block scale * activation scale) + minimum *
+//   (activation scale * the activations' sum), the last carrying each type's offset (Q6_K's -32,
+//   Q5_0's -16, Q3_K's -4) so every quant stays unsigned and below 64. the IQ4 types' signed values
+//   go through the sign trick (|w| * sign(x, w)) instead.
+//
+// the weight block is unpacked once per block and dotted with every row of x (batched decode).
+// prefill (many rows) dequantizes panels into the float GEMM (qmatmul.cpp), exactly as the
+// `gguf` package dequantizes (this file is compiled with -ffp-contract=off for that).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "base/threadpool.h"
+#include "kernels/ggml_blocks.h"
+#include "kernels/isa.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace fastlm {
+namespace FASTLM_ISA_NS {
+namespace {
+
+using ggml::f16_at;
+
+constexpr int kMaxRows = 16;  // decode batches; more rows go to the dequantized GEMM
+
+// x quantized in blocks of 32: q (M, K), d and s32 = d * sum per block (M, K / 32); for the
+// 16-element sub-block types, per 128 elements (4 blocks) in the kernel's order (the low halves of
+// blocks 0..3, then their high halves): d16 (the block's scale) and s16 (d * the half's sum)
+struct GgmlX {
+  int64_t K = 0;
+  std::vector<int8_t> q;
+  std::vector<float> d, s32, d16, s16;
+};
+
+void quantize_x(const float* x, int64_t M, int64_t K, bool halves, GgmlX& o) {
+  const int64_t nb = K / 32;
+  o.K = K;
+  o.q.resize(size_t(M * K));
+  o.d.resize(size_t(M * nb));
+  o.s32.resize(size_t(M * nb));
+  if (halves) {
+    o.d16.resize(size_t(M * nb * 2));
+    o.s16.resize(size_t(M * nb * 2));
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + m * K + b * 32;
+      float amax = 0.0f;
+      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(xb[k]));
+      const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+      int8_t* qb = o.q.data() + m * K + b * 32;
+      int sum[2] = {0, 0};
+      for (int k = 0; k < 32; ++k) {
+        const int v = int(std::nearbyint(std::min(127.0f, std::max(-127.0f, xb[k] * inv))));
+        qb[k] = int8_t(v);
+        sum[k / 16] += v;
+      }
+      o.d[size_t(m * nb + b)] = s;
+      o.s32[size_t(m * nb + b)] = s * float(sum[0] + sum[1]);
+      if (halves) {  // group of 4 blocks g = b / 4, lane b % 4 (low half) and 4 + b % 4 (high half)
+        const size_t base = size_t(m * nb * 2 + (b / 4) * 8 + b % 4);
+        o.d16[base] = o.d16[base + 4] = s;
+        o.s16[base] = s * float(sum[0]);
+        o.s16[base + 4] = s * float(sum[1]);
+      }
+    }
+  }
+}
+
+// the next rows about kPrefetchBytes ahead (as qmatmul.cpp: a thread's rows are one short stream)
+constexpr int64_t kPrefetchBytes = 3072;
+FASTLM_INLINE void prefetch_ahead(const uint8_t* row, int64_t rb, int64_t left) {
+  const int64_t ahead = (kPrefetchBytes + rb - 1) / rb;
+  if (left <= ahead) return;
+  const uint8_t* p = row + ahead * rb;
+  for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(p + off);
+}
+
+#if defined(__AVX2__)
+
+FASTLM_INLINE __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+FASTLM_INLINE __m256i srl16(__m256i v, int n) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(n)); }
+FASTLM_INLINE __m256i mask8(__m256i v, int m) { return _mm256_and_si256(v, _mm256_set1_epi8(char(m))); }
+
+// 16 bytes -> 32 quants: the low nibbles (elements 0..15), then the high ones (16..31)
+FASTLM_INLINE __m256i nibbles16(const uint8_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), m = _mm_set1_epi8(0x0f);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+// 32 bits -> 32 bytes of 0x10 where the bit is set (Q5_0 / Q5_1's fifth bits)
+FASTLM_INLINE __m256i bit4_of(const uint8_t* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, 4);
+  const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                        3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), shuf), bit);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
+}
+
+FASTLM_INLINE __m256i iq4_lookup(__m256i nib) {
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(ggml::kIQ4Values)));
+  return _mm256_shuffle_epi8(table, nib);
+}
+
+// 32-element block j of a block of type T as 32 quants
+template <QType T>
+FASTLM_INLINE __m256i load_quants(const uint8_t* blk, int j) {
+  if constexpr (T == QType::kQ5_0) return _mm256_or_si256(nibbles16(blk + 6), bit4_of(blk + 2));
+  if constexpr (T == QType::kQ5_1) return _mm256_or_si256(nibbles16(blk + 8), bit4_of(blk + 4));
+  if constexpr (T == QType::kIQ4_NL) return iq4_lookup(nibbles16(blk + 2));
+  if constexpr (T == QType::kIQ4_XS) return iq4_lookup(nibbles16(blk + 8 + 16 * j));
+  const int c = j / 4, s = j % 4;  // the 2-bit-plane types: 128-element chunk c, shift 2 s
+  if constexpr (T == QType::kQ2_K) return mask8(srl16(load256(blk + 16 + 32 * c), 2 * s), 3);
+  if constexpr (T == QType::kQ3_K) {
+    const __m256i lo = mask8(srl16(load256(blk + 32 + 32 * c), 2 * s), 3);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(mask8(srl16(load256(blk), j), 1), 2));
+  }
+  if constexpr (T == QType::kQ6_K) {
+    const __m256i lo = mask8(srl16(load256(blk + 64 * c + 32 * (s % 2)), 4 * (s / 2)), 0x0f);
+    return _mm256_or_si256(lo, _mm256_slli_epi16(mask8(srl16(load256(blk + 128 + 32 * c), 2 * s), 3), 4));
+  }
+  // Q4_K / Q5_K: 64-element chunk j / 2 of nibbles, low or high
+  const uint8_t* qs = blk + (T == QType::kQ5_K ? 48 : 16);
+  const __m256i lo = mask8(srl16(load256(qs + 32 * (j / 2)), 4 * (j % 2)), 0x0f);
+  if constexpr (T == QType::kQ4_K) return lo;
+  return _mm256_or_si256(lo, _mm256_slli_epi16(mask8(srl16(load256(blk + 16), j), 1), 4));
+}
+
+// the 8 int32 partial sums of 32 quants against 32 int8 activations (lanes 0..3: bytes 0..15)
+template <bool SIGNED>
+FASTLM_INLINE __m256i dot32(__m256i w, const int8_t* x) {
+  __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  if constexpr (SIGNED) {
+    xv = _mm256_sign_epi8(xv, w);
+    w = _mm256_sign_epi8(w, w);
+  }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xv);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1));
+#endif
+}
+
+FASTLM_INLINE __m256i hadd4(__m256i a, __m256i b, __m256i c, __m256i d) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+}
+FASTLM_INLINE __m256i combine8(__m256i lo4, __m256i hi4) {
+  return _mm256_add_epi32(_mm256_permute2x128_si256(lo4, hi4, 0x20), _mm256_permute2x128_si256(lo4, hi4, 0x31));
+}
+FASTLM_INLINE float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// the scales and minimums of a group of 256 elements in the kernel's order: 8 (32-element
+// sub-blocks, natural order) or 16 (16-element: per 128 elements the even sub-blocks, then the odd)
+template <QType T>
+FASTLM_INLINE void group_scales(const uint8_t* blk, int64_t bytes, int count, float* sc, float* mn) {
+  constexpr GgmlTypeInfo info = ggml_type_info(T);
+  if constexpr (info.qk == 32) {  // 8 blocks of 32, one scale each
+    for (int j = 0; j < 8; ++j) {
+      if (j >= count) {
+        sc[j] = mn[j] = 0.0f;
+        continue;
+      }
+      const uint8_t* b = blk + j * bytes;
+      sc[j] = f16_at(b);
+      if constexpr (T == QType::kQ5_0) mn[j] = -16.0f * sc[j];
+      if constexpr (T == QType::kQ5_1) mn[j] = f16_at(b + 2);
+      if constexpr (T == QType::kIQ4_NL) mn[j] = 0.0f;
+    }
+    return;
+  }
+  float s[16], m[16];
+  ggml::unpack_scales(T, blk, s, m);
+  if constexpr (info.sub == 32) {
+    for (int i = 0; i < 8; ++i) sc[i] = s[i], mn[i] = m[i];
+  } else {
+    for (int g = 0; g < 2; ++g)
+      for (int i = 0; i < 4; ++i) {
+        sc[g * 8 + i] = s[g * 8 + 2 * i], mn[g * 8 + i] = m[g * 8 + 2 * i];
+        sc[g * 8 + 4 + i] = s[g * 8 + 2 * i + 1], mn[g * 8 + 4 + i] = m[g * 8 + 2 * i + 1];
+      }
+  }
+}
+
+// rows n0 .. n1 of w against the M rows of x: y[m * ldy + n]
+template <QType T>
+void rows_typed(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  constexpr GgmlTypeInfo info = ggml_type_info(T);
+  const int64_t K = w.K, rb = q_row_bytes(T, K, w.G), nb32 = K / 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.data + n * rb;
+    prefetch_ahead(row, rb, n1 - n);
+    __m256 acc[kMaxRows];
+    for (int64_t m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb32; b0 += 8) {  // 256 elements: one K-block, or 8 (fewer at the end) of 32
+      const int count = int(std::min<int64_t>(8, nb32 - b0));
+      const uint8_t* blk = row + (info.qk == 32 ? b0 * info.bytes : (b0 / 8) * info.bytes);
+      __m256i wq[8];
+      for (int j = 0; j < count; ++j)
+        wq[j] = info.qk == 32 ? load_quants<T>(blk + j * info.bytes, 0) : load_quants<T>(blk, j);
+      alignas(32) float sc[16], mn[16];
+      group_scales<T>(blk, info.bytes, count, sc, mn);
+      for (int64_t m = 0; m < M; ++m) {
+        const int8_t* xq = x.q.data() + m * K + b0 * 32;
+        __m256i v[8];
+        for (int j = 0; j < 8; ++j) v[j] = j < count ? dot32<info.is_signed>(wq[j], xq + 32 * j) : _mm256_setzero_si256();
+        if constexpr (info.sub == 32) {
+          const __m256i sums = combine8(hadd4(v[0], v[1], v[2], v[3]), hadd4(v[4], v[5], v[6], v[7]));
+          alignas(32) float dx[8], sx[8];
+          for (int j = 0; j < 8; ++j) {
+            dx[j] = j < count ? x.d[size_t(m * nb32 + b0 + j)] : 0.0f;
+            sx[j] = j < count ? x.s32[size_t(m * nb32 + b0 + j)] : 0.0f;
+          }
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_load_ps(sc), _mm256_load_ps(dx)), acc[m]);
+          if constexpr (!info.is_signed) acc[m] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_load_ps(sx), acc[m]);
+        } else {  // 16-element sub-blocks: two groups of 4 blocks
+          const float* d16 = x.d16.data() + m * nb32 * 2 + b0 * 2;
+          const float* s16 = x.s16.data() + m * nb32 * 2 + b0 * 2;
+          const __m256i s0 = hadd4(v[0], v[1], v[2], v[3]), s1 = hadd4(v[4], v[5], v[6], v[7]);
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(_mm256_load_ps(sc), _mm256_loadu_ps(d16)), acc[m]);
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(_mm256_load_ps(sc + 8), _mm256_loadu_ps(d16 + 8)),
+                                   acc[m]);
+          acc[m] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(s16), acc[m]);
+          acc[m] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(s16 + 8), acc[m]);
+        }
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + n] = hsum(acc[m]) + (w.bias ? w.bias[n] : 0.0f);
+  }
+}
+
+#else  // the portable baseline: plain loops over the unpacked form
+
+template <QType T>
+void rows_typed(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  constexpr GgmlTypeInfo info = ggml_type_info(T);
+  const int64_t K = w.K, rb = q_row_bytes(T, K, w.G), nb32 = K / 32;
+  uint8_t q[256];
+  float sc[16], mn[16];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w.data + n * rb;
+    float acc[kMaxRows] = {};
+    for (int64_t b = 0; b < K / info.qk; ++b) {
+      ggml::unpack_block(T, row + b * info.bytes, q, sc, mn);
+      for (int64_t m = 0; m < M; ++m) {
+        const int8_t* xq = x.q.data() + m * K + b * info.qk;
+        for (int s = 0; s < int(info.qk / info.sub); ++s) {
+          int32_t dot = 0, sum = 0;
+          for (int k = s * info.sub; k < (s + 1) * info.sub; ++k) {
+            dot += (info.is_signed ? int32_t(int8_t(q[k])) : int32_t(q[k])) * xq[k];
+            sum += xq[k];
+          }
+          const float dx = x.d[size_t(m * nb32 + (b * info.qk + s * info.sub) / 32)];
+          acc[m] += sc[s] * dx * float(dot) + mn[s] * dx * float(sum);
+        }
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) y[m * ldy + n] = acc[m] + (w.bias ? w.bias[n] : 0.0f);
+  }
+}
+
+#endif
+
+void rows(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  switch (w.type) {
+    case QType::kQ5_0: return rows_typed<QType::kQ5_0>(w, x, M, n0, n1, y, ldy);
+    case QType::kQ5_1: return rows_typed<QType::kQ5_1>(w, x, M, n0, n1, y, ldy);
+    case QType::kQ2_K: return rows_typed<QType::kQ2_K>(w, x, M, n0, n1, y, ldy);
+    case QType::kQ3_K: return rows_typed<QType::kQ3_K>(w, x, M, n0, n1, y, ldy);
+    case QType::kQ4_K: return rows_typed<QType::kQ4_K>(w, x, M, n0, n1, y, ldy);
+    case QType::kQ5_K: return rows_typed<QType::kQ5_K>(w, x, M, n0, n1, y, ldy);
+    case QType::kQ6_K: return rows_typed<QType::kQ6_K>(w, x, M, n0, n1, y, ldy);
+    case QType::kIQ4_NL: return rows_typed<QType::kIQ4_NL>(w, x, M, n0, n1, y, ldy);
+    case QType::kIQ4_XS: return rows_typed<QType::kIQ4_XS>(w, x, M, n0, n1, y, ldy);
+    default: return;
+  }
+}
+
+}  // namespace
+
+void ggml_dequantize_row(const QWeight& w, int64_t n, float* out) {
+  const GgmlTypeInfo info = ggml_type_info(w.type);
+  const uint8_t* row = w.data + n * q_row_bytes(w.type, w.K, w.G);
+  for (int64_t b = 0; b < w.K / info.qk; ++b) ggml::dequantize_block(w.type, row + b * info.bytes, out + b * info.qk);
+}
+
+void ggml_matvec(const QMatmulArgs& a) {
+  int64_t N = 0;
+  bool halves = false;
+  for (int p = 0; p < a.n_parts; ++p) {
+    N += a.parts[p].N;
+    halves = halves || ggml_type_info(a.parts[p].type).sub == 16;
+  }
+  thread_local GgmlX x;  // the caller's thread; workers read it through the reference below
+  quantize_x(a.x, a.M, a.K, halves, x);
+  const GgmlX& xr = x;
+  parallel_range(N, 16, [&](int64_t r0, int64_t r1) {
+    int64_t off = 0;
+    for (int p = 0; p < a.n_parts; ++p) {
+      const QWeight& w = a.parts[p];
+      const int64_t s = std::max(r0, off), e = std::min(r1, off + w.N);
+      if (s < e) rows(w, xr, a.M, s - off, e - off, a.y + off, a.ldy);
+      off += w.N;
+    }
+  });
+}
+
+}  // namespace FASTLM_ISA_NS
+}  // namespace fastlm
