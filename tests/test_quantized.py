@@ -70,7 +70,7 @@ def test_q_matmul_bad_input(rng):
         K.q_matmul(x, rec, "q8", 32)
     with pytest.raises(ValueError, match="group size must be 32, 64 or 128"):
         K.q_matmul(x, rec, "q4", 16)
-    with pytest.raises(ValueError, match="'q8' or 'q4'"):
+    with pytest.raises(ValueError, match="'q8', 'q4' or a GGUF block type"):
         K.q_quantize(w, "q5", 32)
     with pytest.raises(TypeError, match="uint8"):
         K.q_matmul(x, rec.view(np.int8), "q4", 32)

@@ -1,6 +1,11 @@
 """A tiny llama GGUF written with the `gguf` package (llama.cpp's own Python writer): weights from
 a tiny random transformers model, Q/K permuted the way llama.cpp's converter does, a mix of
-F32 / F16 / Q8_0 / Q4_0 / Q4_1 tensors, and a byte-level BPE vocabulary trained on the spot."""
+F32 / F16 / Q8_0 / Q4_0 / Q4_1 tensors (or any GGUF block type), and a byte-level BPE vocabulary
+trained on the spot.
+
+The `gguf` package quantizes only Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0; a tensor of another block type
+(the K-quants, IQ4) is written as random blocks scaled to the float weight's spread
+(random_blocks): the file then defines the model, and transformers reads the same file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,9 +35,39 @@ def train_bpe(vocab_size: int = 384):
     return tok
 
 
-def build(path: Path, types: dict[str, str] | None = None) -> Path:
-    """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down, ...)
-    to a ggml type name; the rest are F32."""
+# the fp16 fields of each block type (byte offsets in a block): scales, minimums
+F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82], "Q3_K": [108],
+              "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_NL": [0], "IQ4_XS": [0]}
+QUANTIZABLE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
+def random_blocks(type_name: str, shape: tuple[int, int], rng: np.random.Generator, std: float = 1.0) -> np.ndarray:
+    """(N, row bytes) uint8 of random blocks of a GGUF type whose dequantized values have about
+    the given standard deviation (every fp16 field is set, then all are scaled together: the values
+    are linear in them)."""
+    import gguf
+
+    qt = getattr(gguf.GGMLQuantizationType, type_name)
+    qk, bb = gguf.GGML_QUANT_SIZES[qt]
+    N, K = shape
+    raw = rng.integers(0, 256, size=(N, K // qk, bb), dtype=np.uint8)
+    fields = F16_FIELDS[type_name]
+    vals = rng.uniform(0.5, 1.5, size=(N, K // qk, len(fields)))
+    vals[..., 0] *= rng.choice([-1.0, 1.0], size=vals.shape[:2])  # a negative scale now and then
+    for scale in (1.0, None):
+        if scale is None:
+            got = gguf.quants.dequantize(raw.reshape(N, -1), qt)
+            scale = std / max(float(got.std()), 1e-30)
+        for i, off in enumerate(fields):
+            raw[:, :, off:off + 2] = (vals[..., i] * scale).astype("<f2").view(np.uint8).reshape(N, K // qk, 2)
+    return raw.reshape(N, -1)
+
+
+def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn: int = 96, heads: int = 4,
+          kv_heads: int = 2, layers: int = 2, tied: bool = True) -> Path:
+    """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down,
+    token_embd, output, ...) to a ggml type name; the rest are F32. tied=False writes an output
+    tensor (the head) of its own."""
     import gguf
 
     types = types or {"attn_q": "Q8_0", "attn_k": "Q4_1", "attn_v": "Q4_0", "ffn_down": "Q4_1", "ffn_up": "F16",
@@ -45,9 +80,10 @@ def build(path: Path, types: dict[str, str] | None = None) -> Path:
         import json
         merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]]
     torch.manual_seed(11)
-    cfg = transformers.LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=ffn,
+                                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                   max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                   tie_word_embeddings=tied)
     model = transformers.LlamaForCausalLM(cfg).eval()
     sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
 
@@ -55,15 +91,15 @@ def build(path: Path, types: dict[str, str] | None = None) -> Path:
     out = path / "model.gguf"
     w = gguf.GGUFWriter(str(out), "llama")
     w.add_context_length(256)
-    w.add_embedding_length(64)
-    w.add_block_count(2)
-    w.add_feed_forward_length(96)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
-    w.add_rope_dimension_count(16)
+    w.add_rope_dimension_count(hidden // heads)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -75,24 +111,30 @@ def build(path: Path, types: dict[str, str] | None = None) -> Path:
     w.add_chat_template("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
                         "{% if add_generation_prompt %}<s>assistant: {% endif %}")
 
+    rng = np.random.default_rng(5)
+
     def put(name: str, a: np.ndarray, kind: str):
-        qt = getattr(gguf.GGMLQuantizationType, types.get(kind, "F32"))
+        type_name = types.get(kind, "F32")
+        qt = getattr(gguf.GGMLQuantizationType, type_name)
         if qt == gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, a.astype(np.float32))
         elif qt == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, a.astype(np.float16))
         else:
-            q = gguf.quants.quantize(a.astype(np.float32), qt)
+            q = (gguf.quants.quantize(a.astype(np.float32), qt) if type_name in QUANTIZABLE
+                 else random_blocks(type_name, a.shape, rng, float(a.std())))
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qt)
 
     put("token_embd.weight", sd["model.embed_tokens.weight"], "token_embd")
     put("output_norm.weight", sd["model.norm.weight"], "norm")
-    for i in range(2):
+    if not tied:
+        put("output.weight", sd["lm_head.weight"], "output")
+    for i in range(layers):
         p = f"model.layers.{i}."
         put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], "norm")
         put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "norm")
-        put(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], 4), "attn_q")
-        put(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], 2), "attn_k")
+        put(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], heads), "attn_q")
+        put(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], kv_heads), "attn_k")
         put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"], "attn_v")
         put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"], "attn_output")
         put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"], "ffn_gate")

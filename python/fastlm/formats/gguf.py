@@ -2,8 +2,14 @@
 layout: config, tensors under HF names (dequantized to float32, Q/K rows put back in Hugging
 Face's rotate-half order), the byte-level BPE tokenizer and the chat template from the metadata.
 
-Supported: GGUF v2/v3, llama architecture, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, tokenizer
-model "gpt2" (byte-level BPE, as SmolLM2 and Llama 3 use).
+Supported: GGUF v2/v3, llama architecture, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, tokenizer model "gpt2" (byte-level BPE, as SmolLM2 and
+Llama 3 use).
+
+Quantized tensors also load in their own bits (``GGUFStore.native_records``): Q8_0 / Q4_0 / Q4_1
+blocks rearranged losslessly into fastlm's q8 / q4 records, the other block types as the file
+stores them (the kernels read them directly, see csrc/kernels/ggml_blocks.h). Dequantization
+equals the ``gguf`` package's ``gguf.quants.dequantize`` bit for bit.
 """
 from __future__ import annotations
 
@@ -15,12 +21,19 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from fastlm import kernels
 from fastlm.formats.qrecords import from_ggml
 
 MAGIC = b"GGUF"
 # ggml type -> (name, elements per block, bytes per block)
-GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34),
-              30: ("BF16", 1, 2)}
+GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+              7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+              12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 20: ("IQ4_NL", 32, 18),
+              23: ("IQ4_XS", 256, 136), 30: ("BF16", 1, 2)}
+FLOAT_TYPES = ("F32", "F16", "BF16")
+# the block types the kernels run as the file stores them (the rest of the quantized ones become
+# fastlm q8 / q4 records); the kernels' name of each is its lower-case one
+NATIVE_BLOCK_TYPES = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 TOKEN_CONTROL = 3
 
 
@@ -138,12 +151,13 @@ class GGUFFile:
             if ggml_type not in GGML_TYPES:
                 raise GGUFError(f"{self.path}: tensor {name!r} has ggml type {ggml_type}, which fastlm does not read "
                                 f"(it reads {', '.join(v[0] for v in GGML_TYPES.values())})")
-            _, block, block_bytes = GGML_TYPES[ggml_type]
+            type_name, block, block_bytes = GGML_TYPES[ggml_type]
             n = 1
             for d in dims:
                 n *= int(d)  # Python ints: no overflow
-            if n % block:
-                raise GGUFError(f"{self.path}: tensor {name!r} has {n} elements, not a whole number of blocks")
+            if dims and int(dims[0]) % block:  # ggml blocks never straddle rows
+                raise GGUFError(f"{self.path}: tensor {name!r} has rows of {dims[0]} elements, not a whole number of "
+                                f"{type_name} blocks of {block}")
             nbytes = n // block * block_bytes
             start = data_start + offset
             if start + nbytes > len(buf):
@@ -173,6 +187,10 @@ class GGUFFile:
 def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
     """float32 values of a ggml tensor (llama.cpp's dequantize_row_*, vectorized)."""
     name, block, block_bytes = GGML_TYPES[ggml_type]
+    if name in NATIVE_BLOCK_TYPES:  # the kernels' exact dequantization (equal to gguf.quants')
+        K = shape[-1] if shape else 1
+        rows = np.asarray(raw).reshape(-1, K // block * block_bytes)
+        return kernels.q_dequantize(rows, name.lower(), K, 0).reshape(shape)
     if name == "F32":
         return np.frombuffer(raw, dtype="<f4").reshape(shape)
     if name == "F16":
@@ -241,20 +259,30 @@ class GGUFStore:
         w = self.f.get(src)
         return unpermute_qk(w, heads) if heads else w
 
-    def ggml_records(self, name: str) -> tuple[np.ndarray, str] | None:
-        """A Q8_0 / Q4_0 / Q4_1 matrix as fastlm q8 / q4 records (rows unpermuted for Q and K),
-        without a float round trip; None for other types."""
+    def type_name(self, name: str) -> str:
+        """The GGUF type of the tensor under a Hugging Face name ("Q4_K", "F32", ...)."""
+        return self.f.type_name(self._names[name][0])
+
+    def native_records(self, name: str) -> tuple[np.ndarray, str, int] | None:
+        """A quantized matrix in its own bits as (records, kernel qtype, group size): Q8_0 / Q4_0 /
+        Q4_1 as fastlm q8 / q4 records (G = 32, no float round trip), the other block types as the
+        file's rows of blocks (G = their block size); rows unpermuted for Q and K. None for float
+        tensors and for anything not a matrix."""
         if name not in self._names:
             return None
         src, heads = self._names[name]
         t = self.f.tensors[src]
-        if len(t.shape) != 2:
+        type_name, block, block_bytes = GGML_TYPES[t.ggml_type]
+        if len(t.shape) != 2 or type_name in FLOAT_TYPES:
             return None
-        out = from_ggml(self.f.raw(src), self.f.type_name(src), t.shape)
-        if out is None:
-            return None
-        rec, qtype = out
-        return (np.ascontiguousarray(unpermute_qk(rec, heads)) if heads else np.ascontiguousarray(rec)), qtype
+        if type_name in NATIVE_BLOCK_TYPES:
+            rec, qtype, G = self.f.raw(src).reshape(t.shape[0], -1), type_name.lower(), block
+        else:
+            out = from_ggml(self.f.raw(src), type_name, t.shape)
+            if out is None:
+                return None
+            (rec, qtype), G = out, 32
+        return (np.ascontiguousarray(unpermute_qk(rec, heads)) if heads else rec), qtype, G
 
 
 _LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",

@@ -61,9 +61,13 @@ def tied_head(config: dict, store: Store, head_name: str) -> bool:
     return True
 
 
+NATIVE = "gguf"  # the resolved dtype of a GGUF file run in its own block types
+
+
 def resolve_dtype(dtype: str, store: Store, names: list[str]) -> str:
     """'auto' keeps the checkpoint's precision: bf16 stays bf16, f32 and f16 run in float32, a
-    quantized checkpoint stays quantized."""
+    quantized checkpoint stays quantized, a quantized GGUF file runs in its own block types
+    ("gguf": each tensor as the file stores it)."""
     quantized = getattr(store, "quantized_dtype", None)
     if quantized:
         if dtype not in ("auto", quantized):
@@ -74,6 +78,9 @@ def resolve_dtype(dtype: str, store: Store, names: list[str]) -> str:
         return dtype
     if dtype != "auto":
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    native = getattr(store, "native_records", None)
+    if native is not None and any(native(n) is not None for n in names if n in store):
+        return NATIVE
     kinds = {store.get(n).dtype for n in names if n in store}
     return "bfloat16" if kinds and all(k == np.dtype(ml_dtypes.bfloat16) for k in kinds) else "float32"
 
@@ -97,6 +104,15 @@ class Loader:
         """(records, qtype, group size, borrowed) for a tensor the scheme quantizes, else None.
         A quantized checkpoint's records are used in place (memory-mapped); GGUF Q8_0/Q4_0/Q4_1
         blocks are rearranged when the layouts agree; float weights are quantized here."""
+        if self.dtype == NATIVE and not transpose:  # a GGUF tensor in its own bits (float ones stay float)
+            native = self.store.native_records(name)
+            if native is None:
+                return None
+            rec, qtype, G = native
+            if rec.shape[0] != shape[0]:
+                raise ValueError(f"tensor {name!r} has {rec.shape[0]} rows, the config implies {shape[0]}")
+            self.quantized[name] = (qtype, G)
+            return rec, qtype, G, True
         if self.scheme is None:
             return None
         fmt = self.scheme.format_for(name, proj, embedding)
@@ -113,8 +129,8 @@ class Loader:
                                  f"({N}, {row_bytes(qt, K, g)}) uint8 for {qt} groups of {g}")
             self.quantized[name] = (qt, g)
             return rec, qt, g, True
-        direct = getattr(self.store, "ggml_records", lambda n: None)(name) if G == 32 and not transpose else None
-        # records made here are the model's own: borrowed, not copied again
+        direct = getattr(self.store, "native_records", lambda n: None)(name) if G == 32 and not transpose else None
+        # GGUF Q8_0 / Q4_0 / Q4_1 blocks are already the records asked for: borrowed, not copied again
         if direct is not None and direct[1] == qtype and direct[0].shape[0] == N:
             self.quantized[name] = (qtype, 32)
             return direct[0], qtype, 32, True
