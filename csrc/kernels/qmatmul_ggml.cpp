@@ -174,30 +174,91 @@ FASTLM_INLINE float hsum(__m256 v) {
 template <QType T>
 FASTLM_INLINE void group_scales(const uint8_t* blk, int64_t bytes, int count, float* sc, float* mn) {
   constexpr GgmlTypeInfo info = ggml_type_info(T);
-  if constexpr (info.qk == 32) {  // 8 blocks of 32, one scale each
-    for (int j = 0; j < 8; ++j) {
-      if (j >= count) {
-        sc[j] = mn[j] = 0.0f;
-        continue;
-      }
-      const uint8_t* b = blk + j * bytes;
-      sc[j] = f16_at(b);
-      if constexpr (T == QType::kQ5_0) mn[j] = -16.0f * sc[j];
-      if constexpr (T == QType::kQ5_1) mn[j] = f16_at(b + 2);
-      if constexpr (T == QType::kIQ4_NL) mn[j] = 0.0f;
+  if constexpr (info.qk == 32) {  // 8 blocks of 32, one fp16 scale each (and Q5_1's minimum)
+    alignas(16) uint16_t d[8] = {}, m[8] = {};
+    for (int j = 0; j < count; ++j) {
+      std::memcpy(&d[j], blk + j * bytes, 2);
+      if constexpr (T == QType::kQ5_1) std::memcpy(&m[j], blk + j * bytes + 2, 2);
     }
+    const __m256 dv = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d)));
+    _mm256_store_ps(sc, dv);
+    if constexpr (T == QType::kQ5_0) _mm256_store_ps(mn, _mm256_mul_ps(dv, _mm256_set1_ps(-16.0f)));
+    if constexpr (T == QType::kQ5_1) _mm256_store_ps(mn, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(m))));
+    if constexpr (T == QType::kIQ4_NL) _mm256_store_ps(mn, _mm256_setzero_ps());
     return;
   }
-  float s[16], m[16];
-  ggml::unpack_scales(T, blk, s, m);
-  if constexpr (info.sub == 32) {
-    for (int i = 0; i < 8; ++i) sc[i] = s[i], mn[i] = m[i];
-  } else {
-    for (int g = 0; g < 2; ++g)
-      for (int i = 0; i < 4; ++i) {
-        sc[g * 8 + i] = s[g * 8 + 2 * i], mn[g * 8 + i] = m[g * 8 + 2 * i];
-        sc[g * 8 + 4 + i] = s[g * 8 + 2 * i + 1], mn[g * 8 + 4 + i] = m[g * 8 + 2 * i + 1];
-      }
+  // the K-quants: sub-block scales decoded in vectors (ggml_blocks.h's unpack_scales is the
+  // plain form; the tests hold the two to the same results)
+  const auto to_f = [](__m128i bytes8, bool is_signed) {  // 8 bytes -> 8 floats
+    return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(bytes8) : _mm256_cvtepu8_epi32(bytes8));
+  };
+  // per 128 elements the even 16-element sub-blocks, then the odd ones
+  const __m128i order16 = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+  if constexpr (T == QType::kQ4_K || T == QType::kQ5_K) {  // ggml's 12-byte 6-bit packing, as its AVX2 code
+    uint32_t u[4];
+    std::memcpy(u, blk + 4, 12);
+    constexpr uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+    const uint32_t mins_lo = u[1] & m1;
+    u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+    u[2] = mins_lo;
+    u[0] &= m1;  // bytes 0..7: the scales, 8..15: the minimums
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(u));
+    uint16_t h[2];
+    std::memcpy(h, blk, 4);
+    _mm256_store_ps(sc, _mm256_mul_ps(to_f(v, false), _mm256_set1_ps(_cvtsh_ss(h[0]))));
+    _mm256_store_ps(mn, _mm256_mul_ps(to_f(_mm_unpackhi_epi64(v, v), false), _mm256_set1_ps(-_cvtsh_ss(h[1]))));
+  } else if constexpr (T == QType::kQ6_K) {
+    uint16_t h;
+    std::memcpy(&h, blk + 208, 2);
+    const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)), order16);
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(h)), off = _mm256_set1_ps(-32.0f);
+    const __m256 s0 = _mm256_mul_ps(to_f(v, true), d), s1 = _mm256_mul_ps(to_f(_mm_unpackhi_epi64(v, v), true), d);
+    _mm256_store_ps(sc, s0);
+    _mm256_store_ps(sc + 8, s1);
+    _mm256_store_ps(mn, _mm256_mul_ps(s0, off));
+    _mm256_store_ps(mn + 8, _mm256_mul_ps(s1, off));
+  } else if constexpr (T == QType::kQ3_K) {  // 16 six-bit scales stored + 32, as ggml's AVX2 code unpacks them
+    uint32_t a[4];
+    std::memcpy(a, blk + 96, 12);
+    constexpr uint32_t m1 = 0x03030303, m2 = 0x0f0f0f0f;
+    const uint32_t t = a[2];
+    a[2] = ((a[0] >> 4) & m2) | (((t >> 4) & m1) << 4);
+    a[3] = ((a[1] >> 4) & m2) | (((t >> 6) & m1) << 4);
+    a[0] = (a[0] & m2) | ((t & m1) << 4);
+    a[1] = (a[1] & m2) | (((t >> 2) & m1) << 4);
+    const __m128i v = _mm_sub_epi8(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)), order16),
+                                   _mm_set1_epi8(32));
+    uint16_t h;
+    std::memcpy(&h, blk + 108, 2);
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(h)), off = _mm256_set1_ps(-4.0f);
+    const __m256 s0 = _mm256_mul_ps(to_f(v, true), d), s1 = _mm256_mul_ps(to_f(_mm_unpackhi_epi64(v, v), true), d);
+    _mm256_store_ps(sc, s0);
+    _mm256_store_ps(sc + 8, s1);
+    _mm256_store_ps(mn, _mm256_mul_ps(s0, off));
+    _mm256_store_ps(mn + 8, _mm256_mul_ps(s1, off));
+  } else if constexpr (T == QType::kQ2_K) {
+    uint16_t h[2];
+    std::memcpy(h, blk + 80, 4);
+    const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)), order16);
+    const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0f)), hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0f));
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(h[0])), dmin = _mm256_set1_ps(-_cvtsh_ss(h[1]));
+    _mm256_store_ps(sc, _mm256_mul_ps(to_f(lo, false), d));
+    _mm256_store_ps(sc + 8, _mm256_mul_ps(to_f(_mm_unpackhi_epi64(lo, lo), false), d));
+    _mm256_store_ps(mn, _mm256_mul_ps(to_f(hi, false), dmin));
+    _mm256_store_ps(mn + 8, _mm256_mul_ps(to_f(_mm_unpackhi_epi64(hi, hi), false), dmin));
+  } else if constexpr (T == QType::kIQ4_XS) {
+    uint16_t h[2];
+    uint32_t lo4;
+    std::memcpy(h, blk, 4);
+    std::memcpy(&lo4, blk + 4, 4);
+    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(lo4)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                        _mm256_set1_epi32(0xf));
+    const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(h[1]), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                        _mm256_set1_epi32(3));
+    const __m256i ls = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+    _mm256_store_ps(sc, _mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(_cvtsh_ss(h[0]))));
+    _mm256_store_ps(mn, _mm256_setzero_ps());
   }
 }
 
@@ -215,8 +276,12 @@ void rows_typed(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t
       const int count = int(std::min<int64_t>(8, nb32 - b0));
       const uint8_t* blk = row + (info.qk == 32 ? b0 * info.bytes : (b0 / 8) * info.bytes);
       __m256i wq[8];
-      for (int j = 0; j < count; ++j)
-        wq[j] = info.qk == 32 ? load_quants<T>(blk + j * info.bytes, 0) : load_quants<T>(blk, j);
+      if constexpr (info.qk == 32) {
+        for (int j = 0; j < count; ++j) wq[j] = load_quants<T>(blk + j * info.bytes, 0);
+      } else {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) wq[j] = load_quants<T>(blk, j);
+      }
       alignas(32) float sc[16], mn[16];
       group_scales<T>(blk, info.bytes, count, sc, mn);
       for (int64_t m = 0; m < M; ++m) {
@@ -225,13 +290,21 @@ void rows_typed(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t
         for (int j = 0; j < 8; ++j) v[j] = j < count ? dot32<info.is_signed>(wq[j], xq + 32 * j) : _mm256_setzero_si256();
         if constexpr (info.sub == 32) {
           const __m256i sums = combine8(hadd4(v[0], v[1], v[2], v[3]), hadd4(v[4], v[5], v[6], v[7]));
-          alignas(32) float dx[8], sx[8];
-          for (int j = 0; j < 8; ++j) {
-            dx[j] = j < count ? x.d[size_t(m * nb32 + b0 + j)] : 0.0f;
-            sx[j] = j < count ? x.s32[size_t(m * nb32 + b0 + j)] : 0.0f;
+          const float* xd = x.d.data() + m * nb32 + b0;
+          const float* xs = x.s32.data() + m * nb32 + b0;
+          __m256 dx, sx;
+          if (count == 8) {
+            dx = _mm256_loadu_ps(xd);
+            sx = _mm256_loadu_ps(xs);
+          } else {  // the last blocks of a row (scales past them are zero)
+            alignas(32) float d[8] = {}, s[8] = {};
+            std::memcpy(d, xd, sizeof(float) * size_t(count));
+            std::memcpy(s, xs, sizeof(float) * size_t(count));
+            dx = _mm256_load_ps(d);
+            sx = _mm256_load_ps(s);
           }
-          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_load_ps(sc), _mm256_load_ps(dx)), acc[m]);
-          if constexpr (!info.is_signed) acc[m] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_load_ps(sx), acc[m]);
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(_mm256_load_ps(sc), dx), acc[m]);
+          if constexpr (!info.is_signed) acc[m] = _mm256_fmadd_ps(_mm256_load_ps(mn), sx, acc[m]);
         } else {  // 16-element sub-blocks: two groups of 4 blocks
           const float* d16 = x.d16.data() + m * nb32 * 2 + b0 * 2;
           const float* s16 = x.s16.data() + m * nb32 * 2 + b0 * 2;
