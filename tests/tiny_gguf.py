@@ -64,7 +64,9 @@ def random_blocks(type_name: str, shape: tuple[int, int], rng: np.random.Generat
 
 
 def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn: int = 96, heads: int = 4,
-          kv_heads: int = 2, layers: int = 2, tied: bool = True) -> Path:
+          kv_heads: int = 2, layers: int = 2, tied: bool = True, pre: str = "default",
+          extra_tensors: dict[str, np.ndarray] | None = None, extra_metadata: dict | None = None,
+          weights: dict[str, np.ndarray] | None = None, rope_theta: float = 10000.0) -> Path:
     """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down,
     token_embd, output, ...) to a ggml type name; the rest are F32. tied=False writes an output
     tensor (the head) of its own."""
@@ -84,8 +86,11 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
                                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                                    max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
                                    tie_word_embeddings=tied)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    if weights is None:
+        model = transformers.LlamaForCausalLM(cfg).eval()
+        sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    else:
+        sd = weights
 
     path.mkdir(parents=True, exist_ok=True)
     out = path / "model.gguf"
@@ -96,12 +101,19 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
     w.add_rope_dimension_count(hidden // heads)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre)
+    for key, value in (extra_metadata or {}).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, value)
     w.add_token_list(tokens)
     w.add_token_types([3 if t in ("<|endoftext|>", "<s>", "</s>") else 1 for t in tokens])
     w.add_token_merges(merges)
@@ -127,6 +139,8 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
 
     put("token_embd.weight", sd["model.embed_tokens.weight"], "token_embd")
     put("output_norm.weight", sd["model.norm.weight"], "norm")
+    for name, a in (extra_tensors or {}).items():
+        w.add_tensor(name, a)
     if not tied:
         put("output.weight", sd["lm_head.weight"], "output")
     for i in range(layers):

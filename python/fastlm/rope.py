@@ -42,7 +42,19 @@ def rope_scaling(config: dict) -> dict | None:
 
 
 def inv_freq(config: dict, rotary_dim: int) -> np.ndarray:
-    """1 / theta^(2i / d), as Hugging Face computes it in float32, with "linear" or "llama3" scaling."""
+    """1 / theta^(2i / d), as Hugging Face computes it in float32, with "linear" or "llama3" scaling;
+    a GGUF's rope_freqs.weight (config "rope_freq_factors") divides each frequency, as llama.cpp does."""
+    freq = _inv_freq(config, rotary_dim)
+    factors = config.get("rope_freq_factors")
+    if factors is None:
+        return freq
+    factors = np.asarray(factors, dtype=np.float32)
+    if factors.shape != freq.shape:
+        raise ConfigError(f"config rope_freq_factors has {factors.size} values, the rotary dimensions need {freq.size}")
+    return (freq / factors).astype(np.float32)
+
+
+def _inv_freq(config: dict, rotary_dim: int) -> np.ndarray:
     base = rope_theta(config)
     exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
     freq = (1.0 / (np.float64(base) ** exponents.astype(np.float64))).astype(np.float32)

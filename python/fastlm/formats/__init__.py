@@ -17,7 +17,7 @@ from typing import Union
 
 from fastlm import hub
 from fastlm.config import ConfigError
-from fastlm.formats.gguf import GGUFError, GGUFFile, GGUFStore, llama_config, tokenizer_from_gguf
+from fastlm.formats.gguf import GGUFError, GGUFFile, GGUFStore, eog_token_ids, llama_config, tokenizer_from_gguf
 from fastlm.formats.safetensors import SafetensorsError, TensorStore, open_checkpoint, write_safetensors
 from fastlm.tokenizer import Tokenizer
 
@@ -79,7 +79,9 @@ def open_model(model: str | os.PathLike) -> ModelSource:
         except Exception as e:  # the tokenizers library raises its own types on a malformed vocabulary
             raise GGUFError(f"{path}: the tokenizer in the metadata cannot be built ({type(e).__name__}: {e})") from None
         gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
-        return ModelSource(path, config, store, Tokenizer(backend, tok_config, str(path)), gen, eos_ids(config), f)
+        # every end-of-generation token ends a sequence (eos, eot, eom, <|im_end|> ...), as in llama.cpp
+        eog = eog_token_ids(f) or eos_ids(config)
+        return ModelSource(path, config, store, Tokenizer(backend, tok_config, str(path)), gen, eog, f)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a model folder")
     config = read_json(path / "config.json")

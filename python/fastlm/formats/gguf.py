@@ -304,12 +304,34 @@ def _hf_name(name: str) -> str | None:
     return None
 
 
+# the llama.* metadata keys the import reads or knows to change nothing; any other key of the
+# architecture may change the math, so it is refused by name
+_LLAMA_KEYS = {"context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count",
+               "attention.head_count_kv", "attention.layer_norm_rms_epsilon", "rope.freq_base", "rope.dimension_count",
+               "vocab_size", "attention.key_length", "attention.value_length", "rope.scaling.type",
+               "rope.scaling.factor", "rope.scaling.original_context_length", "rope.scaling.finetuned",
+               "expert_count", "expert_used_count"}
+
+
 def llama_config(f: GGUFFile) -> dict:
     """A transformers LlamaConfig dict from the GGUF metadata."""
     md = f.metadata
     arch = md.get("general.architecture")
     if arch != "llama":
         raise GGUFError(f"{f.path}: architecture {arch!r} is not supported for GGUF import (llama is)")
+    unknown = sorted(k for k in md if k.startswith("llama.") and k[len("llama."):] not in _LLAMA_KEYS)
+    if unknown:
+        raise GGUFError(f"{f.path}: metadata key {unknown[0]!r} is not understood by fastlm's llama import: the model "
+                        "would run half-understood")
+    if md.get("llama.expert_count", 0):
+        raise GGUFError(f"{f.path}: llama.expert_count = {md['llama.expert_count']}: mixture-of-experts models are "
+                        "not supported")
+    if int(md.get("llama.attention.value_length", 0) or 0) not in (0, int(md.get("llama.attention.key_length", 0) or 0)):
+        raise GGUFError(f"{f.path}: llama.attention.value_length differs from key_length: not supported")
+    unused = sorted(n for n in f.tensors if _hf_name(n) is None and n != "rope_freqs.weight")
+    if unused:
+        raise GGUFError(f"{f.path}: tensor {unused[0]!r} is not part of a llama model fastlm knows: the model would "
+                        "run without it")
 
     def key(k, default=None):
         v = md.get(f"llama.{k}", default)
@@ -339,12 +361,53 @@ def llama_config(f: GGUFFile) -> dict:
         "pad_token_id": md.get("tokenizer.ggml.padding_token_id"), "hidden_act": "silu",
         "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
     }
+    if "rope_freqs.weight" in f.tensors:  # Llama 3.1 / 3.2: per-frequency divisors, as llama.cpp applies them
+        factors = f.get("rope_freqs.weight").astype(np.float32).reshape(-1)
+        if factors.shape[0] != rot // 2 or not np.isfinite(factors).all() or (factors <= 0).any():
+            raise GGUFError(f"{f.path}: rope_freqs.weight must hold {rot // 2} positive factors, got "
+                            f"{factors.shape[0]} values")
+        cfg["rope_freq_factors"] = factors.tolist()
     scaling = md.get("llama.rope.scaling.type")
     if scaling == "linear":
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md["llama.rope.scaling.factor"])}
     elif scaling not in (None, "none"):
         raise GGUFError(f"{f.path}: rope scaling {scaling!r} is not supported for GGUF import")
     return cfg
+
+
+# tokenizer.ggml.pre -> the split regex llama.cpp and transformers apply before byte-level BPE;
+# None: GPT-2's own (the ByteLevel pre-tokenizer's built-in regex). the names llama.cpp writes for
+# the families fastlm runs; another name is refused (its merges were learned on a split not known here)
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {
+    "default": None, "gpt-2": None, "gpt2": None, "smollm": None, "starcoder": None, "refact": None,
+    "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
+    "dbrx": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT, "pixtral": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT, "megrez": _QWEN2_SPLIT,
+    "gpt-4o": _GPT4O_SPLIT, "llama4": _GPT4O_SPLIT, "tekken": _TEKKEN_SPLIT,
+}
+# tokens that end a turn when the vocabulary marks them control (llama.cpp's end-of-generation set)
+EOG_TEXTS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+             "<EOT>", "<|return|>", "<|call|>")
+
+
+def eog_token_ids(f: "GGUFFile") -> list[int]:
+    """The ids that end generation: eos, eot and eom, and the turn-ending control tokens."""
+    md = f.metadata
+    tokens = md.get("tokenizer.ggml.tokens") or []
+    types = md.get("tokenizer.ggml.token_type") or []
+    ids = [md[f"tokenizer.ggml.{k}_token_id"] for k in ("eos", "eot", "eom") if md.get(f"tokenizer.ggml.{k}_token_id") is not None]
+    ids += [i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == TOKEN_CONTROL and t in EOG_TEXTS]
+    return sorted({int(i) for i in ids if 0 <= int(i) < len(tokens)})
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -382,7 +445,19 @@ def tokenizer_from_gguf(f: GGUFFile):
     pairs = [tuple(m.split(" ")) for m in merges]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, dropout=None, continuing_subword_prefix="",
                                end_of_word_suffix="", fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    pre = md.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise GGUFError(f"{f.path}: tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer fastlm knows (it knows "
+                        f"{', '.join(sorted(PRE_TOKENIZERS))}): its text would be split differently than the model "
+                        "was trained on")
+    split = PRE_TOKENIZERS[pre]
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        from tokenizers import Regex
+
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     types = md.get("tokenizer.ggml.token_type") or []
     control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
