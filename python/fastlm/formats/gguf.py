@@ -224,11 +224,16 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 class GGUFStore:
-    """A GGUF file's tensors under Hugging Face Llama names, dequantized on access."""
+    """A GGUF file's tensors under Hugging Face Llama names, dequantized on access, Q and K rows in
+    Hugging Face's rotate-half order; ``rope_interleaved()`` is the same file with Q and K as
+    llama.cpp stores them (for an executor that rotates interleaved pairs: no copy of them)."""
+
+    rope_interleaved_order = False  # Q and K rows as the file stores them
 
     def __init__(self, f: GGUFFile, n_heads: int, n_kv_heads: int):
         self.f = f
         self.metadata: dict = {}
+        self._heads = (n_heads, n_kv_heads)
         self._names: dict[str, tuple[str, int | None]] = {}
         for name in f.tensors:
             hf, heads = _hf_name(name), None
@@ -239,6 +244,13 @@ class GGUFStore:
             elif name.endswith("attn_k.weight"):
                 heads = n_kv_heads
             self._names[hf] = (name, heads)
+
+    def rope_interleaved(self) -> "GGUFStore":
+        """This file with Q and K rows in llama.cpp's interleaved rope order (nothing unpermuted)."""
+        view = GGUFStore(self.f, *self._heads)
+        view._names = {hf: (src, None) for hf, (src, _) in self._names.items()}
+        view.rope_interleaved_order = True
+        return view
 
     def __contains__(self, name: str) -> bool:
         return name in self._names

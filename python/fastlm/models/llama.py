@@ -53,13 +53,16 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         context = min(context, window)
     max_seq = max_seq_len or context
     check_layer_count(store, "model.layers.", L)
+    interleaved = False
+    if hasattr(store, "rope_interleaved"):  # a GGUF: Q and K taken as stored (no copy), rope on interleaved pairs
+        store, interleaved = store.rope_interleaved(), True
     linear_names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
     wdtype = resolve_dtype(dtype, store, linear_names)
     spec = {
         "n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": Hkv, "head_dim": D, "ffn": F, "vocab": V,
         "max_seq": max_seq, "norm": "rms", "norm_eps": cfg_float(config, "rms_norm_eps", 1e-6, lo=0, hi=1),
         "mlp": "swiglu",
-        "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D,
+        "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D, "rope_interleaved": interleaved,
     }
     model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
