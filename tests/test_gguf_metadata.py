@@ -98,3 +98,15 @@ def test_unknown_tensor_is_refused(tmp_path):
     path = build(tmp_path, extra_tensors={"blk.0.attn_q_norm.weight": np.ones(16, np.float32)})
     with pytest.raises(GGUFError, match="tensor 'blk.0.attn_q_norm.weight' is not part of a llama model"):
         Engine.from_pretrained(path)
+
+
+def test_sentencepiece_vocabulary_ids_equal_transformers(tmp_path):
+    path = build(tmp_path, sentencepiece=True)
+    eng = Engine.from_pretrained(path)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for text in CORPUS + ["The quick brown fox", " leading space", "Ünïcödé 🚀 bytes"]:
+        ids = eng.tokenize(text)
+        assert ids == tok(text)["input_ids"], text
+        assert ids[0] == 1  # BOS, as llama.cpp and transformers add it
+        assert eng.detokenize(ids) == tok.decode(ids, skip_special_tokens=True), text
+    assert any(t.startswith("<0x") for t in tok.convert_ids_to_tokens(eng.tokenize("中国 ☃")))  # byte fall-back (not in the vocabulary)

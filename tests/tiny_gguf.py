@@ -35,6 +35,22 @@ def train_bpe(vocab_size: int = 384):
     return tok
 
 
+def sentencepiece_vocab(vocab_size: int = 400) -> tuple[list[str], list[float], list[int]]:
+    """A Llama-2-style SentencePiece vocabulary (tokens, scores, token types): <unk>, <s>, </s>,
+    the 256 byte tokens <0x00>..<0xFF>, then pieces (with the "▁" word marker) learned on TEXT,
+    best first, scored by rank."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"]))
+    pieces = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]) if t not in ("<unk>", "<s>", "</s>")]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    return tokens, scores, types
+
+
 # the fp16 fields of each block type (byte offsets in a block): scales, minimums
 F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82], "Q3_K": [108],
               "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_NL": [0], "IQ4_XS": [0]}
@@ -66,10 +82,14 @@ def random_blocks(type_name: str, shape: tuple[int, int], rng: np.random.Generat
 def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn: int = 96, heads: int = 4,
           kv_heads: int = 2, layers: int = 2, tied: bool = True, pre: str = "default",
           extra_tensors: dict[str, np.ndarray] | None = None, extra_metadata: dict | None = None,
-          weights: dict[str, np.ndarray] | None = None, rope_theta: float = 10000.0) -> Path:
+          weights: dict[str, np.ndarray] | None = None, rope_theta: float = 10000.0,
+          sentencepiece: bool = False) -> Path:
     """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down,
     token_embd, output, ...) to a ggml type name; the rest are F32. tied=False writes an output
-    tensor (the head) of its own."""
+    tensor (the head) of its own; pre names tokenizer.ggml.pre; weights replaces the random
+    transformers model's state dict (Hugging Face names); extra_tensors / extra_metadata are written
+    as they are (values of extra_metadata: str, int or float); sentencepiece=True writes a
+    SentencePiece vocabulary (tokenizer.ggml.model "llama") instead of byte-level BPE."""
     import gguf
 
     types = types or {"attn_q": "Q8_0", "attn_k": "Q4_1", "attn_v": "Q4_0", "ffn_down": "Q4_1", "ffn_up": "F16",
@@ -77,6 +97,8 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     tok = train_bpe()
     vocab = tok.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    if sentencepiece:
+        tokens, sp_scores, sp_types = sentencepiece_vocab()
     merges = [" ".join(m) for m in tok.model.get_merges()] if hasattr(tok.model, "get_merges") else None
     if merges is None:
         import json
@@ -105,8 +127,9 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
     w.add_rope_dimension_count(hidden // heads)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
+    w.add_tokenizer_model("llama" if sentencepiece else "gpt2")
+    if not sentencepiece:
+        w.add_tokenizer_pre(pre)
     for key, value in (extra_metadata or {}).items():
         if isinstance(value, str):
             w.add_string(key, value)
@@ -115,11 +138,19 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
         else:
             w.add_uint32(key, value)
     w.add_token_list(tokens)
-    w.add_token_types([3 if t in ("<|endoftext|>", "<s>", "</s>") else 1 for t in tokens])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(vocab["<s>"])
-    w.add_eos_token_id(vocab["</s>"])
-    w.add_add_bos_token(False)
+    if sentencepiece:
+        w.add_token_scores(sp_scores)
+        w.add_token_types(sp_types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_add_bos_token(True)
+    else:
+        w.add_token_types([3 if t in ("<|endoftext|>", "<s>", "</s>") else 1 for t in tokens])
+        w.add_token_merges(merges)
+        w.add_bos_token_id(vocab["<s>"])
+        w.add_eos_token_id(vocab["</s>"])
+        w.add_add_bos_token(False)
     w.add_chat_template("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
                         "{% if add_generation_prompt %}<s>assistant: {% endif %}")
 

@@ -442,8 +442,11 @@ def tokenizer_from_gguf(f: GGUFFile):
 
     md = f.metadata
     model = md.get("tokenizer.ggml.model")
+    if model == "llama":
+        return _sentencepiece_from_gguf(f)
     if model != "gpt2":
-        raise GGUFError(f"{f.path}: tokenizer model {model!r} is not supported (byte-level BPE, 'gpt2', is)")
+        raise GGUFError(f"{f.path}: tokenizer model {model!r} is not supported (byte-level BPE 'gpt2' and "
+                        "SentencePiece 'llama' are)")
     tokens = md.get("tokenizer.ggml.tokens")
     merges = md.get("tokenizer.ggml.merges")
     if not tokens or merges is None:
@@ -490,6 +493,63 @@ def tokenizer_from_gguf(f: GGUFFile):
     if config["add_bos_token"] and config["bos_token"] is not None:
         from tokenizers import processors
 
+        bos, bos_id = config["bos_token"], md["tokenizer.ggml.bos_token_id"]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, bos_id)])
+    return tok, config
+
+
+def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """A SentencePiece vocabulary's BPE merges, recovered from its scores: every split of a token
+    into two tokens, best-scored merged token first (transformers' generate_merges, the same order)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    by_score = dict(zip(tokens, scores))
+    merges = []
+    for merged, score in by_score.items():
+        local = [(merged[:i], merged[i:], score) for i in range(1, len(merged))
+                 if merged[:i] in vocab and merged[i:] in vocab]
+        merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+
+def _sentencepiece_from_gguf(f: GGUFFile):
+    """A SentencePiece vocabulary (Llama 2, Mistral, TinyLlama GGUFs) as transformers builds it from
+    the same file: BPE over the scores' merges with byte fall-back, "▁" for spaces (one prepended
+    to the text), control tokens special, BOS added unless the file says otherwise."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    md = f.metadata
+    tokens, scores = md.get("tokenizer.ggml.tokens"), md.get("tokenizer.ggml.scores")
+    if not tokens or scores is None or len(scores) != len(tokens):
+        raise GGUFError(f"{f.path}: a SentencePiece vocabulary needs tokenizer.ggml.tokens and as many "
+                        "tokenizer.ggml.scores")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = ([tuple(m.split(" ")) for m in md["tokenizer.ggml.merges"]] if md.get("tokenizer.ggml.merges")
+              else merges_from_scores(tokens, scores))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(content=" ", left=1)])
+    types = md.get("tokenizer.ggml.token_type") or []
+    control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL]
+    if control:
+        tok.add_special_tokens(control)
+    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4]
+    if user:
+        tok.add_tokens(user)
+
+    def tok_at(key):
+        i = md.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True))  # llama.cpp's default for SentencePiece
+    config = {"bos_token": tok_at("bos_token_id"), "eos_token": tok_at("eos_token_id"),
+              "unk_token": tok_at("unknown_token_id"), "pad_token": tok_at("padding_token_id"),
+              "add_bos_token": add_bos, "tokenizer_class": "LlamaTokenizer"}
+    if md.get("tokenizer.chat_template"):
+        config["chat_template"] = md["tokenizer.chat_template"]
+    if add_bos and config["bos_token"] is not None:
         bos, bos_id = config["bos_token"], md["tokenizer.ggml.bos_token_id"]
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                            special_tokens=[(bos, bos_id)])
