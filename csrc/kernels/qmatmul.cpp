@@ -460,15 +460,7 @@ void q_matmul(const QMatmulArgs& a) {
   q.kp = q_padded_k(w0.type, a.K, w0.G);
   if (w0.type == QType::kQ8) quantize_x16(a.x, a.M, a.K, q.kp, q); else quantize_x8(a.x, a.M, a.K, q.kp, q);
   const QuantX& qx = q;
-  parallel_range(N, 16, [&](int64_t r0, int64_t r1) {
-    int64_t off = 0;
-    for (int p = 0; p < a.n_parts; ++p) {
-      const QWeight& w = a.parts[p];
-      const int64_t s = std::max(r0, off), e = std::min(r1, off + w.N);
-      if (s < e) rows(w, qx, a.M, s - off, e - off, a.y + off, a.ldy);
-      off += w.N;
-    }
-  });
+  over_parts(a, [&](const QWeight& w, int64_t n0, int64_t n1, float* y) { rows(w, qx, a.M, n0, n1, y, a.ldy); });
 }
 
 }  // namespace FASTLM_ISA_NS

@@ -192,6 +192,15 @@ FASTLM_INLINE void group_scales(const uint8_t* blk, int64_t bytes, int count, fl
   const auto to_f = [](__m128i bytes8, bool is_signed) {  // 8 bytes -> 8 floats
     return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(bytes8) : _mm256_cvtepu8_epi32(bytes8));
   };
+  // 16 signed sub-block scales (int8, in the kernel's order) times d; minimums off * scale
+  const auto signed16 = [&](__m128i v, float d, float off) {
+    const __m256 dv = _mm256_set1_ps(d), ov = _mm256_set1_ps(off);
+    const __m256 s0 = _mm256_mul_ps(to_f(v, true), dv), s1 = _mm256_mul_ps(to_f(_mm_unpackhi_epi64(v, v), true), dv);
+    _mm256_store_ps(sc, s0);
+    _mm256_store_ps(sc + 8, s1);
+    _mm256_store_ps(mn, _mm256_mul_ps(s0, ov));
+    _mm256_store_ps(mn + 8, _mm256_mul_ps(s1, ov));
+  };
   // per 128 elements the even 16-element sub-blocks, then the odd ones
   const __m128i order16 = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
   if constexpr (T == QType::kQ4_K || T == QType::kQ5_K) {  // ggml's 12-byte 6-bit packing, as its AVX2 code
@@ -211,13 +220,8 @@ FASTLM_INLINE void group_scales(const uint8_t* blk, int64_t bytes, int count, fl
   } else if constexpr (T == QType::kQ6_K) {
     uint16_t h;
     std::memcpy(&h, blk + 208, 2);
-    const __m128i v = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)), order16);
-    const __m256 d = _mm256_set1_ps(_cvtsh_ss(h)), off = _mm256_set1_ps(-32.0f);
-    const __m256 s0 = _mm256_mul_ps(to_f(v, true), d), s1 = _mm256_mul_ps(to_f(_mm_unpackhi_epi64(v, v), true), d);
-    _mm256_store_ps(sc, s0);
-    _mm256_store_ps(sc + 8, s1);
-    _mm256_store_ps(mn, _mm256_mul_ps(s0, off));
-    _mm256_store_ps(mn + 8, _mm256_mul_ps(s1, off));
+    signed16(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)), order16), _cvtsh_ss(h),
+             -32.0f);
   } else if constexpr (T == QType::kQ3_K) {  // 16 six-bit scales stored + 32, as ggml's AVX2 code unpacks them
     uint32_t a[4];
     std::memcpy(a, blk + 96, 12);
@@ -231,12 +235,7 @@ FASTLM_INLINE void group_scales(const uint8_t* blk, int64_t bytes, int count, fl
                                    _mm_set1_epi8(32));
     uint16_t h;
     std::memcpy(&h, blk + 108, 2);
-    const __m256 d = _mm256_set1_ps(_cvtsh_ss(h)), off = _mm256_set1_ps(-4.0f);
-    const __m256 s0 = _mm256_mul_ps(to_f(v, true), d), s1 = _mm256_mul_ps(to_f(_mm_unpackhi_epi64(v, v), true), d);
-    _mm256_store_ps(sc, s0);
-    _mm256_store_ps(sc + 8, s1);
-    _mm256_store_ps(mn, _mm256_mul_ps(s0, off));
-    _mm256_store_ps(mn + 8, _mm256_mul_ps(s1, off));
+    signed16(v, _cvtsh_ss(h), -4.0f);
   } else if constexpr (T == QType::kQ2_K) {
     uint16_t h[2];
     std::memcpy(h, blk + 80, 4);
@@ -377,24 +376,12 @@ void ggml_dequantize_row(const QWeight& w, int64_t n, float* out) {
 }
 
 void ggml_matvec(const QMatmulArgs& a) {
-  int64_t N = 0;
   bool halves = false;
-  for (int p = 0; p < a.n_parts; ++p) {
-    N += a.parts[p].N;
-    halves = halves || ggml_type_info(a.parts[p].type).sub == 16;
-  }
+  for (int p = 0; p < a.n_parts; ++p) halves = halves || ggml_type_info(a.parts[p].type).sub == 16;
   thread_local GgmlX x;  // the caller's thread; workers read it through the reference below
   quantize_x(a.x, a.M, a.K, halves, x);
   const GgmlX& xr = x;
-  parallel_range(N, 16, [&](int64_t r0, int64_t r1) {
-    int64_t off = 0;
-    for (int p = 0; p < a.n_parts; ++p) {
-      const QWeight& w = a.parts[p];
-      const int64_t s = std::max(r0, off), e = std::min(r1, off + w.N);
-      if (s < e) rows(w, xr, a.M, s - off, e - off, a.y + off, a.ldy);
-      off += w.N;
-    }
-  });
+  over_parts(a, [&](const QWeight& w, int64_t n0, int64_t n1, float* y) { rows(w, xr, a.M, n0, n1, y, a.ldy); });
 }
 
 }  // namespace FASTLM_ISA_NS
