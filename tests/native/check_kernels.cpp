@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "base/half.h"
 #include "kernels/kernels.h"
 
 namespace fl = fastlm;
@@ -156,6 +157,51 @@ static void q_cases(const fl::KernelTable& t) {
   }
 }
 
+// the GGUF block types: random blocks whose fp16 fields are set to small finite scales
+static void ggml_cases(const fl::KernelTable& t) {
+  struct Case { fl::QType type; std::vector<int> f16; };
+  const Case cases[] = {{fl::QType::kQ5_0, {0}}, {fl::QType::kQ5_1, {0, 2}}, {fl::QType::kQ2_K, {80, 82}},
+                        {fl::QType::kQ3_K, {108}}, {fl::QType::kQ4_K, {0, 2}}, {fl::QType::kQ5_K, {0, 2}},
+                        {fl::QType::kQ6_K, {208}}, {fl::QType::kIQ4_NL, {0}}, {fl::QType::kIQ4_XS, {0}}};
+  const int64_t shapes[][3] = {{1, 256, 5}, {3, 768, 9}, {16, 512, 7}, {20, 256, 9}};
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(-0.01f, 0.01f);
+  for (const Case& c : cases) {
+    const fl::GgmlTypeInfo info = fl::ggml_type_info(c.type);
+    for (auto& s : shapes) {
+      const int64_t M = s[0], K = info.qk == 32 && s[1] == 512 ? 576 : s[1], N = s[2];
+      const int64_t rb = fl::q_row_bytes(c.type, K, info.qk), blocks = N * K / info.qk;
+      std::vector<uint8_t> rec(size_t(N * rb));
+      for (auto& v : rec) v = uint8_t(byte(g_rng));
+      for (int64_t b = 0; b < blocks; ++b)
+        for (int off : c.f16) {
+          const uint16_t h = fl::float_to_half(scale(g_rng));
+          std::memcpy(rec.data() + b * info.bytes + off, &h, 2);
+        }
+      auto x = randn(size_t(M * K)), bias = randn(size_t(N));
+      fl::QWeight qw{rec.data(), c.type, N, K, info.qk, bias.data()};
+      std::vector<float> want(size_t(M * N)), got(size_t(M * N));
+      if (M <= 16) {
+        fl::QMatmulArgs a{x.data(), M, K, &qw, 1, want.data(), N};
+        fl::ref::q_matmul(a);
+      } else {
+        std::vector<float> wd(size_t(N * K));
+        for (int64_t n = 0; n < N; ++n) fl::ref::q_dequantize_row(qw, n, wd.data() + n * K);
+        fl::ref::matmul(x.data(), M, K, wd.data(), fl::DType::kF32, N, bias.data(), want.data());
+      }
+      fl::QMatmulArgs a{x.data(), M, K, &qw, 1, got.data(), N};
+      t.q_matmul(a);
+      const std::string tag = std::string(" ") + info.name + " " + std::to_string(M) + "x" + std::to_string(K) + "x" +
+                              std::to_string(N);
+      check("q_matmul" + tag, got.data(), want.data(), got.size(), 2e-5);
+      std::vector<float> d1(static_cast<size_t>(K)), d2(static_cast<size_t>(K));
+      fl::ref::q_dequantize_row(qw, N - 1, d1.data());
+      t.q_dequantize_row(qw, N - 1, d2.data());
+      check("q_dequantize_row" + tag, d2.data(), d1.data(), d1.size(), 0.0);
+    }
+  }
+}
+
 static void rope_cases(const fl::KernelTable& t) {
   const int64_t cases[][4] = {{1, 1, 2, 2}, {7, 3, 64, 64}, {5, 2, 80, 32}, {9, 4, 128, 128}, {3, 1, 14, 14}};
   for (auto& c : cases) {
@@ -190,6 +236,7 @@ int main() {
   attention_cases(t);
   row_op_cases(t);
   q_cases(t);
+  ggml_cases(t);
   rope_cases(t);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
