@@ -241,6 +241,12 @@ inline void unpack_scales(QType t, const uint8_t* blk, float* sc, float* mn) {
   }
 }
 
+// a row of K elements (K / qk blocks) -> out[K]
+inline void dequantize_row(QType t, const uint8_t* row, int64_t K, float* out) {
+  const GgmlTypeInfo info = ggml_type_info(t);
+  for (int64_t b = 0; b < K / info.qk; ++b) dequantize_block(t, row + b * info.bytes, out + b * info.qk);
+}
+
 // block -> q[qk] (uint8, or int8 bits for the signed types) and its unpack_scales
 inline void unpack_block(QType t, const uint8_t* blk, uint8_t* q, float* sc, float* mn) {
   unpack_scales(t, blk, sc, mn);

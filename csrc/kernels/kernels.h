@@ -62,21 +62,20 @@ struct GgmlTypeInfo {
   int sub;         // elements per sub-block (one scale)
   bool is_signed;  // the quants are signed lookup values (IQ4), no minimum
   const char* name;
-  int ggml_id;     // the type's number in GGUF files
 };
 
 constexpr GgmlTypeInfo ggml_type_info(QType t) {
   switch (t) {
-    case QType::kQ5_0: return {32, 22, 32, false, "q5_0", 6};
-    case QType::kQ5_1: return {32, 24, 32, false, "q5_1", 7};
-    case QType::kQ2_K: return {256, 84, 16, false, "q2_k", 10};
-    case QType::kQ3_K: return {256, 110, 16, false, "q3_k", 11};
-    case QType::kQ4_K: return {256, 144, 32, false, "q4_k", 12};
-    case QType::kQ5_K: return {256, 176, 32, false, "q5_k", 13};
-    case QType::kQ6_K: return {256, 210, 16, false, "q6_k", 14};
-    case QType::kIQ4_NL: return {32, 18, 32, true, "iq4_nl", 20};
-    case QType::kIQ4_XS: return {256, 136, 32, true, "iq4_xs", 23};
-    default: return {0, 0, 0, false, nullptr, -1};
+    case QType::kQ5_0: return {32, 22, 32, false, "q5_0"};
+    case QType::kQ5_1: return {32, 24, 32, false, "q5_1"};
+    case QType::kQ2_K: return {256, 84, 16, false, "q2_k"};
+    case QType::kQ3_K: return {256, 110, 16, false, "q3_k"};
+    case QType::kQ4_K: return {256, 144, 32, false, "q4_k"};
+    case QType::kQ5_K: return {256, 176, 32, false, "q5_k"};
+    case QType::kQ6_K: return {256, 210, 16, false, "q6_k"};
+    case QType::kIQ4_NL: return {32, 18, 32, true, "iq4_nl"};
+    case QType::kIQ4_XS: return {256, 136, 32, true, "iq4_xs"};
+    default: return {0, 0, 0, false, nullptr};
   }
 }
 constexpr bool q_is_ggml(QType t) { return ggml_type_info(t).qk > 0; }

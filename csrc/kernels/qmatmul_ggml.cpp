@@ -370,9 +370,7 @@ void rows(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t n1, f
 }  // namespace
 
 void ggml_dequantize_row(const QWeight& w, int64_t n, float* out) {
-  const GgmlTypeInfo info = ggml_type_info(w.type);
-  const uint8_t* row = w.data + n * q_row_bytes(w.type, w.K, w.G);
-  for (int64_t b = 0; b < w.K / info.qk; ++b) ggml::dequantize_block(w.type, row + b * info.bytes, out + b * info.qk);
+  ggml::dequantize_row(w.type, w.data + n * q_row_bytes(w.type, w.K, w.G), w.K, out);
 }
 
 void ggml_matvec(const QMatmulArgs& a) {

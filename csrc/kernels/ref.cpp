@@ -175,11 +175,7 @@ void q_quantize(const float* w, int64_t N, int64_t K, QType type, int64_t G, uin
 
 void q_dequantize_row(const QWeight& w, int64_t n, float* out) {
   const uint8_t* rec = w.data + n * q_row_bytes(w.type, w.K, w.G);
-  if (q_is_ggml(w.type)) {  // one implementation of the formulas; its oracle is gguf.quants
-    const GgmlTypeInfo info = ggml_type_info(w.type);
-    for (int64_t b = 0; b < w.K / info.qk; ++b) ggml::dequantize_block(w.type, rec + b * info.bytes, out + b * info.qk);
-    return;
-  }
+  if (q_is_ggml(w.type)) return ggml::dequantize_row(w.type, rec, w.K, out);  // its oracle is gguf.quants
   for (int64_t k = 0; k < w.K; ++k) {
     int q;
     float d, m;

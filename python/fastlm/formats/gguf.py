@@ -228,8 +228,6 @@ class GGUFStore:
     Hugging Face's rotate-half order; ``rope_interleaved()`` is the same file with Q and K as
     llama.cpp stores them (for an executor that rotates interleaved pairs: no copy of them)."""
 
-    rope_interleaved_order = False  # Q and K rows as the file stores them
-
     def __init__(self, f: GGUFFile, n_heads: int, n_kv_heads: int):
         self.f = f
         self.metadata: dict = {}
@@ -249,7 +247,6 @@ class GGUFStore:
         """This file with Q and K rows in llama.cpp's interleaved rope order (nothing unpermuted)."""
         view = GGUFStore(self.f, *self._heads)
         view._names = {hf: (src, None) for hf, (src, _) in self._names.items()}
-        view.rope_interleaved_order = True
         return view
 
     def __contains__(self, name: str) -> bool:
@@ -271,9 +268,13 @@ class GGUFStore:
         w = self.f.get(src)
         return unpermute_qk(w, heads) if heads else w
 
-    def type_name(self, name: str) -> str:
-        """The GGUF type of the tensor under a Hugging Face name ("Q4_K", "F32", ...)."""
-        return self.f.type_name(self._names[name][0])
+    def is_quantized(self, name: str) -> bool:
+        """Whether the matrix under this name is stored in a quantized block type (its header
+        only: nothing is read or converted)."""
+        if name not in self._names:
+            return False
+        t = self.f.tensors[self._names[name][0]]
+        return len(t.shape) == 2 and GGML_TYPES[t.ggml_type][0] not in FLOAT_TYPES
 
     def native_records(self, name: str) -> tuple[np.ndarray, str, int] | None:
         """A quantized matrix in its own bits as (records, kernel qtype, group size): Q8_0 / Q4_0 /

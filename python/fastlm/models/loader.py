@@ -78,8 +78,8 @@ def resolve_dtype(dtype: str, store: Store, names: list[str]) -> str:
         return dtype
     if dtype != "auto":
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    native = getattr(store, "native_records", None)
-    if native is not None and any(native(n) is not None for n in names if n in store):
+    is_quantized = getattr(store, "is_quantized", None)
+    if is_quantized is not None and any(is_quantized(n) for n in names):
         return NATIVE
     kinds = {store.get(n).dtype for n in names if n in store}
     return "bfloat16" if kinds and all(k == np.dtype(ml_dtypes.bfloat16) for k in kinds) else "float32"
