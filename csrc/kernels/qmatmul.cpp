@@ -15,6 +15,7 @@
 
 #include "base/half.h"
 #include "kernels/isa.h"
+#include "kernels/qdot.h"
 #include "kernels/qformat.h"
 #include "base/threadpool.h"
 
@@ -56,28 +57,10 @@ void quantize_x16(const float* x, int64_t M, int64_t K, int64_t kp, QuantX& q) {
 }
 
 void quantize_x8(const float* x, int64_t M, int64_t K, int64_t kp, QuantX& q) {
-  const int64_t nb = kp / kBlock;
-  q.x8.assign(size_t(M * kp), 0);
-  q.blk_scale.assign(size_t(M * nb), 0.0f);
-  q.blk_sum.assign(size_t(M * nb), 0.0f);
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t k0 = b * kBlock, k1 = std::min(K, k0 + kBlock);
-      const float* xr = x + m * K;
-      float amax = 0.0f;
-      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
-      const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
-      int sum = 0;
-      int8_t* out = q.x8.data() + m * kp;
-      for (int64_t k = k0; k < k1; ++k) {
-        const int v = int(std::nearbyint(std::min(127.0f, std::max(-127.0f, xr[k] * inv))));
-        out[k] = int8_t(v);
-        sum += v;
-      }
-      q.blk_scale[size_t(m * nb + b)] = s;
-      q.blk_sum[size_t(m * nb + b)] = s * float(sum);
-    }
-  }
+  q.x8.resize(size_t(M * kp));
+  q.blk_scale.resize(size_t(M * kp / kBlock));
+  q.blk_sum.resize(size_t(M * kp / kBlock));
+  quantize_blocks32(x, M, K, kp, q.x8.data(), q.blk_scale.data(), q.blk_sum.data());
 }
 
 // the scale of each 32-block of a record's group scales: block b uses scale b / (G / 32)
@@ -105,16 +88,6 @@ FASTLM_INLINE void pair_q4(const uint8_t* w, const int8_t* x, __m256i& lo, __m25
   hi = _mm256_madd_epi16(_mm256_maddubs_epi16(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32))), ones);
 }
 
-// the sums of 8 blocks' int32 vectors, in order, in two steps: hadd4 folds 4 blocks into partial
-// sums per 128-bit lane, combine8 adds the lanes of two such results into one vector of 8 sums
-FASTLM_INLINE __m256i hadd4(__m256i a, __m256i b, __m256i c, __m256i d) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
-}
-
-FASTLM_INLINE __m256i combine8(__m256i lo4, __m256i hi4) {
-  return _mm256_add_epi32(_mm256_permute2x128_si256(lo4, hi4, 0x20), _mm256_permute2x128_si256(lo4, hi4, 0x31));
-}
-
 // fp16 group scales of the 8 blocks starting at block b0 (a multiple of 8), one per block
 template <int GPB>
 FASTLM_INLINE __m256 scales8(const uint8_t* scales, int64_t b0) {
@@ -128,22 +101,6 @@ FASTLM_INLINE __m256 scales8(const uint8_t* scales, int64_t b0) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_cvtsi32_si128(v)), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-}
-
-// 256-bit sums: simd.h's vsum takes the ISA's own vector (512 bits in the AVX-512 copy, which
-// runs these AVX2 dot products too)
-FASTLM_INLINE float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-FASTLM_INLINE int32_t hsum_i32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
 }
 
 // sum_b d_b * <w_b, x_b> over two q8 records at once, x loaded once for both (without the row's
@@ -276,17 +233,6 @@ void dot_q4x2(const uint8_t* rec0, const uint8_t* rec1, const int8_t* x, const f
 }
 #endif
 
-// the next two records about kPrefetchBytes ahead, every cache line of them: a thread's rows are
-// one short stream that the hardware prefetcher picks up too late to hide DRAM latency (q4 layers
-// of SmolLM2 went from ~10 to ~17 GB/s with it)
-constexpr int64_t kPrefetchBytes = 3072;
-FASTLM_INLINE void prefetch_rows(const uint8_t* rec, int64_t rb, int64_t left) {
-  const int64_t ahead = (kPrefetchBytes + rb - 1) / rb;
-  if (left <= ahead + 1) return;
-  const uint8_t* p = rec + ahead * rb;
-  for (int64_t off = 0; off < 2 * rb; off += 64) __builtin_prefetch(p + off);
-}
-
 // y[:, n0:n1] for rows M of x, two weight rows per pass (an odd last row is computed twice)
 template <int GPB, QType T>
 void rows_typed(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
@@ -294,7 +240,7 @@ void rows_typed(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_
   for (int64_t n = n0; n < n1; n += 2) {
     const uint8_t* rec0 = w.data + n * rb;
     const uint8_t* rec1 = n + 1 < n1 ? rec0 + rb : rec0;
-    prefetch_rows(rec0, rb, n1 - n);
+    prefetch_ahead(rec0, rb, n1 - n, 2);
     for (int64_t m = 0; m < M; ++m) {
       float y0, y1;
       if constexpr (T == QType::kQ8) {

@@ -23,6 +23,7 @@
 #include "base/threadpool.h"
 #include "kernels/ggml_blocks.h"
 #include "kernels/isa.h"
+#include "kernels/qdot.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -36,57 +37,21 @@ using ggml::f16_at;
 
 constexpr int kMaxRows = 16;  // decode batches; more rows go to the dequantized GEMM
 
-// x quantized in blocks of 32: q (M, K), d and s32 = d * sum per block (M, K / 32); for the
-// 16-element sub-block types, per 128 elements (4 blocks) in the kernel's order (the low halves of
-// blocks 0..3, then their high halves): d16 (the block's scale) and s16 (d * the half's sum)
+// x quantized in blocks of 32 (qdot.h): q (M, K), d and s32 = d * sum per block (M, K / 32); for
+// the 16-element sub-block types also d16 and s16 per half block, in the kernel's order
 struct GgmlX {
-  int64_t K = 0;
   std::vector<int8_t> q;
   std::vector<float> d, s32, d16, s16;
 };
 
 void quantize_x(const float* x, int64_t M, int64_t K, bool halves, GgmlX& o) {
-  const int64_t nb = K / 32;
-  o.K = K;
   o.q.resize(size_t(M * K));
-  o.d.resize(size_t(M * nb));
-  o.s32.resize(size_t(M * nb));
-  if (halves) {
-    o.d16.resize(size_t(M * nb * 2));
-    o.s16.resize(size_t(M * nb * 2));
-  }
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + m * K + b * 32;
-      float amax = 0.0f;
-      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(xb[k]));
-      const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
-      int8_t* qb = o.q.data() + m * K + b * 32;
-      int sum[2] = {0, 0};
-      for (int k = 0; k < 32; ++k) {
-        const int v = int(std::nearbyint(std::min(127.0f, std::max(-127.0f, xb[k] * inv))));
-        qb[k] = int8_t(v);
-        sum[k / 16] += v;
-      }
-      o.d[size_t(m * nb + b)] = s;
-      o.s32[size_t(m * nb + b)] = s * float(sum[0] + sum[1]);
-      if (halves) {  // group of 4 blocks g = b / 4, lane b % 4 (low half) and 4 + b % 4 (high half)
-        const size_t base = size_t(m * nb * 2 + (b / 4) * 8 + b % 4);
-        o.d16[base] = o.d16[base + 4] = s;
-        o.s16[base] = s * float(sum[0]);
-        o.s16[base + 4] = s * float(sum[1]);
-      }
-    }
-  }
-}
-
-// the next rows about kPrefetchBytes ahead (as qmatmul.cpp: a thread's rows are one short stream)
-constexpr int64_t kPrefetchBytes = 3072;
-FASTLM_INLINE void prefetch_ahead(const uint8_t* row, int64_t rb, int64_t left) {
-  const int64_t ahead = (kPrefetchBytes + rb - 1) / rb;
-  if (left <= ahead) return;
-  const uint8_t* p = row + ahead * rb;
-  for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(p + off);
+  o.d.resize(size_t(M * K / 32));
+  o.s32.resize(size_t(M * K / 32));
+  o.d16.resize(halves ? size_t(M * K / 16) : 0);
+  o.s16.resize(halves ? size_t(M * K / 16) : 0);
+  quantize_blocks32(x, M, K, K, o.q.data(), o.d.data(), o.s32.data(), halves ? o.d16.data() : nullptr,
+                    halves ? o.s16.data() : nullptr);
 }
 
 #if defined(__AVX2__)
@@ -154,19 +119,6 @@ FASTLM_INLINE __m256i dot32(__m256i w, const int8_t* x) {
 #else
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1));
 #endif
-}
-
-FASTLM_INLINE __m256i hadd4(__m256i a, __m256i b, __m256i c, __m256i d) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
-}
-FASTLM_INLINE __m256i combine8(__m256i lo4, __m256i hi4) {
-  return _mm256_add_epi32(_mm256_permute2x128_si256(lo4, hi4, 0x20), _mm256_permute2x128_si256(lo4, hi4, 0x31));
-}
-FASTLM_INLINE float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // the scales and minimums of a group of 256 elements in the kernel's order: 8 (32-element
@@ -268,7 +220,7 @@ void rows_typed(const QWeight& w, const GgmlX& x, int64_t M, int64_t n0, int64_t
   const int64_t K = w.K, rb = q_row_bytes(T, K, w.G), nb32 = K / 32;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = w.data + n * rb;
-    prefetch_ahead(row, rb, n1 - n);
+    prefetch_ahead(row, rb, n1 - n, 1);
     __m256 acc[kMaxRows];
     for (int64_t m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t b0 = 0; b0 < nb32; b0 += 8) {  // 256 elements: one K-block, or 8 (fewer at the end) of 32
