@@ -110,3 +110,14 @@ def test_sentencepiece_vocabulary_ids_equal_transformers(tmp_path):
         assert ids[0] == 1  # BOS, as llama.cpp and transformers add it
         assert eng.detokenize(ids) == tok.decode(ids, skip_special_tokens=True), text
     assert any(t.startswith("<0x") for t in tok.convert_ids_to_tokens(eng.tokenize("中国 ☃")))  # byte fall-back (not in the vocabulary)
+
+
+@pytest.mark.parametrize("sentencepiece", [False, True], ids=["byte-level", "sentencepiece"])
+def test_user_defined_tokens_stay_whole(tmp_path, sentencepiece):
+    path = build(tmp_path, sentencepiece=sentencepiece, user_defined=("<think>", "</think>"))
+    eng = Engine.from_pretrained(path)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    think = tok.convert_tokens_to_ids("<think>")
+    for text in ["<think>why</think> because", "a<think>b", "no tags here"]:
+        assert eng.tokenize(text) == tok(text)["input_ids"], text
+    assert think in eng.tokenize("<think>why</think>")

@@ -83,13 +83,14 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
           kv_heads: int = 2, layers: int = 2, tied: bool = True, pre: str = "default",
           extra_tensors: dict[str, np.ndarray] | None = None, extra_metadata: dict | None = None,
           weights: dict[str, np.ndarray] | None = None, rope_theta: float = 10000.0,
-          sentencepiece: bool = False) -> Path:
+          sentencepiece: bool = False, user_defined: tuple[str, ...] = ()) -> Path:
     """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down,
     token_embd, output, ...) to a ggml type name; the rest are F32. tied=False writes an output
     tensor (the head) of its own; pre names tokenizer.ggml.pre; weights replaces the random
     transformers model's state dict (Hugging Face names); extra_tensors / extra_metadata are written
     as they are (values of extra_metadata: str, int or float); sentencepiece=True writes a
-    SentencePiece vocabulary (tokenizer.ggml.model "llama") instead of byte-level BPE."""
+    SentencePiece vocabulary (tokenizer.ggml.model "llama") instead of byte-level BPE;
+    user_defined tokens are appended to the vocabulary as type 4 (added tokens like <think>)."""
     import gguf
 
     types = types or {"attn_q": "Q8_0", "attn_k": "Q4_1", "attn_v": "Q4_0", "ffn_down": "Q4_1", "ffn_up": "F16",
@@ -99,6 +100,9 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     if sentencepiece:
         tokens, sp_scores, sp_types = sentencepiece_vocab()
+        sp_scores += [0.0] * len(user_defined)
+        sp_types += [4] * len(user_defined)
+    tokens = tokens + list(user_defined)
     merges = [" ".join(m) for m in tok.model.get_merges()] if hasattr(tok.model, "get_merges") else None
     if merges is None:
         import json
@@ -146,7 +150,7 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
         w.add_eos_token_id(2)
         w.add_add_bos_token(True)
     else:
-        w.add_token_types([3 if t in ("<|endoftext|>", "<s>", "</s>") else 1 for t in tokens])
+        w.add_token_types([3 if t in ("<|endoftext|>", "<s>", "</s>") else 4 if t in user_defined else 1 for t in tokens])
         w.add_token_merges(merges)
         w.add_bos_token_id(vocab["<s>"])
         w.add_eos_token_id(vocab["</s>"])

@@ -35,6 +35,7 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 # fastlm q8 / q4 records); the kernels' name of each is its lower-case one
 NATIVE_BLOCK_TYPES = ("Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4
 
 
 class GGUFError(ValueError):
@@ -439,7 +440,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def tokenizer_from_gguf(f: GGUFFile):
     """(tokenizers.Tokenizer, tokenizer_config dict) for a byte-level BPE vocabulary, built the way
     transformers builds it from the same file, so ids agree with AutoTokenizer."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     md = f.metadata
     model = md.get("tokenizer.ggml.model")
@@ -475,11 +476,29 @@ def tokenizer_from_gguf(f: GGUFFile):
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
+    # a control token spelled outside the byte alphabet is a llama.cpp mislabel: not added (as in transformers)
+    return _with_specials(f, tok, vocab, add_bos_default=False, tokenizer_class="PreTrainedTokenizerFast",
+                          control_ok=lambda t: set(t) <= alphabet)
+
+
+def _with_specials(f: GGUFFile, tok, vocab: dict, add_bos_default: bool, tokenizer_class: str,
+                   control_ok=lambda t: True):
+    """The steps both vocabularies share, as transformers takes them: control tokens added as
+    special, user-defined ones (type 4, like <think>) as whole added tokens, the special tokens'
+    texts and the BOS post-processor; returns (tokenizer, tokenizer_config)."""
+    from tokenizers import AddedToken, processors
+
+    md = f.metadata
+    tokens = md["tokenizer.ggml.tokens"]
     types = md.get("tokenizer.ggml.token_type") or []
     control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
-               if ty == TOKEN_CONTROL and set(t) <= alphabet]
+               if ty == TOKEN_CONTROL and control_ok(t)]
     if control:
         tok.add_special_tokens(control)
+    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types)
+            if ty == TOKEN_USER_DEFINED and t in vocab]
+    if user:
+        tok.add_tokens(user)
 
     def tok_at(key):
         i = md.get(f"tokenizer.ggml.{key}")
@@ -487,23 +506,20 @@ def tokenizer_from_gguf(f: GGUFFile):
 
     config = {"bos_token": tok_at("bos_token_id"), "eos_token": tok_at("eos_token_id"),
               "unk_token": tok_at("unknown_token_id"), "pad_token": tok_at("padding_token_id"),
-              "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", False)),
-              "tokenizer_class": "PreTrainedTokenizerFast"}
+              "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+              "tokenizer_class": tokenizer_class}
     if md.get("tokenizer.chat_template"):
         config["chat_template"] = md["tokenizer.chat_template"]
     if config["add_bos_token"] and config["bos_token"] is not None:
-        from tokenizers import processors
-
         bos, bos_id = config["bos_token"], md["tokenizer.ggml.bos_token_id"]
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                            special_tokens=[(bos, bos_id)])
     return tok, config
 
 
-def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+def merges_from_scores(tokens: list[str], scores: list[float], vocab: dict[str, int]) -> list[tuple[str, str]]:
     """A SentencePiece vocabulary's BPE merges, recovered from its scores: every split of a token
     into two tokens, best-scored merged token first (transformers' generate_merges, the same order)."""
-    vocab = {t: i for i, t in enumerate(tokens)}
     by_score = dict(zip(tokens, scores))
     merges = []
     for merged, score in by_score.items():
@@ -518,7 +534,7 @@ def _sentencepiece_from_gguf(f: GGUFFile):
     """A SentencePiece vocabulary (Llama 2, Mistral, TinyLlama GGUFs) as transformers builds it from
     the same file: BPE over the scores' merges with byte fall-back, "▁" for spaces (one prepended
     to the text), control tokens special, BOS added unless the file says otherwise."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     md = f.metadata
     tokens, scores = md.get("tokenizer.ggml.tokens"), md.get("tokenizer.ggml.scores")
@@ -527,31 +543,10 @@ def _sentencepiece_from_gguf(f: GGUFFile):
                         "tokenizer.ggml.scores")
     vocab = {t: i for i, t in enumerate(tokens)}
     merges = ([tuple(m.split(" ")) for m in md["tokenizer.ggml.merges"]] if md.get("tokenizer.ggml.merges")
-              else merges_from_scores(tokens, scores))
+              else merges_from_scores(tokens, scores, vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(content=" ", left=1)])
-    types = md.get("tokenizer.ggml.token_type") or []
-    control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_CONTROL]
-    if control:
-        tok.add_special_tokens(control)
-    user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4]
-    if user:
-        tok.add_tokens(user)
-
-    def tok_at(key):
-        i = md.get(f"tokenizer.ggml.{key}")
-        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
-
-    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True))  # llama.cpp's default for SentencePiece
-    config = {"bos_token": tok_at("bos_token_id"), "eos_token": tok_at("eos_token_id"),
-              "unk_token": tok_at("unknown_token_id"), "pad_token": tok_at("padding_token_id"),
-              "add_bos_token": add_bos, "tokenizer_class": "LlamaTokenizer"}
-    if md.get("tokenizer.chat_template"):
-        config["chat_template"] = md["tokenizer.chat_template"]
-    if add_bos and config["bos_token"] is not None:
-        bos, bos_id = config["bos_token"], md["tokenizer.ggml.bos_token_id"]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, bos_id)])
-    return tok, config
+    # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
+    return _with_specials(f, tok, vocab, add_bos_default=True, tokenizer_class="LlamaTokenizer")
