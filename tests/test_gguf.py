@@ -12,7 +12,7 @@ from conftest import assert_close
 from fastlm import Engine, cli
 from fastlm.tools.convert import convert_gguf
 from fastlm.formats.gguf import GGUFError, GGUFFile, dequantize
-from tiny_gguf import build
+from tiny_gguf import build, patch_tensor_info
 
 gguf = pytest.importorskip("gguf")
 
@@ -116,11 +116,6 @@ def test_malformed_gguf(tiny, tmp_path, damage, match):
 
 def test_unsupported_tensor_type(tmp_path):
     p = build(tmp_path / "k", types={"ffn_down": "Q5_0"})
-    raw = bytearray(p.read_bytes())
-    name = b"blk.0.ffn_down.weight"
-    at = raw.index(name) + len(name)  # then n_dims (u32), the dims (u64 each), the type (u32)
-    n_dims = int.from_bytes(raw[at:at + 4], "little")
-    raw[at + 4 + 8 * n_dims:at + 8 + 8 * n_dims] = (16).to_bytes(4, "little")  # IQ2_XXS: not read
-    p.write_bytes(bytes(raw))
+    p.write_bytes(patch_tensor_info(p, "blk.0.ffn_down.weight", ggml_type=16))  # IQ2_XXS: not read
     with pytest.raises(GGUFError, match="ffn_down.weight' has ggml type 16"):
         Engine.from_pretrained(p)

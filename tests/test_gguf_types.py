@@ -12,7 +12,7 @@ from conftest import assert_close
 from fastlm import Engine, cli
 from fastlm import kernels as K
 from fastlm.formats.gguf import GGML_TYPES, NATIVE_BLOCK_TYPES, GGUFError, dequantize
-from tiny_gguf import F16_FIELDS, build, random_blocks
+from tiny_gguf import F16_FIELDS, build, patch_tensor_info, random_blocks
 
 gguf = pytest.importorskip("gguf")
 
@@ -167,14 +167,8 @@ def test_q4_k_m_like_mix_loads_tensor_by_tensor(tmp_path):
 
 def test_bad_block_tensor_is_named(tmp_path):
     path = build(tmp_path, {"ffn_up": "Q4_K"}, **SHAPE)
-    raw = bytearray(path.read_bytes())
-    name = b"blk.1.ffn_up.weight"
-    at = raw.index(name) + len(name)
-    n_dims = int.from_bytes(raw[at:at + 4], "little")
-    raw[at + 4:at + 12] = (200).to_bytes(8, "little")  # rows of 200: not a whole number of 256-blocks
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(bytes(raw))
-    assert n_dims == 2
+    bad = tmp_path / "bad.gguf"  # rows of 200: not a whole number of 256-blocks
+    bad.write_bytes(patch_tensor_info(path, "blk.1.ffn_up.weight", first_dim=200))
     with pytest.raises(GGUFError, match=r"'blk.1.ffn_up.weight' has rows of 200 elements, not a whole number of Q4_K"):
         Engine.from_pretrained(bad)
     short = tmp_path / "short.gguf"

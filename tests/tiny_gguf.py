@@ -79,6 +79,19 @@ def random_blocks(type_name: str, shape: tuple[int, int], rng: np.random.Generat
     return raw.reshape(N, -1)
 
 
+def patch_tensor_info(path: Path, name: str, first_dim: int | None = None, ggml_type: int | None = None) -> bytes:
+    """The file's bytes with one tensor's header entry changed: its first (row) dimension or its
+    type id (entry: name, n_dims u32, dims u64 each, type u32, offset u64)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.index(name.encode()) + len(name)
+    n_dims = int.from_bytes(raw[at:at + 4], "little")
+    if first_dim is not None:
+        raw[at + 4:at + 12] = first_dim.to_bytes(8, "little")
+    if ggml_type is not None:
+        raw[at + 4 + 8 * n_dims:at + 8 + 8 * n_dims] = ggml_type.to_bytes(4, "little")
+    return bytes(raw)
+
+
 def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn: int = 96, heads: int = 4,
           kv_heads: int = 2, layers: int = 2, tied: bool = True, pre: str = "default",
           extra_tensors: dict[str, np.ndarray] | None = None, extra_metadata: dict | None = None,
