@@ -13,6 +13,9 @@ namespace fastlm {
 namespace {
 
 constexpr int64_t kChunk = 256;  // prefill rows per step: buffers stay small, GEMMs stay efficient
+// decode rows per step: the kernels' few-row paths (kFewRows, kMaxRows, kDequantMinRows - 1) end
+// here, so a sequence decodes to the same bits in a batch of any size
+constexpr int64_t kDecodeRows = 16;
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -393,8 +396,8 @@ void Model::decode(const int64_t* slots, const int32_t* tokens, int64_t B, float
   slots_.check_decode(slots, B, spec_.max_seq);
   std::vector<Group> groups;
   for (int64_t b = 0; b < B; ++b) groups.push_back({slots[b], b, 1});
-  for (int64_t b0 = 0; b0 < B; b0 += kChunk) {  // very large batches run in steps of kChunk rows
-    const int64_t n = std::min(kChunk, B - b0);
+  for (int64_t b0 = 0; b0 < B; b0 += kDecodeRows) {  // larger batches run in steps of kDecodeRows
+    const int64_t n = std::min(kDecodeRows, B - b0);
     std::vector<Group> g(groups.begin() + b0, groups.begin() + b0 + n);
     for (auto& gr : g) gr.row0 -= b0;
     std::vector<int64_t> rows(static_cast<size_t>(n));
