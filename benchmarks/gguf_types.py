@@ -199,7 +199,7 @@ def cmd_quality(args) -> None:
             q = torch.log_softmax(torch.tensor(np.asarray(logits)).double(), -1)
             return float((ref.exp() * (ref - q)).sum(-1).mean()), float((q.argmax(-1) == ref.argmax(-1)).double().mean())
 
-        with eng.slots.hold() as s:
+        with eng.hold() as s:
             s.ensure(1)
             s.truncate(0, 0)
             rows = [np.asarray(s.prefill(0, ids[:1])).reshape(-1)]

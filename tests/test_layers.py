@@ -26,6 +26,7 @@ LAYERS = [
     ["slots"],
     ["sampling", "outputs"],
     ["generation"],
+    ["scheduler"],
     ["engine"],
     ["tools"],
     ["cli"],

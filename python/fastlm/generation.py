@@ -1,10 +1,14 @@
-"""One generation call over the KV cache slots (fastlm.slots): slots chosen for prompt reuse,
-prefill, then every live sample decoded together, one batched forward step per token."""
+"""One generation call (a batch of prompts, n samples each) as the scheduler runs it: what each
+sample has produced, the chunks it releases, and the Stream a caller reads them from. The
+scheduler (fastlm.scheduler) owns the KV cache slots and steps every call in flight together."""
 from __future__ import annotations
 
+import collections
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -18,8 +22,12 @@ from fastlm.sampling import (
     log_softmax,
     top_logprobs,
 )
-from fastlm.slots import Slots
 from fastlm.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import asyncio
+
+_END = object()  # the last event of a call: nothing follows
 
 
 @dataclass
@@ -38,21 +46,23 @@ class _Sample:
     logprobs: list[Logprob] | None = None
     finish: str | None = None
     stop_reason: str | int | None = None
+    row: np.ndarray | None = None  # its prompt's last logits, until its first token
 
 
 class Generation:
-    """Decodes a batch of prompts, n samples each; iterate chunks() or call run().
+    """One call: a batch of prompts, n samples each. The scheduler admits it, prefills its prompts,
+    then gives it logits rows step by step (start, advance); the chunks each step releases go to
+    `sink` (a list of Chunks per step, then an exception or _END), in order.
 
-    slots: the KV cache (claimed for this call); tokenizer: for text and stop strings (None: ids
-    only); eos_token_ids: the ids that end a sample; context: the positions a sequence may hold;
-    source: the model's name in results."""
+    tokenizer: for text and stop strings (None: ids only); eos_token_ids: the ids that end a
+    sample; context: the positions a sequence may hold; source: the model's name in results."""
 
-    def __init__(self, slots: Slots, prompts: list[list[int]], params: SamplingParams, chat: bool, *,
-                 tokenizer: Tokenizer | None, eos_token_ids: list[int], context: int, source: str):
+    def __init__(self, prompts: list[list[int]], params: SamplingParams, chat: bool, *, vocab: int,
+                 tokenizer: Tokenizer | None, eos_token_ids: list[int], context: int, source: str,
+                 sink: Callable[[object], None] | None = None):
         if params.stop and tokenizer is None:
             raise ValueError(f"stop strings need a tokenizer; {source} has none (use stop_token_ids)")
-        params.check_vocab(slots.model.vocab)
-        self.slots = slots
+        params.check_vocab(vocab)
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
         self.context = context
@@ -63,76 +73,99 @@ class Generation:
         self.cached = [0] * len(prompts)
         self.timings = Timings()
         self.samples: list[_Sample] = []
-        self.stale = False  # another call (of this thread) took over the KV cache slots
-        self.cancelled = False  # close() from another thread: stop at the next step
-        self._t_first: float | None = None  # when the first token was chosen
+        self.cancelled = False  # close(): the scheduler drops it at the next step
         self.done = False
-        slots.claim(self)  # calls from other threads wait until this one is done
+        self.finished = threading.Event()  # set once the last event was sent
+        if sink is None:
+            self.events: queue.SimpleQueue | None = queue.SimpleQueue()
+            sink = self.events.put
+        else:
+            self.events = None
+        self._sink = sink
+        self._t0 = time.perf_counter()
+        self._t_first: float | None = None  # when the first token was chosen
+        self._end_ids = list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
+        self._eos, self._stop_ids = set(self.eos_token_ids), set(params.stop_token_ids)
 
-    def finish(self) -> None:
-        """Done (ended, closed or interrupted): the timings are closed and the slots go to the next caller."""
-        if not self.done and self._t_first is not None:
+    # ---- what the scheduler needs to know ----
+    @property
+    def n_sequences(self) -> int:
+        """KV cache slots it holds while it runs."""
+        return len(self.prompts) * self.params.n
+
+    def limit(self, prompt: list[int]) -> int:
+        """Most tokens a sample of `prompt` may generate (max_tokens, or what the context leaves)."""
+        return min(self.params.max_tokens or self.context, self.context - len(prompt))
+
+    @property
+    def positions(self) -> int:
+        """KV cache positions it may fill: every sample's prompt and its most tokens."""
+        return sum((len(p) + self.limit(p)) * self.params.n for p in self.prompts)
+
+    @property
+    def active(self) -> list["_Sample"]:
+        return [s for s in self.samples if s.finish is None]
+
+    # ---- driven by the scheduler ----
+    def start(self, j: int, slots: list[int], cached: int, row: np.ndarray) -> None:
+        """Prompt j is in slots[0] (its first `cached` tokens were there already) and copied to the
+        others (its other samples); row: the logits of its last position. Its samples begin."""
+        p, prompt = self.params, self.prompts[j]
+        decode = self.tokenizer.decode if self.tokenizer is not None else None
+        self.cached[j] = cached
+        self.timings.prefill_tokens += len(prompt) - cached
+        for i, s in enumerate(slots):
+            rng = np.random.default_rng(None if p.seed is None else [p.seed, i])
+            self.samples.append(_Sample(
+                prompt_index=j, index=i, slot=s, prompt=prompt, limit=self.limit(prompt),
+                sampler=SequenceSampler(p, prompt, rng, self._end_ids),
+                detok=Detokenizer(lambda ids: decode(ids, skip_special_tokens=True), prompt) if decode else None,
+                stops=StopStrings(p.stop), logprobs=[] if p.logprobs is not None else None, row=row))
+
+    def first(self) -> None:
+        """Every prompt started: each sample chooses its first token from its prompt's logits."""
+        rows = np.stack([s.row for s in self.samples])
+        for s in self.samples:
+            s.row = None
+        t = self._t_first = time.perf_counter()
+        self.timings.time_to_first_token_s = self.timings.prefill_s = t - self._t0
+        self.advance(self.samples, rows)
+
+    def advance(self, samples: list["_Sample"], logits: np.ndarray) -> None:
+        """logits[i]: the next-token logits of samples[i] (its live samples, in order): each
+        chooses a token; the step's chunks are sent."""
+        p = self.params
+        if p.plain_greedy:
+            check_finite(logits)
+            toks = np.argmax(logits, axis=1).tolist()
+        else:
+            toks = [s.sampler.choose(logits[i]) for i, s in enumerate(samples)]
+        if self._t_first is not None and samples and samples[0].out:
+            self.timings.decode_tokens += len(samples)
+        self._sink([self._advance(s, tok, logits[i], self._eos, self._stop_ids)
+                    for i, (s, tok) in enumerate(zip(samples, toks))])
+
+    def end(self, error: BaseException | None = None) -> None:
+        """The call is over (all samples ended, it was cancelled, or `error`); unfinished samples
+        end as "abort". Its last event is sent."""
+        if self.done:
+            return
+        if self._t_first is not None:
             self.timings.decode_s = time.perf_counter() - self._t_first
         self.done = True
-        self.slots.release(self)
+        self._sink(error if error is not None else _END)
+        self.finished.set()
 
-    # ---- the run ----
+    # ---- read by the caller ----
     def chunks(self) -> Iterator[Chunk]:
-        try:
-            yield from self._chunks()
-        finally:
-            self.finish()
-
-    def _chunks(self) -> Iterator[Chunk]:
-        slots, p = self.slots, self.params
-        t0 = time.perf_counter()
-        plan = slots.plan(self.prompts, p.n)
-        B = len(self.prompts) * p.n
-        logits = np.empty((B, slots.model.vocab), np.float32)
-        end_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else self.eos_token_ids)
-        decode = self.tokenizer.decode if self.tokenizer is not None else None
-        computed = 0
-        for j, (prompt, (slot, cached, copies)) in enumerate(zip(self.prompts, plan)):
-            row = slots.prefill(slot, prompt, keep=cached)
-            computed += len(prompt) - cached
-            self.cached[j] = cached
-            for i, s in enumerate([slot] + copies):
-                if s != slot:
-                    slots.copy(slot, s)
-                seed = None if p.seed is None else [p.seed, i]
-                rng = np.random.default_rng(seed)
-                self.samples.append(_Sample(
-                    prompt_index=j, index=i, slot=s, prompt=prompt,
-                    limit=min(p.max_tokens or self.context, self.context - len(prompt)),
-                    sampler=SequenceSampler(p, prompt, rng, end_ids),
-                    detok=Detokenizer(lambda ids: decode(ids, skip_special_tokens=True), prompt) if decode else None,
-                    stops=StopStrings(p.stop), logprobs=[] if p.logprobs is not None else None))
-                logits[len(self.samples) - 1] = row
-        self.timings.prefill_tokens = computed
-        eos, stop_ids = set(self.eos_token_ids), set(p.stop_token_ids)
-        # `logits` row i belongs to sample active[i]: the decode step's own output, never copied
-        active = list(range(B))
-        t_first = None
-        while active:
-            if p.plain_greedy:
-                check_finite(logits)
-                toks = np.argmax(logits, axis=1).tolist()
-            else:
-                toks = [self.samples[b].sampler.choose(logits[i]) for i, b in enumerate(active)]
-            if t_first is None:
-                t_first = self._t_first = time.perf_counter()
-                self.timings.time_to_first_token_s = self.timings.prefill_s = t_first - t0
-            for i, (b, tok) in enumerate(zip(active, toks)):
-                yield self._advance(self.samples[b], tok, logits[i], eos, stop_ids)
-                if self.stale:
-                    raise RuntimeError("this generation was interrupted: another call on the same Engine "
-                                       "took over its KV cache")
-            active = [b for b in active if self.samples[b].finish is None]
-            if self.cancelled:
-                break  # the unfinished samples end as "abort"
-            if active:
-                logits = slots.decode([self.samples[b].slot for b in active], [self.samples[b].out[-1] for b in active])
-                self.timings.decode_tokens += len(active)
+        """The chunks as the scheduler sends them (for a call made with the default sink)."""
+        while True:
+            item = self.events.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
 
     def _advance(self, s: _Sample, tok: int, row: np.ndarray, eos: set, stop_ids: set) -> Chunk:
         p = self.params
@@ -185,52 +218,81 @@ class Generation:
         return out
 
 
-class Stream:
-    """Chunks of one prompt's samples as they are generated. Leaving the loop (break) and close()
-    stop decoding; `completion` holds what was generated (finish_reason "abort" for a sample cut
-    short). While a stream is open, calls on its Engine from other threads wait for it; close() may
-    come from any thread.
+class _Delivered:
+    """What a stream has handed to its reader: `completion` is built from it."""
+
+    def __init__(self, gen: Generation):
+        self._gen = gen
+        self._seen: dict[int, list[Chunk]] = {}  # the chunks delivered, per sample
+        self._final: Completion | None = None
+        self._closed = False
+
+    def _record(self, c: Chunk) -> Chunk:
+        self._seen.setdefault(c.index, []).append(c)
+        return c
+
+    @property
+    def completion(self) -> Completion | None:
+        """What the stream has delivered (final once it ended or was closed); None before any token."""
+        if self._final is not None:
+            return self._final
+        if not self._seen:
+            return None
+        full = self._gen.completions()[0]
+        choices = []
+        for ch in full.choices:
+            got = self._seen.get(ch.index, [])
+            last = got[-1].finish_reason if got else None
+            choices.append(Choice(index=ch.index, text="".join(c.text for c in got),
+                                  token_ids=ch.token_ids[:len(got)], finish_reason=last or "abort",
+                                  logprobs=None if ch.logprobs is None else ch.logprobs[:len(got)],
+                                  stop_reason=ch.stop_reason if last else None))
+        usage = Usage(full.usage.prompt_tokens, sum(len(c.token_ids) for c in choices), full.usage.cached_tokens)
+        c = Completion(choices=choices, usage=usage, timings=full.timings, model=full.model, chat=full.chat,
+                       id=full.id, created=full.created)
+        if self._closed:
+            self._final = c
+        return c
+
+
+class Stream(_Delivered):
+    """Chunks of one prompt's samples as they are generated; n > 1 samples interleave (chunk.index).
+    Leaving the loop (break), close(), and dropping the stream stop decoding at the next step and
+    free its KV cache slots; `completion` holds what the stream delivered (finish_reason "abort"
+    for a sample cut short). close() may come from any thread.
 
     >>> for chunk in engine.stream("Once upon a time", max_tokens=32):  # doctest: +SKIP
     ...     print(chunk.text, end="", flush=True)
     """
 
-    def __init__(self, gen: Generation):
-        self._gen = gen
+    def __init__(self, gen: Generation, cancel: Callable[[Generation], None]):
+        super().__init__(gen)
+        self._cancel = cancel
         self._it = gen.chunks()
-        self._final: Completion | None = None
 
     def __iter__(self) -> "Stream":
         return self
 
     def __next__(self) -> Chunk:
-        return next(self._it)
-
-    @property
-    def completion(self) -> Completion | None:
-        """The result so far (final once the stream ended or was closed); None before any token."""
-        if self._final is not None:
-            return self._final
-        if not self._gen.samples:
-            return None
-        c = self._gen.completions()[0]
-        if self._gen.done:
-            self._final = c
-        return c
+        if self._closed:
+            raise StopIteration
+        try:
+            return self._record(next(self._it))
+        except StopIteration:
+            self._closed = True
+            raise
 
     def close(self) -> None:
-        """Stops decoding; `completion` then holds what was generated so far."""
-        self._gen.cancelled = True
-        if self._it.gi_running:
-            return  # another thread is inside a step: it sees `cancelled` there, stops and gives the slots back
-        try:
-            self._it.close()
-        except ValueError:  # the other thread entered its step just now: `cancelled` stops it, as above
+        """Stops decoding (the scheduler drops it before its next step); `completion` then holds
+        what was delivered."""
+        if self._closed:
             return
-        self._gen.finish()  # a stream never iterated holds the slots too
+        self._closed = True
+        if not self._gen.done:
+            self._cancel(self._gen)
 
     def __del__(self) -> None:
-        if not self._gen.done:
+        if not getattr(self, "_closed", True):
             self.close()
 
     def __enter__(self) -> "Stream":
@@ -238,3 +300,71 @@ class Stream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class AsyncStream(_Delivered):
+    """A Stream for asyncio: ``async for chunk in engine.astream(...)``. Leaving the loop, aclose(),
+    and cancelling the task that reads it stop decoding at the next step.
+
+    The scheduler hands chunks to the event loop the stream was made in."""
+
+    def __init__(self, gen: Generation, q: "asyncio.Queue", cancel: Callable[[Generation], None]):
+        super().__init__(gen)
+        self._q = q
+        self._cancel = cancel
+        self._buf: collections.deque[Chunk] = collections.deque()
+
+    @staticmethod
+    def sink(loop: "asyncio.AbstractEventLoop", q: "asyncio.Queue", gen_box: list) -> Callable[[object], None]:
+        """The scheduler's sink for an AsyncStream: events go to q in loop's thread. When the loop
+        is gone (closed) nobody can read them: the call is cancelled."""
+        def put(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the event loop was closed: its reader is gone
+                if gen_box:
+                    gen_box[0].cancelled = True
+        return put
+
+    def __aiter__(self) -> "AsyncStream":
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while not self._buf:
+            if self._closed:
+                raise StopAsyncIteration
+            try:
+                item = await self._q.get()
+            except BaseException:  # the reading task was cancelled: so is the call
+                self.close()
+                raise
+            if item is _END:
+                self._closed = True
+                raise StopAsyncIteration
+            if isinstance(item, BaseException):
+                self._closed = True
+                raise item
+            self._buf.extend(item)
+        return self._record(self._buf.popleft())
+
+    def close(self) -> None:
+        """Stops decoding at the next step (does not wait for it)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buf.clear()
+        if not self._gen.done:
+            self._cancel(self._gen)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def result(self) -> Completion:
+        """Reads the stream to its end: the whole completion."""
+        async for _ in self:
+            pass
+        return self._gen.completions()[0]
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()

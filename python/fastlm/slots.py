@@ -1,7 +1,7 @@
 """The one owner of an executor's KV cache slots and of the token ids each slot holds.
 
-Everything that runs the executor (generation, ``Engine.logits``, perplexity, ``fastlm bench``)
-goes through a Slots: it is the only caller of the executor's prefill / decode / truncate / copy,
+Everything that runs the executor (the scheduler, and ``Engine.logits``, perplexity, ``fastlm bench``
+through the scheduler's hold) goes through a Slots: it is the only caller of the executor's prefill / decode / truncate / copy,
 so the token ids it keeps always describe what the cache holds, and a prompt that starts with
 tokens already cached (the next turn of a chat) computes only its new suffix.
 
@@ -11,9 +11,7 @@ tokens already cached (the next turn of a chat) computes only its new suffix.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -26,61 +24,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-class _Hold:
-    """The owner of a one-off use of the slots (Engine.logits, reset, bench)."""
-
-    def __init__(self) -> None:
-        self.done = False
-        self.stale = False
-
-
 class Slots:
-    """An executor's KV cache slots and the token ids whose keys and values each holds.
-
-    A user of the slots (one generation call, or a ``hold``) takes them with ``claim`` and gives
-    them back with ``release``. Calls from other threads wait for it (calls on one Engine queue,
-    never interleave); a new call from the user's own thread takes over, and the user it displaces
-    is told (its ``stale`` becomes True) and must stop."""
+    """An executor's KV cache slots and the token ids whose keys and values each holds. One
+    scheduler (fastlm.scheduler) drives them; direct use goes through its hold()."""
 
     def __init__(self, model):
         self.model = model
         self._tokens: list[list[int]] = []
-        self._owner = None
-        self._owner_thread: int | None = None
-        self._cond = threading.Condition()
-
-    # ---- who drives them ----
-    def _busy(self) -> bool:
-        return self._owner is not None and not self._owner.done
-
-    def claim(self, owner) -> None:
-        """`owner` (an object with `done` and `stale`) drives the slots from now on."""
-        me = threading.get_ident()
-        with self._cond:
-            while self._busy() and self._owner_thread != me:
-                self._cond.wait()
-            prev = self._owner
-            if prev is not None and prev is not owner and self._busy():
-                prev.stale = True  # the same thread started a new call: its open stream stops
-            self._owner, self._owner_thread = owner, me
-
-    def release(self, owner) -> None:
-        """`owner` is finished with the slots (a no-op if another has taken them over since)."""
-        with self._cond:
-            if self._owner is owner:
-                self._owner = self._owner_thread = None
-                self._cond.notify_all()
-
-    @contextmanager
-    def hold(self) -> Iterator["Slots"]:
-        """The slots for one block of calls, queued behind other threads' calls."""
-        token = _Hold()
-        self.claim(token)
-        try:
-            yield self
-        finally:
-            token.done = True
-            self.release(token)
 
     # ---- what they hold ----
     def __len__(self) -> int:
@@ -103,19 +53,21 @@ class Slots:
                 self.model.truncate_slot(s, keep)
                 del toks[keep:]
 
-    def plan(self, prompts: Sequence[Sequence[int]], n: int = 1) -> list[tuple[int, int, list[int]]]:
-        """For each prompt, (slot, tokens of it already cached there, slots for its other n - 1
-        samples): the slot with the longest cached prefix, copies where the least is lost. At
-        least the prompt's last token is always computed (its logits are needed)."""
-        self.ensure(len(prompts) * n)
-        free = list(range(len(self._tokens)))
+    def plan(self, prompts: Sequence[Sequence[int]], n: int, free: Sequence[int]) -> list[tuple[list[int], int]]:
+        """For each prompt, (its slots: the one for its first sample, then the others, and the tokens
+        of it already cached in the first), taken from `free`: the slot with the longest cached
+        prefix, copies where the least is lost. At least the prompt's last token is always computed
+        (its logits are needed)."""
+        free = list(free)
+        if len(free) < len(prompts) * n:
+            raise ValueError(f"{len(prompts) * n} slots are needed, {len(free)} are free")
         out = []
         for p in prompts:
             best = max(free, key=lambda s: (common_prefix(self._tokens[s], p), -s))
             free.remove(best)
             free.sort(key=lambda s: (len(self._tokens[s]), s))
             copies, free = free[:n - 1], free[n - 1:]
-            out.append((best, min(common_prefix(self._tokens[best], p), len(p) - 1), copies))
+            out.append(([best] + copies, min(common_prefix(self._tokens[best], p), len(p) - 1)))
         return out
 
     # ---- running the executor ----

@@ -16,7 +16,7 @@ def bench(engine: Engine, n_prompt: int = 512, n_gen: int = 128, repetitions: in
     """Rows of tokens/s (mean, std and each repetition, after one warm-up) for a prefill of
     n_prompt random tokens and a greedy decode of n_gen tokens after one; with profile, the
     seconds each kind of op took."""
-    with engine.slots.hold() as slots:
+    with engine.hold() as slots:
         return _bench(engine, slots, n_prompt, n_gen, repetitions, profile)
 
 
