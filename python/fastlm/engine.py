@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import sys
@@ -224,17 +223,25 @@ class Engine:
         return Generation(prompts, params, chat, vocab=self.vocab_size, tokenizer=self.tokenizer,
                           eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source, sink=sink)
 
+    def _one_prompt(self, prompt: Prompt, what: str) -> list[int]:
+        if self._is_batch(prompt):
+            raise TypeError(f"{what}() takes one prompt; use generate() for a batch")
+        return self._ids(prompt)
+
+    def _one_conversation(self, messages: Messages, what: str) -> list[int]:
+        if self._is_conversation_batch(messages):
+            raise TypeError(f"{what}() takes one conversation; use chat() for a batch")
+        return self._chat_ids(messages)
+
     def _run(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> list[Completion]:
         gen = self._make(prompts, params, chat)
         self.scheduler.submit(gen)
         try:
-            for _ in gen.chunks():
-                pass
+            return gen.run()
         except BaseException:  # Ctrl-C while waiting: the call is dropped, its slots freed
             if not gen.done:
                 self.scheduler.cancel(gen)
             raise
-        return gen.completions()
 
     def _stream(self, prompt: list[int], params: SamplingParams, chat: bool) -> Stream:
         gen = self._make([prompt], params, chat)
@@ -242,13 +249,10 @@ class Engine:
         return Stream(gen, self.scheduler.cancel)
 
     def _astream(self, prompt: list[int], params: SamplingParams, chat: bool) -> AsyncStream:
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        box: list = []
-        gen = self._make([prompt], params, chat, sink=AsyncStream.sink(loop, q, box))
-        box.append(gen)
-        self.scheduler.submit(gen)
-        return AsyncStream(gen, q, lambda g: self.scheduler.cancel(g, wait=False))
+        stream = AsyncStream(lambda sink: self._make([prompt], params, chat, sink=sink),
+                             lambda g: self.scheduler.cancel(g, wait=False))
+        self.scheduler.submit(stream.generation)
+        return stream
 
     def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
                  **overrides) -> Completion | list[Completion]:
@@ -269,10 +273,7 @@ class Engine:
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> Stream:
         """Chunks of the continuation of one prompt as they are generated (see Chunk); n > 1 samples
         interleave, told apart by chunk.index. Leaving the loop stops decoding."""
-        p = self._params(params, overrides)
-        if self._is_batch(prompt):
-            raise TypeError("stream() takes one prompt; use generate() for a batch")
-        return self._stream(self._ids(prompt), p, chat=False)
+        return self._stream(self._one_prompt(prompt, "stream"), self._params(params, overrides), chat=False)
 
     def _chat_ids(self, messages: Messages) -> list[int]:
         if isinstance(messages, (list, tuple)) and not messages:
@@ -300,10 +301,7 @@ class Engine:
 
     def chat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Stream:
         """chat(), streamed as Chunks."""
-        p = self._params(params, overrides)
-        if self._is_conversation_batch(messages):
-            raise TypeError("chat_stream() takes one conversation; use chat() for a batch")
-        return self._stream(self._chat_ids(messages), p, chat=True)
+        return self._stream(self._one_conversation(messages, "chat_stream"), self._params(params, overrides), chat=True)
 
     def reset(self) -> None:
         """Forgets the cached prompts (the next call computes its whole prompt)."""
@@ -317,10 +315,7 @@ class Engine:
 
     def astream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> AsyncStream:
         """stream() for asyncio: ``async for chunk in engine.astream(...)`` (call it in a running loop)."""
-        p = self._params(params, overrides)
-        if self._is_batch(prompt):
-            raise TypeError("astream() takes one prompt")
-        return self._astream(self._ids(prompt), p, chat=False)
+        return self._astream(self._one_prompt(prompt, "astream"), self._params(params, overrides), chat=False)
 
     async def achat(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Completion:
         """chat() of one conversation for asyncio apps."""
@@ -328,8 +323,6 @@ class Engine:
 
     def achat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> AsyncStream:
         """chat_stream() for asyncio."""
-        p = self._params(params, overrides)
-        if self._is_conversation_batch(messages):
-            raise TypeError("achat_stream() takes one conversation")
-        return self._astream(self._chat_ids(messages), p, chat=True)
+        return self._astream(self._one_conversation(messages, "achat_stream"), self._params(params, overrides),
+                             chat=True)
 

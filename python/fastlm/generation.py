@@ -3,12 +3,13 @@ sample has produced, the chunks it releases, and the Stream a caller reads them 
 scheduler (fastlm.scheduler) owns the KV cache slots and steps every call in flight together."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -23,9 +24,6 @@ from fastlm.sampling import (
     top_logprobs,
 )
 from fastlm.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    import asyncio
 
 _END = object()  # the last event of a call: nothing follows
 
@@ -129,19 +127,22 @@ class Generation:
             s.row = None
         t = self._t_first = time.perf_counter()
         self.timings.time_to_first_token_s = self.timings.prefill_s = t - self._t0
-        self.advance(self.samples, rows)
+        self._choose(self.samples, rows)
 
     def advance(self, samples: list["_Sample"], logits: np.ndarray) -> None:
-        """logits[i]: the next-token logits of samples[i] (its live samples, in order): each
-        chooses a token; the step's chunks are sent."""
+        """A decode step fed each of samples (its live samples, in order) its last token; logits[i]
+        is what comes after it in samples[i]."""
+        self.timings.decode_tokens += len(samples)
+        self._choose(samples, logits)
+
+    def _choose(self, samples: list["_Sample"], logits: np.ndarray) -> None:
+        """Each of samples chooses a token from its row of logits; the step's chunks are sent."""
         p = self.params
         if p.plain_greedy:
             check_finite(logits)
             toks = np.argmax(logits, axis=1).tolist()
         else:
             toks = [s.sampler.choose(logits[i]) for i, s in enumerate(samples)]
-        if self._t_first is not None and samples and samples[0].out:
-            self.timings.decode_tokens += len(samples)
         self._sink([self._advance(s, tok, logits[i], self._eos, self._stop_ids)
                     for i, (s, tok) in enumerate(zip(samples, toks))])
 
@@ -308,23 +309,25 @@ class AsyncStream(_Delivered):
 
     The scheduler hands chunks to the event loop the stream was made in."""
 
-    def __init__(self, gen: Generation, q: "asyncio.Queue", cancel: Callable[[Generation], None]):
-        super().__init__(gen)
-        self._q = q
+    def __init__(self, make: Callable[[Callable[[object], None]], Generation], cancel: Callable[[Generation], None]):
+        """make(sink) builds the call whose events this stream reads; cancel(gen) drops it."""
+        self._loop = asyncio.get_running_loop()
+        self._q: asyncio.Queue = asyncio.Queue()
+        super().__init__(make(self._put))
         self._cancel = cancel
         self._buf: collections.deque[Chunk] = collections.deque()
 
-    @staticmethod
-    def sink(loop: "asyncio.AbstractEventLoop", q: "asyncio.Queue", gen_box: list) -> Callable[[object], None]:
-        """The scheduler's sink for an AsyncStream: events go to q in loop's thread. When the loop
-        is gone (closed) nobody can read them: the call is cancelled."""
-        def put(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, item)
-            except RuntimeError:  # the event loop was closed: its reader is gone
-                if gen_box:
-                    gen_box[0].cancelled = True
-        return put
+    def _put(self, item: object) -> None:
+        """The scheduler's sink: events go to the queue in the loop's thread. When the loop is gone
+        (closed) nobody can read them: the call is cancelled."""
+        try:
+            self._loop.call_soon_threadsafe(self._q.put_nowait, item)
+        except RuntimeError:  # the event loop was closed: its reader is gone
+            self._gen.cancelled = True
+
+    @property
+    def generation(self) -> Generation:
+        return self._gen
 
     def __aiter__(self) -> "AsyncStream":
         return self

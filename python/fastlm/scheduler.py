@@ -53,9 +53,10 @@ def check_limits(**limits) -> None:
 
 
 @dataclass
-class _Prefill:
-    """An admitted call while its prompts are computed: prompt j goes to slots[j][0] (its first
-    cached[j] tokens are there already), then is copied to slots[j][1:] (its other samples)."""
+class _Call:
+    """An admitted call and its slots: prompt j goes to slots[j][0] (its first cached[j] tokens are
+    there already), then is copied to slots[j][1:] (its other samples). While its prompts are
+    computed, j and done_to say how far."""
 
     gen: Generation
     slots: list[list[int]]
@@ -107,8 +108,8 @@ class Scheduler:
         self.stats = Stats()
         self._cond = threading.Condition()
         self._waiting: collections.deque[Generation] = collections.deque()
-        self._prefill: list[_Prefill] = []
-        self._running: list[Generation] = []
+        self._prefill: list[_Call] = []  # admitted, prompts being computed
+        self._running: list[_Call] = []  # decoding
         self._busy: set[int] = set()  # slots held by admitted calls
         self._reserved = 0  # KV positions the admitted calls may fill
         self._holds = 0  # hold() calls waiting or holding: no new admissions
@@ -209,104 +210,100 @@ class Scheduler:
         self._decode()
 
     def _drop_cancelled(self) -> None:
-        for pf in [pf for pf in self._prefill if pf.gen.cancelled]:
-            self._prefill.remove(pf)
-            self._close(pf.gen, pf.slots)
-        for gen in [g for g in self._running if g.cancelled]:
-            self._running.remove(gen)
-            self._close(gen, [[s.slot for s in gen.samples]])
+        for calls in (self._prefill, self._running):
+            for call in [c for c in calls if c.gen.cancelled]:
+                calls.remove(call)
+                self._close(call)
 
     def _admit(self) -> None:
         """Waiting calls, first come first served, while there are free slots and KV budget."""
         with self._cond:
             while self._waiting and not self._holds:
                 gen = self._waiting[0]
-                if gen.cancelled:
-                    self._waiting.popleft()
-                    gen.end()
-                    continue
                 need = gen.positions
                 free_slots = self.max_slots - len(self._busy)
                 alone = gen.n_sequences > self.max_slots and not self._busy  # a big call runs by itself
-                if (gen.n_sequences > free_slots and not alone) or (self._reserved + need) * self.kv_bytes_per_position > self.kv_budget_bytes:
+                if (gen.n_sequences > free_slots and not alone) or \
+                        (self._reserved + need) * self.kv_bytes_per_position > self.kv_budget_bytes:
                     return
                 self._waiting.popleft()
                 self._reserved += need
                 self._prefill.append(self._place(gen))
 
-    def _place(self, gen: Generation) -> _Prefill:
+    def _place(self, gen: Generation) -> _Call:
         self.slots.ensure(max(min(self.max_slots, len(self._busy) + gen.n_sequences), gen.n_sequences))
         plan = self.slots.plan(gen.prompts, gen.params.n, [s for s in range(len(self.slots)) if s not in self._busy])
         for group, _ in plan:
             self._busy.update(group)
-        return _Prefill(gen, [g for g, _ in plan], [c if self.prefix_cache else 0 for _, c in plan])
+        return _Call(gen, [g for g, _ in plan], [c if self.prefix_cache else 0 for _, c in plan])
 
     def _prefill_some(self) -> None:
         """Prompt tokens of admitted calls, in order, up to the step's budget (all of them when
         nothing is decoding); a call whose prompts are done chooses its first tokens and runs."""
         budget = self.prefill_tokens if self._running else None
         while self._prefill and (budget is None or budget > 0):
-            pf = self._prefill[0]
-            gen = pf.gen
-            prompt, slot = gen.prompts[pf.j], pf.slots[pf.j][0]
-            if pf.done_to < 0:
-                pf.done_to = pf.cached[pf.j]
-            n = min(PREFILL_CHUNK, len(prompt) - pf.done_to)
+            call = self._prefill[0]
+            gen = call.gen
+            prompt, slot = gen.prompts[call.j], call.slots[call.j][0]
+            if call.done_to < 0:
+                call.done_to = call.cached[call.j]
+            n = min(PREFILL_CHUNK, len(prompt) - call.done_to)
             try:
-                row = self.slots.prefill(slot, prompt[:pf.done_to + n], keep=pf.done_to)
-                pf.done_to += n
+                row = self.slots.prefill(slot, prompt[:call.done_to + n], keep=call.done_to)
+                call.done_to += n
                 if budget is not None:
                     budget -= n
-                if pf.done_to < len(prompt):
+                if call.done_to < len(prompt):
                     continue
-                for s in pf.slots[pf.j][1:]:
+                for s in call.slots[call.j][1:]:
                     self.slots.copy(slot, s)
-                gen.start(pf.j, pf.slots[pf.j], pf.cached[pf.j], row)
-                self.stats.prompt_tokens += len(prompt) - pf.cached[pf.j]
-                pf.j, pf.done_to = pf.j + 1, -1
-                if pf.j < len(gen.prompts):
+                gen.start(call.j, call.slots[call.j], call.cached[call.j], row)
+                self.stats.prompt_tokens += len(prompt) - call.cached[call.j]
+                call.j, call.done_to = call.j + 1, -1
+                if call.j < len(gen.prompts):
                     continue
                 self._prefill.pop(0)
                 gen.first()
                 self.stats.ttft_s.append(gen.timings.time_to_first_token_s)
                 self.stats.generated_tokens += len(gen.samples)
             except Exception as e:  # noqa: BLE001 - this call's own failure (a sampler, the prefill) ends it alone
-                if self._prefill and self._prefill[0] is pf:
+                if self._prefill and self._prefill[0] is call:
                     self._prefill.pop(0)
-                self._close(gen, pf.slots, e)
+                self._close(call, e)
                 continue
             if gen.active:
-                self._running.append(gen)
+                self._running.append(call)
             else:
-                self._close(gen, pf.slots)
+                self._close(call)
 
     def _decode(self) -> None:
         """One token for every live sample of every running call, in one batched step."""
         if not self._running:
             return
-        groups = [(gen, gen.active) for gen in self._running]
+        groups = [(call, call.gen.active) for call in self._running]
         slots = [s.slot for _, live in groups for s in live]
         tokens = [s.out[-1] for _, live in groups for s in live]
         logits = self.slots.decode(slots, tokens)
         row = 0
-        for gen, live in groups:
+        for call, live in groups:
             rows = logits[row:row + len(live)]
             row += len(live)
             try:
-                gen.advance(live, rows)
+                call.gen.advance(live, rows)
                 self.stats.generated_tokens += len(live)
             except Exception as e:  # noqa: BLE001 - this call's own failure (its sampler) ends it alone
-                self._running.remove(gen)
-                self._close(gen, [[s.slot for s in gen.samples]], e)
+                self._running.remove(call)
+                self._close(call, e)
                 continue
-            if not gen.active:
-                self._running.remove(gen)
-                self._close(gen, [[s.slot for s in gen.samples]])
+            if not call.gen.active:
+                self._running.remove(call)
+                self._close(call)
 
-    def _close(self, gen: Generation, slots: list[list[int]], error: BaseException | None = None) -> None:
-        """gen is over: its slots and KV budget are free (the slots keep their tokens for prefix reuse)."""
+    def _close(self, call: _Call, error: BaseException | None = None) -> None:
+        """The call is over: its slots and KV budget are free (the slots keep their tokens for prefix reuse)."""
+        gen = call.gen
         with self._cond:
-            for group in slots:
+            for group in call.slots:
                 self._busy.difference_update(group)
             self._reserved -= gen.positions
             if error is not None:
@@ -318,9 +315,6 @@ class Scheduler:
         gen.end(error)
 
     def _fail_all(self, e: BaseException) -> None:
-        for pf in self._prefill:
-            self._close(pf.gen, pf.slots, e)
-        for gen in self._running:
-            self._close(gen, [[s.slot for s in gen.samples]], e)
+        for call in self._prefill + self._running:
+            self._close(call, e)
         self._prefill, self._running = [], []
-
