@@ -256,7 +256,8 @@ def test_batch_decodes_in_one_step_per_token(ids_engine, monkeypatch):
 
 # ---- prompt reuse ----
 
-def test_prompt_reuse_computes_only_the_suffix(ids_engine):
+def test_prompt_reuse_computes_only_the_suffix(ids_engine, monkeypatch):
+    monkeypatch.setattr(ids_engine.scheduler, "prefix_cache", "all")  # every cached token, not whole chunks
     p = ids(30, seed=5)
     first = ids_engine.generate(p, max_tokens=10, ignore_eos=True)
     assert first.usage.cached_tokens == 0 or first.usage.cached_tokens < len(p)
@@ -271,7 +272,45 @@ def test_prompt_reuse_computes_only_the_suffix(ids_engine):
     assert again.usage.cached_tokens == len(longer) - 1 and again.token_ids == cold.token_ids
 
 
-def test_chat_turns_reuse_the_cache(eng):
+def test_exact_reuse_lends_whole_prefill_chunks_the_same_bits_as_a_cold_run(ids_engine):
+    assert ids_engine.scheduler.prefix_cache == "exact"  # the default
+    ids_engine.reset()
+    p = ids(600, seed=11)
+    cold = ids_engine.generate(p, max_tokens=8, ignore_eos=True, logprobs=2)
+    assert cold.usage.cached_tokens == 0
+    again = ids_engine.generate(p, max_tokens=8, ignore_eos=True, logprobs=2)
+    assert again.usage.cached_tokens == 512  # two whole chunks; the tail of 88 is computed again
+    assert again.token_ids == cold.token_ids
+    assert [x.logprob for x in again.logprobs] == [x.logprob for x in cold.logprobs]  # bit for bit
+    branch = p[:300] + ids(40, seed=12)  # shares one whole chunk and 44 tokens of the next
+    warm = ids_engine.generate(branch, max_tokens=8, ignore_eos=True, logprobs=2)
+    assert warm.usage.cached_tokens == 256 and warm.timings.prefill_tokens == len(branch) - 256
+    ids_engine.reset()
+    fresh = ids_engine.generate(branch, max_tokens=8, ignore_eos=True, logprobs=2)
+    assert fresh.usage.cached_tokens == 0 and fresh.token_ids == warm.token_ids
+    assert [x.logprob for x in fresh.logprobs] == [x.logprob for x in warm.logprobs]
+    short = ids(100, seed=13)  # under one chunk: nothing is lent in exact mode
+    ids_engine.generate(short, max_tokens=4, ignore_eos=True)
+    assert ids_engine.generate(short + [5], max_tokens=4, ignore_eos=True).usage.cached_tokens == 0
+    # the tokens a call generated were computed by decode, never lent in exact mode
+    ids_engine.reset()
+    first = ids_engine.generate(p[:250], max_tokens=20, ignore_eos=True)
+    grown = p[:250] + first.token_ids + ids(10, seed=14)
+    assert ids_engine.generate(grown, max_tokens=2, ignore_eos=True).usage.cached_tokens == 0
+
+
+def test_prefix_cache_setting_is_checked(ids_engine, tmp_path):
+    from fastlm.slots import prefix_mode
+    assert [prefix_mode(v) for v in (True, False, "exact", "all", "off")] == ["exact", "off", "exact", "all", "off"]
+    for bad in ("yes", 1, None, "ALL"):
+        with pytest.raises(ValueError, match="prefix_cache"):
+            prefix_mode(bad)
+    with pytest.raises(ValueError, match="prefix_cache"):
+        Engine.from_pretrained(tmp_path / "nothing-here", prefix_cache="sometimes")  # before any loading
+
+
+def test_chat_turns_reuse_the_cache(eng, monkeypatch):
+    monkeypatch.setattr(eng.scheduler, "prefix_cache", "all")
     msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": PROMPT}]
     one = eng.chat(msgs, max_tokens=12, ignore_eos=True)
     assert one.chat

@@ -95,6 +95,14 @@ def test_the_queue_is_bounded():
         eng.generate("c", max_tokens=2)
     running.close()
     assert len(list(waiting)) >= 1
+    none = Engine.from_pretrained(resolve(DEFAULT_MODEL), max_seq_len=256, max_slots=1, max_queue=0)
+    assert none.generate("a", max_tokens=2).usage.completion_tokens == 2  # a free slot: not queued
+    running = none.stream("a", max_tokens=200, ignore_eos=True)
+    next(running)
+    with pytest.raises(QueueFull, match="0 calls are waiting.*max_queue=0"):
+        none.generate("b", max_tokens=2)  # it would have to wait
+    running.close()
+    assert none.generate("b", max_tokens=2).usage.completion_tokens == 2
 
 
 def test_the_kv_budget_refuses_a_call_that_cannot_fit():

@@ -116,7 +116,8 @@ def test_chat_ids_match_transformers_and_answer(engine, hf):
     assert "Paris" in out.text and out.finish_reason == "stop" and out.token_ids[-1] in engine.eos_token_ids
 
 
-def test_second_chat_turn_reuses_the_cache_and_equals_a_cold_run(engine):
+def test_second_chat_turn_reuses_the_cache_and_equals_a_cold_run(engine, monkeypatch):
+    monkeypatch.setattr(engine.scheduler, "prefix_cache", "all")  # every cached token, not whole chunks
     msgs = [{"role": "user", "content": "Name three fruits."}]
     one = engine.chat(msgs, max_tokens=40)
     msgs += [{"role": "assistant", "content": one.text}, {"role": "user", "content": "And three vegetables?"}]

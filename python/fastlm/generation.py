@@ -72,6 +72,7 @@ class Generation:
         self.timings = Timings()
         self.samples: list[_Sample] = []
         self.cancelled = False  # close(): the scheduler drops it at the next step
+        self.cancel_step: int | None = None  # the scheduler's step count when it was cancelled
         self.done = False
         self.finished = threading.Event()  # set once the last event was sent
         if sink is None:

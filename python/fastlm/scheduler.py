@@ -17,14 +17,15 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from fastlm.generation import Generation
-from fastlm.slots import Slots
+from fastlm.slots import CHUNK, Slots, prefix_mode
 
-PREFILL_CHUNK = 256  # the executor's prefill chunk (kChunk in csrc/runtime/model.cpp): same bits as one prefill
+PREFILL_CHUNK = CHUNK  # the executor's prefill chunk (kChunk in csrc/runtime/model.cpp): same bits as one prefill
 IDLE_EXIT_S = 0.5  # the thread ends after this long without work (a new call starts it again)
 
 
@@ -67,7 +68,7 @@ class _Call:
 
 @dataclass
 class Stats:
-    """Counters for /metrics (totals since the scheduler was made)."""
+    """Counters for /metrics (totals since the scheduler was made), and recent samples."""
 
     requests: int = 0
     finished: int = 0
@@ -76,7 +77,33 @@ class Stats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     steps: int = 0
+    first_tokens: int = 0  # calls that chose their first tokens
+    ttft_sum_s: float = 0.0  # their times to first token, summed
     ttft_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+    # steps begun between a cancel (a closed stream, a client gone) and its slots being free
+    cancel_steps: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
+    _progress: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096), repr=False)
+
+    def first_token(self, seconds: float) -> None:
+        self.first_tokens += 1
+        self.ttft_sum_s += seconds
+        self.ttft_s.append(seconds)
+
+    def step_done(self) -> None:
+        self._progress.append((time.monotonic(), self.generated_tokens))
+
+    def tokens_per_s(self, window_s: float = 10.0) -> float:
+        """Tokens generated per second over about the last window_s seconds (falls to 0 when idle)."""
+        if not self._progress:
+            return 0.0
+        now = time.monotonic()
+        ref = self._progress[0]
+        for t, n in self._progress:  # the last step at least window_s ago, else the first one
+            if now - t < window_s:
+                break
+            ref = (t, n)
+        span = now - ref[0]
+        return (self._progress[-1][1] - ref[1]) / span if span > 0 else 0.0
 
 
 class Scheduler:
@@ -84,18 +111,19 @@ class Scheduler:
 
     max_slots: sequences decoded at once (each sample of each running call holds one; a call that
     needs more, up to the executor's 4096, runs alone);
-    max_queue: calls waiting beyond that (more raise QueueFull); prefill_tokens: prompt tokens
+    max_queue: calls waiting for slots beyond that (more raise QueueFull); prefill_tokens: prompt tokens
     computed per step while other calls decode (rounded to PREFILL_CHUNK); kv_budget_bytes: KV cache
     memory the running calls may fill (each reserves its prompts plus their most new tokens);
-    prefix_cache: a prompt starting with tokens a free slot holds computes only the rest. The
-    positions reused were computed in other chunks (or one by one, by decode) than a whole prompt
-    would be, so their keys and values may differ in the last bits, and a greedy result may then
-    depend on what ran before; with prefix_cache=False every prompt is computed whole and results
-    are the same whatever the order of arrival."""
+    prefix_cache: a prompt starting with tokens a free slot holds computes only the rest, as
+    Slots.reusable() says: "exact" (or True, the default) reuses whole prefill chunks only, which
+    hold the same bits a cold prefill computes, so results are the same whatever the order of
+    arrival; "all" reuses every cached token (the next turn of a chat computes only the new
+    message), but positions computed in other chunks or by decode may differ in the last bits and
+    a greedy result may then depend on what ran before; "off" (False) computes every prompt whole."""
 
     def __init__(self, slots: Slots, *, max_slots: int = 16, max_queue: int = 256,
                  prefill_tokens: int = PREFILL_CHUNK, kv_budget_bytes: int | None = None,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool | str = "exact"):
         check_limits(max_slots=max_slots, max_queue=max_queue, prefill_tokens=prefill_tokens,
                      kv_budget_bytes=kv_budget_bytes)
         self.slots = slots
@@ -104,7 +132,7 @@ class Scheduler:
         self.prefill_tokens = max(PREFILL_CHUNK, prefill_tokens // PREFILL_CHUNK * PREFILL_CHUNK)
         self.kv_bytes_per_position = slots.model.kv_bytes_per_slot // max(1, slots.model.max_seq)
         self.kv_budget_bytes = default_kv_budget() if kv_budget_bytes is None else int(kv_budget_bytes)
-        self.prefix_cache = bool(prefix_cache)
+        self.prefix_cache = prefix_mode(prefix_cache)
         self.stats = Stats()
         self._cond = threading.Condition()
         self._waiting: collections.deque[Generation] = collections.deque()
@@ -126,23 +154,37 @@ class Scheduler:
             raise ValueError(f"the call may fill {need / 1e6:.0f} MB of KV cache ({gen.positions} positions), more "
                              f"than the budget of {self.kv_budget_bytes / 1e6:.0f} MB: lower max_tokens or n")
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} calls are waiting already (max_queue={self.max_queue})")
             self._waiting.append(gen)
+            queued = self._queued()
+            if queued > self.max_queue:  # this call would wait beyond the bound
+                self._waiting.pop()
+                raise QueueFull(f"{queued - 1} calls are waiting for a slot already (max_queue={self.max_queue})")
             self.stats.requests += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fastlm-scheduler", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 
+    def _queued(self) -> int:
+        """Waiting calls beyond those the free slots take at the next step (a call submitted to an
+        idle scheduler is not queued: max_queue=0 still runs calls, refusing those that must wait)."""
+        free = self.max_slots - len(self._busy)
+        for i, gen in enumerate(self._waiting):
+            if gen.n_sequences > free and free < self.max_slots:  # (with every slot free a big call runs alone)
+                return len(self._waiting) - i
+            free = max(0, free - gen.n_sequences)
+        return 0
+
     def cancel(self, gen: Generation, wait: bool = True) -> None:
         """Drops a call at the next step boundary (wait: until then, unless called from the
         scheduler thread); what it generated stays in its samples, the unfinished ones end as "abort"."""
         with self._cond:
-            gen.cancelled = True
+            if not gen.cancelled:
+                gen.cancelled, gen.cancel_step = True, self.stats.steps
             if gen in self._waiting:
                 self._waiting.remove(gen)
                 self.stats.cancelled += 1
+                self.stats.cancel_steps.append(0)
                 gen.end()
             self._cond.notify_all()
         if wait and threading.current_thread() is not self._thread:
@@ -208,6 +250,7 @@ class Scheduler:
         self._admit()
         self._prefill_some()
         self._decode()
+        self.stats.step_done()
 
     def _drop_cancelled(self) -> None:
         for calls in (self._prefill, self._running):
@@ -232,10 +275,11 @@ class Scheduler:
 
     def _place(self, gen: Generation) -> _Call:
         self.slots.ensure(max(min(self.max_slots, len(self._busy) + gen.n_sequences), gen.n_sequences))
-        plan = self.slots.plan(gen.prompts, gen.params.n, [s for s in range(len(self.slots)) if s not in self._busy])
+        plan = self.slots.plan(gen.prompts, gen.params.n, [s for s in range(len(self.slots)) if s not in self._busy],
+                               reuse=self.prefix_cache)
         for group, _ in plan:
             self._busy.update(group)
-        return _Call(gen, [g for g, _ in plan], [c if self.prefix_cache else 0 for _, c in plan])
+        return _Call(gen, [g for g, _ in plan], [c for _, c in plan])
 
     def _prefill_some(self) -> None:
         """Prompt tokens of admitted calls, in order, up to the step's budget (all of them when
@@ -264,7 +308,7 @@ class Scheduler:
                     continue
                 self._prefill.pop(0)
                 gen.first()
-                self.stats.ttft_s.append(gen.timings.time_to_first_token_s)
+                self.stats.first_token(gen.timings.time_to_first_token_s)
                 self.stats.generated_tokens += len(gen.samples)
             except Exception as e:  # noqa: BLE001 - this call's own failure (a sampler, the prefill) ends it alone
                 if self._prefill and self._prefill[0] is call:
@@ -312,6 +356,8 @@ class Scheduler:
                 self.stats.cancelled += 1
             else:
                 self.stats.finished += 1
+            if gen.cancel_step is not None:
+                self.stats.cancel_steps.append(self.stats.steps - gen.cancel_step)
         gen.end(error)
 
     def _fail_all(self, e: BaseException) -> None:
