@@ -29,6 +29,7 @@ LAYERS = [
     ["scheduler"],
     ["engine"],
     ["tools"],
+    ["server"],
     ["cli"],
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}

@@ -1,4 +1,4 @@
-"""The ``fastlm`` command line: generate, chat, bench, quantize, perplexity, convert, info.
+"""The ``fastlm`` command line: generate, chat, serve, bench, quantize, perplexity, convert, info.
 
 Parsing needs only the standard library and two small base modules, so ``fastlm --help`` and a bad
 flag answer at once; each command imports the engine and tools it runs when it runs (the one
@@ -115,7 +115,7 @@ def _load(args: argparse.Namespace) -> Engine:
 
     return Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads,
                                   max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty(),
-                                  device=args.device)
+                                  device=args.device, prefix_cache=getattr(args, "prefix_cache", "exact"))
 
 
 def _params(args: argparse.Namespace) -> SamplingParams:
@@ -201,6 +201,46 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": reply})
         if args.verbose and stream.completion is not None:
             _report(stream.completion)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from fastlm.server import create_app, is_loopback
+    except ImportError as e:
+        raise RuntimeError(str(e) if "server extra" in str(e) else
+                           f'fastlm serve needs the server extra: pip install "fastlm[server]" ({e})') from None
+    from fastlm.engine import Engine
+
+    api_key = args.api_key or os.environ.get("FASTLM_API_KEY") or None
+    if not is_loopback(args.host) and api_key is None:
+        print(f"fastlm serve: warning: listening on {args.host} with no --api-key: anyone who can reach this "
+              "port can use the model", file=sys.stderr)
+    name = args.served_model_name or (args.model if args.model == DEFAULT_MODEL else Path(args.model).name)
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def load() -> Engine:
+        print(f"fastlm serve: loading {args.model} ...", file=sys.stderr, flush=True)
+        engine = Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads, max_seq_len=args.ctx,
+                                        device=args.device, max_slots=args.slots, max_queue=args.max_queue,
+                                        prefix_cache=args.prefix_cache)
+        print(f"fastlm serve: {name} ready ({engine.info.get('dtype')}, context {engine.context_length}, "
+              f"{args.slots} slots) at http://{args.host}:{args.port}/v1 (chat page: /)", file=sys.stderr, flush=True)
+        return engine
+
+    def load_failed(e: BaseException) -> None:
+        failed.append(e)
+        server.should_exit = True
+
+    app = create_app(load, model_name=name, api_key=api_key, on_load_error=load_failed)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+    server.run()
+    if failed:
+        raise failed[0]
     return 0
 
 
@@ -327,8 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chat", help="a multi-turn chat in the terminal (/reset, /exit)")
     model_args(ch)
     ch.add_argument("-s", "--system", default=None, help="a system prompt")
+    ch.add_argument("--prefix-cache", default="all", choices=["exact", "all", "off"],
+                    help="what a turn reuses of the cached conversation: every token (all, the default: a turn "
+                         "computes only the new message), whole 256-token chunks (exact: the same bits as a "
+                         "cold run), nothing (off)")
     sampling_args(ch)
     ch.set_defaults(func=cmd_chat)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the server extra)")
+    model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None,
+                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $FASTLM_API_KEY, else none)")
+    sv.add_argument("--slots", type=positive_int, default=16, help="sequences decoded at once (default: 16)")
+    sv.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond the slots; more get 429")
+    sv.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's)")
+    sv.add_argument("--prefix-cache", default="exact", choices=["exact", "all", "off"],
+                    help="what a request reuses of cached prompts: whole 256-token chunks (exact, the default: "
+                         "results never depend on what ran before), every cached token (all: faster chat "
+                         "turns, last bits may differ), nothing (off)")
+    sv.add_argument("--served-model-name", default=None, help="the id clients name in 'model' (default: the "
+                    "alias, or the model file's or folder's name)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, like llama-bench")
     model_args(b)
