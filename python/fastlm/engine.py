@@ -14,7 +14,6 @@ from typing import Sequence, Union
 import numpy as np
 
 from fastlm import _C, _runtime
-from fastlm.chat import render
 from fastlm.config import MAX_SIZE, ConfigError
 from fastlm.formats import open_model
 from fastlm.generation import AsyncStream, Generation, Stream
@@ -168,14 +167,16 @@ class Engine:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         return out
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The model's own chat template applied to messages (as transformers does)."""
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                            tools: list | None = None, documents: list | None = None, **template_kwargs) -> str:
+        """The model's own chat template applied to messages, as transformers'
+        apply_chat_template(tokenize=False) renders it: tools (JSON schemas), documents and other
+        keywords (enable_thinking=False for Qwen3, ...) reach the template."""
         tok = self._need_tokenizer()
-        template = tok.config.get("chat_template")
-        if not template:
+        if not tok.config.get("chat_template"):
             raise ValueError(f"{self.source} has no chat template")
-        return render(template, messages, add_generation_prompt,
-                      bos_token=tok.config.get("bos_token") or "", eos_token=tok.config.get("eos_token") or "")
+        return tok.apply_chat_template(messages, add_generation_prompt, tools=tools, documents=documents,
+                                       **template_kwargs)
 
     @property
     def vocab_size(self) -> int:
@@ -240,10 +241,10 @@ class Engine:
             raise TypeError(f"{what}() takes one prompt; use generate() for a batch")
         return self._ids(prompt)
 
-    def _one_conversation(self, messages: Messages, what: str) -> list[int]:
+    def _one_conversation(self, messages: Messages, what: str, template: dict) -> list[int]:
         if self._is_conversation_batch(messages):
             raise TypeError(f"{what}() takes one conversation; use chat() for a batch")
-        return self._chat_ids(messages)
+        return self._chat_ids(messages, template)
 
     def _run(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> list[Completion]:
         gen = self._make(prompts, params, chat)
@@ -287,33 +288,44 @@ class Engine:
         interleave, told apart by chunk.index. Leaving the loop stops decoding."""
         return self._stream(self._one_prompt(prompt, "stream"), self._params(params, overrides), chat=False)
 
-    def _chat_ids(self, messages: Messages) -> list[int]:
+    def _chat_ids(self, messages: Messages, template: dict | None = None) -> list[int]:
         if isinstance(messages, (list, tuple)) and not messages:
             raise ValueError("the conversation is empty (it must hold at least one message)")
-        text = self.apply_chat_template(messages, add_generation_prompt=True)
+        text = self.apply_chat_template(messages, add_generation_prompt=True, **(template or {}))
         return self._ids(self._need_tokenizer().encode(text, add_special_tokens=False))
 
     @staticmethod
     def _is_conversation_batch(messages) -> bool:
         return isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
 
-    def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None,
+    @staticmethod
+    def _template_args(tools, documents, chat_template_kwargs) -> dict:
+        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+            raise TypeError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
+        return {**(chat_template_kwargs or {}), "tools": tools, "documents": documents}
+
+    def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None, *,
+             tools: list | None = None, documents: list | None = None, chat_template_kwargs: dict | None = None,
              **overrides) -> Completion | list[Completion]:
         """The assistant's reply to a conversation, through the model's own chat template; a list of
         conversations decodes as one batch. A conversation that extends the previous one reuses its
-        KV cache (usage.cached_tokens).
+        KV cache (usage.cached_tokens). tools (JSON schemas), documents and chat_template_kwargs
+        (e.g. {"enable_thinking": False}) reach the template, as apply_chat_template passes them.
 
         >>> engine.chat([{"role": "user", "content": "What is the capital of France?"}]).text  # doctest: +SKIP
         """
         p = self._params(params, overrides)
         batch = self._is_conversation_batch(messages)
-        prompts = [self._chat_ids(m) for m in (messages if batch else [messages])]
+        template = self._template_args(tools, documents, chat_template_kwargs)
+        prompts = [self._chat_ids(m, template) for m in (messages if batch else [messages])]
         out = self._run(prompts, p, chat=True)
         return out if batch else out[0]
 
-    def chat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Stream:
+    def chat_stream(self, messages: Messages, params: SamplingParams | None = None, *, tools: list | None = None,
+                    documents: list | None = None, chat_template_kwargs: dict | None = None, **overrides) -> Stream:
         """chat(), streamed as Chunks."""
-        return self._stream(self._one_conversation(messages, "chat_stream"), self._params(params, overrides), chat=True)
+        ids = self._one_conversation(messages, "chat_stream", self._template_args(tools, documents, chat_template_kwargs))
+        return self._stream(ids, self._params(params, overrides), chat=True)
 
     def reset(self) -> None:
         """Forgets the cached prompts (the next call computes its whole prompt)."""
@@ -329,12 +341,17 @@ class Engine:
         """stream() for asyncio: ``async for chunk in engine.astream(...)`` (call it in a running loop)."""
         return self._astream(self._one_prompt(prompt, "astream"), self._params(params, overrides), chat=False)
 
-    async def achat(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> Completion:
+    async def achat(self, messages: Messages, params: SamplingParams | None = None, *, tools: list | None = None,
+                    documents: list | None = None, chat_template_kwargs: dict | None = None,
+                    **overrides) -> Completion:
         """chat() of one conversation for asyncio apps."""
-        return await self.achat_stream(messages, params, **overrides).result()
+        return await self.achat_stream(messages, params, tools=tools, documents=documents,
+                                       chat_template_kwargs=chat_template_kwargs, **overrides).result()
 
-    def achat_stream(self, messages: Messages, params: SamplingParams | None = None, **overrides) -> AsyncStream:
+    def achat_stream(self, messages: Messages, params: SamplingParams | None = None, *, tools: list | None = None,
+                     documents: list | None = None, chat_template_kwargs: dict | None = None,
+                     **overrides) -> AsyncStream:
         """chat_stream() for asyncio."""
-        return self._astream(self._one_conversation(messages, "achat_stream"), self._params(params, overrides),
-                             chat=True)
+        ids = self._one_conversation(messages, "achat_stream", self._template_args(tools, documents, chat_template_kwargs))
+        return self._astream(ids, self._params(params, overrides), chat=True)
 
