@@ -14,19 +14,13 @@ import time
 from fastlm import Engine
 
 
-def run_streams(eng: Engine, n: int, tokens: int) -> tuple[float, list[float]]:
-    """n streams started together: (aggregate generated tokens/s, each one's time to first token)."""
-    ttft, counts = [0.0] * n, [0] * n
+def together(n: int, work) -> float:
+    """work(0) ... work(n - 1) in n threads released at once: the seconds until all are done."""
     start = threading.Barrier(n + 1)
 
     def worker(i: int) -> None:
         start.wait()
-        t0 = time.perf_counter()
-        for k, _ in enumerate(eng.stream(f"Request {i}: write a story about a dragon.", max_tokens=tokens,
-                                         ignore_eos=True)):
-            if k == 0:
-                ttft[i] = time.perf_counter() - t0
-            counts[i] += 1
+        work(i)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     for t in threads:
@@ -35,7 +29,22 @@ def run_streams(eng: Engine, n: int, tokens: int) -> tuple[float, list[float]]:
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0), ttft
+    return time.perf_counter() - t0
+
+
+def run_streams(eng: Engine, n: int, tokens: int) -> tuple[float, list[float]]:
+    """n streams started together: (aggregate generated tokens/s, each one's time to first token)."""
+    ttft, counts = [0.0] * n, [0] * n
+
+    def work(i: int) -> None:
+        t0 = time.perf_counter()
+        for k, _ in enumerate(eng.stream(f"Request {i}: write a story about a dragon.", max_tokens=tokens,
+                                         ignore_eos=True)):
+            if k == 0:
+                ttft[i] = time.perf_counter() - t0
+            counts[i] += 1
+
+    return sum(counts) / together(n, work), ttft
 
 
 def late_ttft(eng: Engine, others: int, tokens: int) -> float:
