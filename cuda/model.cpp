@@ -31,6 +31,7 @@ DType dtype_of(DType wt) { return wt == DType::kBF16 ? DType::kBF16 : DType::kF3
 DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   const ModelSpec& s = spec_;
   validate_spec(s);
+  if (s.qk_norm) throw std::invalid_argument("the device decoder has no q/k head norms (Qwen3) yet: run it on the CPU");
   if (s.head_dim > 256) throw std::invalid_argument("invalid model spec: the device attention takes head_dim up to 256");
   require_device();
   if (s.pos == PosKind::kRope) inv_freq_ = Buffer::upload(s.rope_inv_freq.data(), s.rope_inv_freq.size() * 4);

@@ -19,7 +19,8 @@ LAYERS = [
     ["_runtime"],
     ["kernels"],
     ["config"],
-    ["hub", "tokenizer", "chat", "rope"],
+    ["hub", "chat", "rope"],
+    ["tokenizer"],
     ["formats"],
     ["quant"],
     ["models"],
@@ -31,6 +32,7 @@ LAYERS = [
     ["tools"],
     ["server"],
     ["cli"],
+    ["__main__"],
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 # modules that import the rest on first use, for startup time (`fastlm --help`, `import fastlm`);

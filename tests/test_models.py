@@ -10,7 +10,7 @@ from conftest import assert_close
 from fastlm import Engine
 from tiny_models import build
 
-KINDS = ["llama", "gpt2", "qwen2", "mistral", "llama3", "sharded", "odd"]
+KINDS = ["llama", "gpt2", "qwen2", "qwen3", "mistral", "llama3", "sharded", "odd"]
 
 
 def hf_model(path):
@@ -57,6 +57,47 @@ def test_long_prompt_runs_in_chunks(tiny):
     ids = prompt(600, seed=3)  # more than the executor's 256-row step
     got = Engine.from_pretrained(path).logits(ids)
     assert_close(got, hf_logits(hf_model(path), ids), 1e-4, "chunked prefill")
+
+
+def test_qwen3_over_300_positions_and_48_greedy_tokens(tiny):
+    path = tiny("qwen3")
+    hf = hf_model(path)
+    ids = prompt(300, seed=4)
+    eng = Engine.from_pretrained(path)
+    assert eng.info["architecture"] == "Qwen3ForCausalLM"
+    assert_close(eng.logits(ids), hf_logits(hf, ids), 1e-4, "qwen3 logits at every position")
+    short = prompt(12, seed=5)
+    want = hf_greedy(hf, short, 48)
+    assert eng.generate(short, max_tokens=48, ignore_eos=True).token_ids == want
+    prompts = [short, prompt(5, seed=6), prompt(40, seed=7)]
+    batched = eng.generate(prompts, max_tokens=48, ignore_eos=True)
+    assert batched[0].token_ids == want
+    assert [b.token_ids for b in batched[1:]] == [hf_greedy(hf, p, 48) for p in prompts[1:]]
+    eng.scheduler.prefix_cache = "all"  # a prompt that extends a cached one computes only the rest
+    longer = short + want[:20]
+    again = eng.generate(longer, max_tokens=28, ignore_eos=True)
+    assert again.usage.cached_tokens > 0 and again.token_ids == want[20:]
+
+
+def test_qwen3_fields_that_change_the_math_are_refused(tiny, tmp_path):
+    import json
+    import shutil
+
+    src = tiny("qwen3")
+    dst = tmp_path / "sw"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        Engine.from_pretrained(dst)
+    (dst / "model.safetensors").unlink()
+    shutil.copy(src / "model.safetensors", dst / "model.safetensors")
+    cfg["use_sliding_window"] = False
+    (dst / "config.json").write_text(json.dumps(cfg))
+    assert Engine.from_pretrained(dst).info["architecture"] == "Qwen3ForCausalLM"
+    with pytest.raises(ValueError, match="q/k head norms"):  # the device decoder says it has none yet
+        Engine.from_pretrained(src, device="cuda-emulated")
 
 
 def test_batched_decode_equals_one_by_one(tiny):

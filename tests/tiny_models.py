@@ -15,7 +15,7 @@ def save(model, path: Path, **kw) -> Path:
 
 def build(kind: str, path: Path) -> Path:
     torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7,
-                       "odd": 8, "bf16_d64": 9}[kind])
+                       "odd": 8, "bf16_d64": 9, "qwen3": 10}[kind])
     common = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 112, "num_hidden_layers": 2,
               "num_attention_heads": 4, "max_position_embeddings": 640, "bos_token_id": 1, "eos_token_id": 2}
     if kind == "llama":
@@ -30,6 +30,17 @@ def build(kind: str, path: Path) -> Path:
     if kind == "qwen2":
         cfg = transformers.Qwen2Config(num_key_value_heads=1, tie_word_embeddings=True, **common)
         return save(transformers.Qwen2ForCausalLM(cfg).eval(), path)
+    if kind == "qwen3":  # q/k head norms; head_dim 24 is not hidden / heads; three layers, untied
+        cfg = transformers.Qwen3Config(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                       max_position_embeddings=640, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+        model = transformers.Qwen3ForCausalLM(cfg).eval()
+        with torch.no_grad():  # norms away from 1, so a missing or misplaced one shows
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.uniform_(0.5, 1.5)
+        return save(model, path)
     if kind == "mistral":
         cfg = transformers.MistralConfig(num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False, **common)
         return save(transformers.MistralForCausalLM(cfg).eval(), path)

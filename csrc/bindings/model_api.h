@@ -55,6 +55,7 @@ inline ModelSpec spec_from(const py::dict& d) {
     s.rotary_dim = d.contains("rotary_dim") ? d["rotary_dim"].cast<int64_t>() : s.head_dim;
     s.rope_interleaved = d.contains("rope_interleaved") && d["rope_interleaved"].cast<bool>();
   }
+  s.qk_norm = d.contains("qk_norm") && d["qk_norm"].cast<bool>();
   return s;
 }
 
@@ -96,9 +97,10 @@ void def_model_api(py::class_<M>& c) {
            }, "layer"_a, "name"_a, "w"_a, "bias"_a = py::none())
       .def("set_norm", [](M& md, int64_t layer, int which, const py::object& w_obj, const py::object& b_obj) {
              py::array w, b;
-             const float* wp = optional_vec(w_obj, "weight", md.spec().hidden, w);
+             const int64_t n = norm_size(md.spec(), layer, which);
+             const float* wp = optional_vec(w_obj, "weight", n, w);
              if (!wp) throw py::type_error("norm weight must be a float32 array, got None");
-             const float* bp = optional_vec(b_obj, "bias", md.spec().hidden, b);
+             const float* bp = optional_vec(b_obj, "bias", n, b);
              md.set_norm(layer, which, wp, bp);
            }, "layer"_a, "which"_a, "weight"_a, "bias"_a = py::none())
       .def("set_embedding", [](M& md, const py::object& w_obj) {

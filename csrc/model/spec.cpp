@@ -69,8 +69,15 @@ Proj proj_from_name(const std::string& name) {
 }
 
 void check_norm_index(const ModelSpec& spec, int64_t layer, int which) {
-  if (layer != -1 && (layer < 0 || layer >= spec.n_layers || which < 0 || which > 1))
-    throw std::invalid_argument("norm index out of range");
+  const int most = spec.qk_norm ? 3 : 1;
+  if (layer == -1 ? which != 0 : (layer < 0 || layer >= spec.n_layers || which < 0 || which > most))
+    throw std::invalid_argument("norm index (layer " + std::to_string(layer) + ", which " + std::to_string(which) +
+                                ") out of range" + (spec.qk_norm || which < 2 ? "" : ": the spec has no q/k norms"));
+}
+
+int64_t norm_size(const ModelSpec& spec, int64_t layer, int which) {
+  check_norm_index(spec, layer, which);
+  return layer >= 0 && which >= 2 ? spec.head_dim : spec.hidden;
 }
 
 std::string position_embedding_error(const ModelSpec& spec, int64_t n_positions) {
@@ -86,8 +93,9 @@ std::vector<std::string> missing_weights(const ModelSpec& spec, const WeightsHel
       if (spec.mlp == MlpKind::kGelu && Proj(p) == Proj::kGate) continue;
       if (!held.linear(i, Proj(p))) out.push_back("layer " + std::to_string(i) + " " + proj_name(Proj(p)));
     }
-    for (int w = 0; w < 2; ++w)
-      if (!held.norm(i, w)) out.push_back("layer " + std::to_string(i) + (w ? " mlp norm" : " attention norm"));
+    static const char* norms[] = {" attention norm", " mlp norm", " q norm", " k norm"};
+    for (int w = 0; w < (spec.qk_norm ? 4 : 2); ++w)
+      if (!held.norm(i, w)) out.push_back("layer " + std::to_string(i) + norms[w]);
   }
   if (!held.norm(-1, 0)) out.push_back("final norm");
   if (!held.embedding()) out.push_back("embedding");

@@ -22,6 +22,7 @@ struct ModelSpec {
   std::vector<float> rope_inv_freq;  // rotary_dim / 2 frequencies
   int64_t rotary_dim = 0;
   bool rope_interleaved = false;
+  bool qk_norm = false;  // an RMSNorm over each head of q and of k, before rope (Qwen3): norms 2 and 3
 };
 
 // the linear layers of one decoder layer, by name
@@ -33,7 +34,10 @@ const char* proj_name(Proj p);
 Proj proj_from_name(const std::string& name);  // "q" ... "down"
 void validate_spec(const ModelSpec& s);
 void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K);
-void check_norm_index(const ModelSpec& spec, int64_t layer, int which);  // layer -1: the final norm
+// a layer's norms: 0 before attention, 1 before the MLP, 2 and 3 on q and k heads (qk_norm);
+// layer -1, which 0: the final norm
+void check_norm_index(const ModelSpec& spec, int64_t layer, int which);
+int64_t norm_size(const ModelSpec& spec, int64_t layer, int which);  // hidden, or head_dim for q / k
 std::string position_embedding_error(const ModelSpec& spec, int64_t n_positions);  // "" when it fits
 
 // what an executor holds, asked weight by weight: the names of those a step would miss

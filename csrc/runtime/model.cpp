@@ -58,7 +58,7 @@ struct Model::Linear {
 
 struct Model::Layer {
   Linear proj[int(Proj::kCount)];
-  std::vector<float> norm_w[2], norm_b[2];  // before attention, before the MLP
+  std::vector<float> norm_w[4], norm_b[4];  // before attention, before the MLP, q and k heads (qk_norm)
   // q|k|v and gate|up packed as one weight each (their panels back to back), when every part's
   // width is a whole number of panels: one pass over the input and one GEMV call instead of 3 / 2
   Linear qkv, gate_up;
@@ -142,10 +142,9 @@ void Model::set_lm_head_q(const uint8_t* data, QType type, int64_t G, bool borro
 }
 
 void Model::set_norm(int64_t layer, int which, const float* w, const float* b) {
-  const int64_t C = spec_.hidden;
+  const int64_t C = norm_size(spec_, layer, which);
   std::vector<float>* dw;
   std::vector<float>* db;
-  check_norm_index(spec_, layer, which);
   if (layer == -1) {
     dw = &final_norm_w_;
     db = &final_norm_b_;
@@ -319,7 +318,8 @@ void Model::fuse_projections() {
     }
   };
   for (Layer& L : layers_) {
-    fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
+    // q and k normed by heads want their own contiguous rows: (T * heads, D) in one norm call
+    if (!spec_.qk_norm) fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
     if (spec_.mlp == MlpKind::kSwiGLU) fuse(L.gate_up, {&L.proj[int(Proj::kGate)], &L.proj[int(Proj::kUp)]});
   }
 }
@@ -495,6 +495,11 @@ void Model::attention_block(int64_t li, int64_t T, const std::vector<Group>& gro
     qs = H * D, ks = vs = Hkv * D;
   }
   sw.mark(kOpLinear);
+  if (s.qk_norm) {  // (never fused: q_ and k_ hold T rows of heads back to back)
+    table_->rms_norm(qp, L.norm_w[2].data(), qp, T * H, D, s.norm_eps);
+    table_->rms_norm(kp, L.norm_w[3].data(), kp, T * Hkv, D, s.norm_eps);
+    sw.mark(kOpNorm);
+  }
   if (s.pos == PosKind::kRope) {
     const float* inv = s.rope_inv_freq.data();
     table_->rope(qp, qs, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fastlm.chat import render
+
 
 def chat_templates(folder: Path, in_config, cfg: Path):
     """The folder's chat template: a str, a dict of named ones, or None."""
@@ -87,8 +89,6 @@ class Tokenizer:
                             tools: list | None = None, documents: list | None = None, **template_kwargs) -> str:
         """The chat template applied to messages, as transformers' apply_chat_template(tokenize=False)
         renders it (the named special tokens that are set reach the template too)."""
-        from fastlm.chat import render
-
         template = self.config.get("chat_template")
         if not template:
             raise ValueError(f"{self.source or 'the tokenizer'} has no chat template")

@@ -1,5 +1,6 @@
-"""The Llama family: Llama 2/3 (rope_scaling "llama3"), Mistral, Qwen2 (q/k/v biases), SmolLM2,
-TinyLlama. RMSNorm, rotary positions, SwiGLU, grouped-query attention, tied or untied head."""
+"""The Llama family: Llama 2/3 (rope_scaling "llama3"), Mistral, Qwen2 (q/k/v biases), Qwen3 (an
+RMSNorm over each q and k head before rope), SmolLM2, TinyLlama. RMSNorm, rotary positions, SwiGLU,
+grouped-query attention, tied or untied head."""
 from __future__ import annotations
 
 from typing import Callable
@@ -22,7 +23,8 @@ from fastlm.models.loader import (
 )
 from fastlm.rope import inv_freq
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "Qwen3ForCausalLM": "qwen3"}
 # the executor's projections -> their tensor names in a decoder layer
 LINEAR_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                 "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -48,6 +50,10 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
     V = cfg_int(config, "vocab_size", hi=MAX_VOCAB)
     context = cfg_int(config, "max_position_embeddings", 2048)
     window = cfg_int(config, "sliding_window", 0, lo=0)
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and cfg_bool(config, "use_sliding_window") and window:
+        # some layers would attend through a window only: not run half-understood
+        raise ConfigError(f"config use_sliding_window=true (sliding_window={window}, max_window_layers="
+                          f"{config.get('max_window_layers')}) is not supported for {arch}")
     if arch == "MistralForCausalLM" and window:
         # positions beyond the window would attend differently: stay within it
         context = min(context, window)
@@ -63,6 +69,7 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         "max_seq": max_seq, "norm": "rms", "norm_eps": cfg_float(config, "rms_norm_eps", 1e-6, lo=0, hi=1),
         "mlp": "swiglu",
         "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D, "rope_interleaved": interleaved,
+        "qk_norm": arch == "Qwen3ForCausalLM",
     }
     model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
@@ -80,6 +87,9 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
             ld.set_linear(model, i, name, p + hf + ".weight", shapes[name], bias)
         model.set_norm(i, 0, ld.f32(p + "input_layernorm.weight", (C,)))
         model.set_norm(i, 1, ld.f32(p + "post_attention_layernorm.weight", (C,)))
+        if spec["qk_norm"]:
+            model.set_norm(i, 2, ld.f32(p + "self_attn.q_norm.weight", (D,)))
+            model.set_norm(i, 3, ld.f32(p + "self_attn.k_norm.weight", (D,)))
         if progress:
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32("model.norm.weight", (C,)))
