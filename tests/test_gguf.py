@@ -49,6 +49,47 @@ def test_logits_and_greedy_match_transformers(tiny):
     assert eng.generate(ids[:6], max_tokens=24, ignore_eos=True).token_ids == want
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+def test_qwen_families_match_transformers(tmp_path, arch, quant):
+    """llama.cpp's qwen2 / qwen3 layout (Q and K not permuted; q/k/v biases, q/k head norms),
+    against transformers reading the same file: 300 positions, 48 greedy tokens, a batch."""
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd")
+    # qwen3: head_dim 128, not hidden / heads (as the real Qwen3 has; transformers' GGUF reader
+    # takes Qwen3Config's default 128 instead of reading attention.key_length)
+    path = build(tmp_path, types={k: quant for k in kinds}, arch=arch, head_dim=128 if arch == "qwen3" else None,
+                 tied=arch == "qwen2", layers=3 if arch == "qwen3" else 2, rope_theta=1000000.0, context=512)
+    eng = Engine.from_pretrained(path)
+    assert eng.info["architecture"] == {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[arch]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    ids = (np.random.default_rng(3).integers(3, 380, size=300)).tolist()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+
+        def greedy(p):
+            return hf.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False, eos_token_id=None,
+                               pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist()
+    # Q8_0 weights: transformers dequantizes them to float32; fastlm dots them in their own blocks
+    # with int16 activations, so its logits differ by that rounding
+    assert_close(eng.logits(ids), ref, 1e-4 if quant == "F32" else 2e-2, f"{arch} {quant} logits")
+    prompts = [ids[:8], ids[100:105], ids[200:230]]
+    got = eng.generate(prompts, max_tokens=48, ignore_eos=True)
+    if quant == "F32":
+        assert [g.token_ids for g in got] == [greedy(p) for p in prompts]
+    assert [g.token_ids for g in got] == [eng.generate(p, max_tokens=48, ignore_eos=True).token_ids for p in prompts]
+
+
+def test_gguf_tensors_of_another_family_are_refused(tmp_path):
+    bias = np.zeros(64, np.float32)
+    path = build(tmp_path, extra_tensors={"blk.0.attn_q.bias": bias})  # a llama file with a bias llama has not
+    with pytest.raises(GGUFError, match="attn_q.bias"):
+        Engine.from_pretrained(path)
+    norm = build(tmp_path / "n", arch="qwen2", extra_tensors={"blk.0.attn_q_norm.weight": np.ones(16, np.float32)})
+    with pytest.raises(GGUFError, match="attn_q_norm"):
+        Engine.from_pretrained(norm)
+
+
 def test_tokenizer_matches_autotokenizer(tiny):
     eng = Engine.from_pretrained(tiny)
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny.parent), gguf_file=tiny.name)

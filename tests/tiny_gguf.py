@@ -96,14 +96,17 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
           kv_heads: int = 2, layers: int = 2, tied: bool = True, pre: str = "default",
           extra_tensors: dict[str, np.ndarray] | None = None, extra_metadata: dict | None = None,
           weights: dict[str, np.ndarray] | None = None, rope_theta: float = 10000.0,
-          sentencepiece: bool = False, user_defined: tuple[str, ...] = ()) -> Path:
+          sentencepiece: bool = False, user_defined: tuple[str, ...] = (), arch: str = "llama",
+          head_dim: int | None = None, context: int = 256) -> Path:
     """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down,
     token_embd, output, ...) to a ggml type name; the rest are F32. tied=False writes an output
     tensor (the head) of its own; pre names tokenizer.ggml.pre; weights replaces the random
     transformers model's state dict (Hugging Face names); extra_tensors / extra_metadata are written
     as they are (values of extra_metadata: str, int or float); sentencepiece=True writes a
     SentencePiece vocabulary (tokenizer.ggml.model "llama") instead of byte-level BPE;
-    user_defined tokens are appended to the vocabulary as type 4 (added tokens like <think>)."""
+    user_defined tokens are appended to the vocabulary as type 4 (added tokens like <think>); arch
+    "qwen2" (q/k/v biases) or "qwen3" (q/k head norms, head_dim) writes that family in llama.cpp's
+    layout for it (Q and K not permuted, keys under the architecture's name)."""
     import gguf
 
     types = types or {"attn_q": "Q8_0", "attn_k": "Q4_1", "attn_v": "Q4_0", "ffn_down": "Q4_1", "ffn_up": "F16",
@@ -121,20 +124,30 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
         import json
         merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]]
     torch.manual_seed(11)
-    cfg = transformers.LlamaConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=ffn,
-                                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                   max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
-                                   tie_word_embeddings=tied)
+    D = head_dim or hidden // heads
+    config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                                 "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    cfg = config_class(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=ffn,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=context, rms_norm_eps=1e-5, rope_theta=rope_theta,
+                       tie_word_embeddings=tied, head_dim=D)
     if weights is None:
-        model = transformers.LlamaForCausalLM(cfg).eval()
+        model = model_class(cfg).eval()
+        with torch.no_grad():  # Qwen's norms and biases away from 1 and 0, so a lost one shows
+            for name, prm in (model.named_parameters() if arch != "llama" else ()):
+                if "norm" in name:
+                    prm.uniform_(0.5, 1.5)
+                elif name.endswith(".bias"):
+                    prm.normal_(0.0, 0.5)
         sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
     else:
         sd = weights
 
     path.mkdir(parents=True, exist_ok=True)
     out = path / "model.gguf"
-    w = gguf.GGUFWriter(str(out), "llama")
-    w.add_context_length(256)
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_context_length(context)
     w.add_embedding_length(hidden)
     w.add_block_count(layers)
     w.add_feed_forward_length(ffn)
@@ -143,7 +156,10 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
-    w.add_rope_dimension_count(hidden // heads)
+    w.add_rope_dimension_count(D)
+    if head_dim:
+        w.add_key_length(D)
+        w.add_value_length(D)
     w.add_tokenizer_model("llama" if sentencepiece else "gpt2")
     if not sentencepiece:
         w.add_tokenizer_pre(pre)
@@ -195,8 +211,15 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
         p = f"model.layers.{i}."
         put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], "norm")
         put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "norm")
-        put(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], heads), "attn_q")
-        put(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], kv_heads), "attn_k")
+        rows = (lambda a, n: permute(a, n)) if arch == "llama" else (lambda a, n: a)  # llama.cpp permutes llama's only
+        put(f"blk.{i}.attn_q.weight", rows(sd[p + "self_attn.q_proj.weight"], heads), "attn_q")
+        put(f"blk.{i}.attn_k.weight", rows(sd[p + "self_attn.k_proj.weight"], kv_heads), "attn_k")
+        if arch == "qwen2":
+            for x in "qkv":
+                put(f"blk.{i}.attn_{x}.bias", sd[p + f"self_attn.{x}_proj.bias"], "bias")
+        if arch == "qwen3":
+            put(f"blk.{i}.attn_q_norm.weight", sd[p + "self_attn.q_norm.weight"], "norm")
+            put(f"blk.{i}.attn_k_norm.weight", sd[p + "self_attn.k_norm.weight"], "norm")
         put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"], "attn_v")
         put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"], "attn_output")
         put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"], "ffn_gate")

@@ -71,7 +71,8 @@ def open_model(model: str | os.PathLike) -> ModelSource:
     if path.is_file():
         f = GGUFFile(path)
         config = llama_config(f)
-        store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"])
+        store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"],
+                          qk_permuted=config["model_type"] == "llama")
         try:
             backend, tok_config = tokenizer_from_gguf(f)
         except GGUFError:

@@ -2,7 +2,7 @@
 layout: config, tensors under HF names (dequantized to float32, Q/K rows put back in Hugging
 Face's rotate-half order), the byte-level BPE tokenizer and the chat template from the metadata.
 
-Supported: GGUF v2/v3, llama architecture, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Supported: GGUF v2/v3, the llama, qwen2 and qwen3 architectures, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, tokenizer model "gpt2" (byte-level BPE, as SmolLM2 and
 Llama 3 use).
 
@@ -229,24 +229,27 @@ class GGUFStore:
     Hugging Face's rotate-half order; ``rope_interleaved()`` is the same file with Q and K as
     llama.cpp stores them (for an executor that rotates interleaved pairs: no copy of them)."""
 
-    def __init__(self, f: GGUFFile, n_heads: int, n_kv_heads: int):
+    def __init__(self, f: GGUFFile, n_heads: int, n_kv_heads: int, qk_permuted: bool = True):
         self.f = f
         self.metadata: dict = {}
         self._heads = (n_heads, n_kv_heads)
+        # llama.cpp permutes Q and K rows to interleaved rope pairs for the llama architecture
+        # only; Qwen's files keep Hugging Face's rotate-half order
+        self.qk_permuted = qk_permuted
         self._names: dict[str, tuple[str, int | None]] = {}
         for name in f.tensors:
             hf, heads = _hf_name(name), None
             if hf is None:
                 continue
-            if name.endswith("attn_q.weight"):
+            if qk_permuted and name.endswith("attn_q.weight"):
                 heads = n_heads
-            elif name.endswith("attn_k.weight"):
+            elif qk_permuted and name.endswith("attn_k.weight"):
                 heads = n_kv_heads
             self._names[hf] = (name, heads)
 
     def rope_interleaved(self) -> "GGUFStore":
         """This file with Q and K rows in llama.cpp's interleaved rope order (nothing unpermuted)."""
-        view = GGUFStore(self.f, *self._heads)
+        view = GGUFStore(self.f, *self._heads, qk_permuted=self.qk_permuted)
         view._names = {hf: (src, None) for hf, (src, _) in self._names.items()}
         return view
 
@@ -302,7 +305,7 @@ class GGUFStore:
 _LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
                 "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-                "ffn_down": "mlp.down_proj"}
+                "ffn_down": "mlp.down_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 
 
 def _hf_name(name: str) -> str | None:
@@ -327,49 +330,70 @@ _LLAMA_KEYS = {"context_length", "embedding_length", "block_count", "feed_forwar
                "expert_count", "expert_used_count"}
 
 
+# llama.cpp's architecture names -> the transformers class, and the tensors beyond Llama's it has
+GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", ()),
+                      "qwen2": ("Qwen2ForCausalLM", ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
+                      "qwen3": ("Qwen3ForCausalLM", ("attn_q_norm.weight", "attn_k_norm.weight"))}
+
+
+def _known_tensor(name: str, extra: tuple[str, ...]) -> bool:
+    if name == "rope_freqs.weight":
+        return True
+    if _hf_name(name) is None:
+        return False
+    parts = name.split(".")
+    if parts[0] != "blk":
+        return True
+    kind = ".".join(parts[2:])
+    return kind in extra or (kind.endswith(".weight") and parts[2] not in ("attn_q_norm", "attn_k_norm"))
+
+
 def llama_config(f: GGUFFile) -> dict:
-    """A transformers LlamaConfig dict from the GGUF metadata."""
+    """A transformers config dict (Llama, Qwen2 or Qwen3) from the GGUF metadata."""
     md = f.metadata
     arch = md.get("general.architecture")
-    if arch != "llama":
-        raise GGUFError(f"{f.path}: architecture {arch!r} is not supported for GGUF import (llama is)")
-    unknown = sorted(k for k in md if k.startswith("llama.") and k[len("llama."):] not in _LLAMA_KEYS)
+    if arch not in GGUF_ARCHITECTURES:
+        raise GGUFError(f"{f.path}: architecture {arch!r} is not supported for GGUF import "
+                        f"({', '.join(GGUF_ARCHITECTURES)} are)")
+    hf_arch, extra = GGUF_ARCHITECTURES[arch]
+    unknown = sorted(k for k in md if k.startswith(arch + ".") and k[len(arch) + 1:] not in _LLAMA_KEYS)
     if unknown:
-        raise GGUFError(f"{f.path}: metadata key {unknown[0]!r} is not understood by fastlm's llama import: the model "
+        raise GGUFError(f"{f.path}: metadata key {unknown[0]!r} is not understood by fastlm's {arch} import: the model "
                         "would run half-understood")
-    if md.get("llama.expert_count", 0):
-        raise GGUFError(f"{f.path}: llama.expert_count = {md['llama.expert_count']}: mixture-of-experts models are "
-                        "not supported")
-    if int(md.get("llama.attention.value_length", 0) or 0) not in (0, int(md.get("llama.attention.key_length", 0) or 0)):
-        raise GGUFError(f"{f.path}: llama.attention.value_length differs from key_length: not supported")
-    unused = sorted(n for n in f.tensors if _hf_name(n) is None and n != "rope_freqs.weight")
+    if md.get(f"{arch}.expert_count", 0):
+        raise GGUFError(f"{f.path}: {arch}.expert_count = {md[f'{arch}.expert_count']}: mixture-of-experts models "
+                        "are not supported")
+    if int(md.get(f"{arch}.attention.value_length", 0) or 0) not in (
+            0, int(md.get(f"{arch}.attention.key_length", 0) or 0)):
+        raise GGUFError(f"{f.path}: {arch}.attention.value_length differs from key_length: not supported")
+    unused = sorted(n for n in f.tensors if not _known_tensor(n, extra))
     if unused:
-        raise GGUFError(f"{f.path}: tensor {unused[0]!r} is not part of a llama model fastlm knows: the model would "
+        raise GGUFError(f"{f.path}: tensor {unused[0]!r} is not part of a {arch} model fastlm knows: the model would "
                         "run without it")
 
     def key(k, default=None):
-        v = md.get(f"llama.{k}", default)
+        v = md.get(f"{arch}.{k}", default)
         if v is None:
-            raise GGUFError(f"{f.path}: metadata lacks llama.{k}")
+            raise GGUFError(f"{f.path}: metadata lacks {arch}.{k}")
         return v
 
     heads = int(key("attention.head_count"))
     hidden = int(key("embedding_length"))
-    vocab = int(md.get("llama.vocab_size") or len(md.get("tokenizer.ggml.tokens", [])) or 0)
+    vocab = int(md.get(f"{arch}.vocab_size") or len(md.get("tokenizer.ggml.tokens", [])) or 0)
     if vocab <= 0:
         raise GGUFError(f"{f.path}: the vocabulary size is not in the metadata")
-    head_dim = int(md.get("llama.attention.key_length") or hidden // heads)
-    rot = int(md.get("llama.rope.dimension_count") or head_dim)
+    head_dim = int(md.get(f"{arch}.attention.key_length") or hidden // heads)
+    rot = int(md.get(f"{arch}.rope.dimension_count") or head_dim)
     if rot != head_dim:
         raise GGUFError(f"{f.path}: partial rotary ({rot} of {head_dim} dims) is not supported")
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "architectures": [hf_arch], "model_type": arch,
         "hidden_size": hidden, "num_hidden_layers": int(key("block_count")), "num_attention_heads": heads,
-        "num_key_value_heads": int(md.get("llama.attention.head_count_kv", heads)), "head_dim": head_dim,
+        "num_key_value_heads": int(md.get(f"{arch}.attention.head_count_kv", heads)), "head_dim": head_dim,
         "intermediate_size": int(key("feed_forward_length")), "vocab_size": vocab,
         "max_position_embeddings": int(key("context_length")),
         "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(md.get("llama.rope.freq_base", 10000.0)),
+        "rope_theta": float(md.get(f"{arch}.rope.freq_base", 10000.0)),
         "tie_word_embeddings": "output.weight" not in f.tensors,
         "bos_token_id": md.get("tokenizer.ggml.bos_token_id"), "eos_token_id": md.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": md.get("tokenizer.ggml.padding_token_id"), "hidden_act": "silu",
@@ -381,9 +405,9 @@ def llama_config(f: GGUFFile) -> dict:
             raise GGUFError(f"{f.path}: rope_freqs.weight must hold {rot // 2} positive factors, got "
                             f"{factors.shape[0]} values")
         cfg["rope_freq_factors"] = factors.tolist()
-    scaling = md.get("llama.rope.scaling.type")
+    scaling = md.get(f"{arch}.rope.scaling.type")
     if scaling == "linear":
-        cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md["llama.rope.scaling.factor"])}
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md[f"{arch}.rope.scaling.factor"])}
     elif scaling not in (None, "none"):
         raise GGUFError(f"{f.path}: rope scaling {scaling!r} is not supported for GGUF import")
     return cfg

@@ -60,7 +60,7 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
     max_seq = max_seq_len or context
     check_layer_count(store, "model.layers.", L)
     interleaved = False
-    if hasattr(store, "rope_interleaved"):  # a GGUF: Q and K taken as stored (no copy), rope on interleaved pairs
+    if getattr(store, "qk_permuted", False):  # a llama GGUF: Q and K taken as stored (no copy), rope on interleaved pairs
         store, interleaved = store.rope_interleaved(), True
     linear_names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
     wdtype = resolve_dtype(dtype, store, linear_names)
