@@ -318,8 +318,7 @@ void Model::fuse_projections() {
     }
   };
   for (Layer& L : layers_) {
-    // q and k normed by heads want their own contiguous rows: (T * heads, D) in one norm call
-    if (!spec_.qk_norm) fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
+    fuse(L.qkv, {&L.proj[int(Proj::kQ)], &L.proj[int(Proj::kK)], &L.proj[int(Proj::kV)]});
     if (spec_.mlp == MlpKind::kSwiGLU) fuse(L.gate_up, {&L.proj[int(Proj::kGate)], &L.proj[int(Proj::kUp)]});
   }
 }
@@ -495,9 +494,11 @@ void Model::attention_block(int64_t li, int64_t T, const std::vector<Group>& gro
     qs = H * D, ks = vs = Hkv * D;
   }
   sw.mark(kOpLinear);
-  if (s.qk_norm) {  // (never fused: q_ and k_ hold T rows of heads back to back)
-    table_->rms_norm(qp, L.norm_w[2].data(), qp, T * H, D, s.norm_eps);
-    table_->rms_norm(kp, L.norm_w[3].data(), kp, T * Hkv, D, s.norm_eps);
+  if (s.qk_norm) {  // each row's heads are back to back (H x D, then Hkv x D): one call per row
+    for (int64_t r = 0; r < T; ++r) {  // (few rows per call: the norm runs inline, no thread hand-off)
+      table_->rms_norm(qp + r * qs, L.norm_w[2].data(), qp + r * qs, H, D, s.norm_eps);
+      table_->rms_norm(kp + r * ks, L.norm_w[3].data(), kp + r * ks, Hkv, D, s.norm_eps);
+    }
     sw.mark(kOpNorm);
   }
   if (s.pos == PosKind::kRope) {
