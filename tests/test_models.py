@@ -10,7 +10,7 @@ from conftest import assert_close
 from fastlm import Engine
 from tiny_models import build
 
-KINDS = ["llama", "gpt2", "qwen2", "qwen3", "mistral", "llama3", "sharded", "odd"]
+KINDS = ["llama", "gpt2", "qwen2", "qwen3", "phi3", "mistral", "llama3", "sharded", "odd"]
 
 
 def hf_model(path):
@@ -77,6 +77,36 @@ def test_qwen3_over_300_positions_and_48_greedy_tokens(tiny):
     longer = short + want[:20]
     again = eng.generate(longer, max_tokens=28, ignore_eos=True)
     assert again.usage.cached_tokens > 0 and again.token_ids == want[20:]
+
+
+def test_phi3_over_300_positions_quantized_and_batched(tiny):
+    path = tiny("phi3")
+    hf = hf_model(path)
+    ids = prompt(300, seed=8)
+    eng = Engine.from_pretrained(path)
+    assert eng.info["architecture"] == "Phi3ForCausalLM"
+    assert_close(eng.logits(ids), hf_logits(hf, ids), 1e-4, "phi3 logits at every position")
+    prompts = [prompt(12, seed=9), prompt(30, seed=10)]
+    got = eng.generate(prompts, max_tokens=48, ignore_eos=True)
+    assert [g.token_ids for g in got] == [hf_greedy(hf, p, 48) for p in prompts]
+    q = Engine.from_pretrained(path, dtype="int8")  # the fused tensors cut, then quantized part by part
+    assert set(q.info["quantized"]) >= {"model.layers.0.self_attn.qkv_proj.weight[q]",
+                                        "model.layers.1.mlp.gate_up_proj.weight[up]"}
+    assert_close(q.logits(ids[:40]), hf_logits(hf, ids[:40]), 5e-2, "phi3 int8")
+
+
+def test_phi3_longrope_is_refused_by_name(tiny, tmp_path):
+    import json
+    import shutil
+
+    dst = tmp_path / "longrope"
+    shutil.copytree(tiny("phi3"), dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["rope_parameters"] = dict(cfg.get("rope_parameters") or {}, rope_type="longrope", short_factor=[1.0] * 4,
+                                  long_factor=[2.0] * 4, original_max_position_embeddings=64)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="longrope"):
+        Engine.from_pretrained(dst)
 
 
 def test_qwen3_fields_that_change_the_math_are_refused(tiny, tmp_path):

@@ -15,7 +15,7 @@ def save(model, path: Path, **kw) -> Path:
 
 def build(kind: str, path: Path) -> Path:
     torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7,
-                       "odd": 8, "bf16_d64": 9, "qwen3": 10}[kind])
+                       "odd": 8, "bf16_d64": 9, "qwen3": 10, "phi3": 11}[kind])
     common = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 112, "num_hidden_layers": 2,
               "num_attention_heads": 4, "max_position_embeddings": 640, "bos_token_id": 1, "eos_token_id": 2}
     if kind == "llama":
@@ -41,6 +41,12 @@ def build(kind: str, path: Path) -> Path:
                 if "norm" in name:
                     p.uniform_(0.5, 1.5)
         return save(model, path)
+    if kind == "phi3":  # q|k|v and gate|up fused in the checkpoint; half of each head rotates
+        cfg = transformers.Phi3Config(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640,
+                                      partial_rotary_factor=0.5, tie_word_embeddings=False, bos_token_id=1,
+                                      eos_token_id=2, pad_token_id=0, sliding_window=None)
+        return save(transformers.Phi3ForCausalLM(cfg).eval(), path)
     if kind == "mistral":
         cfg = transformers.MistralConfig(num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False, **common)
         return save(transformers.MistralForCausalLM(cfg).eval(), path)

@@ -1,12 +1,13 @@
 """The Llama family: Llama 2/3 (rope_scaling "llama3"), Mistral, Qwen2 (q/k/v biases), Qwen3 (an
-RMSNorm over each q and k head before rope), SmolLM2, TinyLlama. RMSNorm, rotary positions, SwiGLU,
-grouped-query attention, tied or untied head."""
+RMSNorm over each q and k head before rope), Phi-3 (q|k|v and gate|up fused in the checkpoint,
+partial rotary), SmolLM2, TinyLlama. RMSNorm, rotary positions, SwiGLU, grouped-query attention,
+tied or untied head."""
 from __future__ import annotations
 
 from typing import Callable
 
 from fastlm import _C
-from fastlm.config import ConfigError, cfg_bool, cfg_float, cfg_int
+from fastlm.config import ConfigError, cfg_bool, cfg_dict, cfg_float, cfg_int
 from fastlm.formats import Store
 from fastlm.models.executor import executor_class
 from fastlm.models.loader import (
@@ -24,7 +25,7 @@ from fastlm.models.loader import (
 from fastlm.rope import inv_freq
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                 "Qwen3ForCausalLM": "qwen3"}
+                 "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3"}
 # the executor's projections -> their tensor names in a decoder layer
 LINEAR_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                 "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -34,6 +35,19 @@ EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
 def projection_of(name: str) -> str | None:
     """The projection ("q" ... "down") a tensor name holds the weight of, else None."""
     return next((p for p, part in LINEAR_NAMES.items() if f".{part}.weight" in name), None)
+
+
+def rotary_dim(config: dict, head_dim: int) -> int:
+    """The dimensions of each head that rotate: partial_rotary_factor of head_dim (Phi-3's, in
+    rope_parameters in transformers 5 or at the top level), all of them by default."""
+    params = cfg_dict(config, "rope_parameters") or {}
+    source = params if "partial_rotary_factor" in params else config
+    factor = cfg_float(source, "partial_rotary_factor", 1.0, lo=0, hi=1)
+    r = int(head_dim * factor)
+    if r < 2 or r % 2:
+        raise ConfigError(f"config partial_rotary_factor={factor} rotates {r} of {head_dim} dimensions: "
+                          "an even number of at least 2 is needed")
+    return r
 
 
 def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
@@ -54,21 +68,24 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         # some layers would attend through a window only: not run half-understood
         raise ConfigError(f"config use_sliding_window=true (sliding_window={window}, max_window_layers="
                           f"{config.get('max_window_layers')}) is not supported for {arch}")
-    if arch == "MistralForCausalLM" and window:
+    if arch in ("MistralForCausalLM", "Phi3ForCausalLM") and window:
         # positions beyond the window would attend differently: stay within it
         context = min(context, window)
     max_seq = max_seq_len or context
     check_layer_count(store, "model.layers.", L)
+    R = rotary_dim(config, D)
     interleaved = False
     if getattr(store, "qk_permuted", False):  # a llama GGUF: Q and K taken as stored (no copy), rope on interleaved pairs
         store, interleaved = store.rope_interleaved(), True
-    linear_names = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
+    fused = arch == "Phi3ForCausalLM"  # self_attn.qkv_proj and mlp.gate_up_proj, cut here
+    first = "self_attn.qkv_proj" if fused else "self_attn.q_proj"
+    linear_names = [f"model.layers.0.{first}.weight", "model.embed_tokens.weight"]
     wdtype = resolve_dtype(dtype, store, linear_names)
     spec = {
         "n_layers": L, "hidden": C, "n_heads": H, "n_kv_heads": Hkv, "head_dim": D, "ffn": F, "vocab": V,
         "max_seq": max_seq, "norm": "rms", "norm_eps": cfg_float(config, "rms_norm_eps", 1e-6, lo=0, hi=1),
         "mlp": "swiglu",
-        "pos": "rope", "rope_inv_freq": inv_freq(config, D), "rotary_dim": D, "rope_interleaved": interleaved,
+        "pos": "rope", "rope_inv_freq": inv_freq(config, R), "rotary_dim": R, "rope_interleaved": interleaved,
         "qk_norm": arch == "Qwen3ForCausalLM",
     }
     model = executor_class(device)(spec)
@@ -81,7 +98,16 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
               "down": (C, F)}
     for i in range(L):
         p = f"model.layers.{i}."
+        if fused:
+            qkv = ld.raw(p + "self_attn.qkv_proj.weight", (H * D + 2 * Hkv * D, C))
+            for name, rows in (("q", qkv[:H * D]), ("k", qkv[H * D:(H + Hkv) * D]), ("v", qkv[(H + Hkv) * D:])):
+                ld.set_linear_part(model, i, name, p + "self_attn.qkv_proj.weight", rows)
+            gate_up = ld.raw(p + "mlp.gate_up_proj.weight", (2 * F, C))
+            ld.set_linear_part(model, i, "gate", p + "mlp.gate_up_proj.weight", gate_up[:F])
+            ld.set_linear_part(model, i, "up", p + "mlp.gate_up_proj.weight", gate_up[F:])
         for name, hf in LINEAR_NAMES.items():
+            if fused and name in ("q", "k", "v", "gate", "up"):
+                continue
             has_bias = (name in "qkv" and qkv_bias) or (name == "o" and o_bias) or (name in ("gate", "up", "down") and mlp_bias)
             bias = ld.f32(p + hf + ".bias", (shapes[name][0],)) if has_bias else None
             ld.set_linear(model, i, name, p + hf + ".weight", shapes[name], bias)
