@@ -59,13 +59,19 @@ def test_long_prompt_runs_in_chunks(tiny):
     assert_close(got, hf_logits(hf_model(path), ids), 1e-4, "chunked prefill")
 
 
-def test_qwen3_over_300_positions_and_48_greedy_tokens(tiny):
-    path = tiny("qwen3")
+def family_at_300_positions(tiny, kind, arch, seed):
+    """(path, transformers' model, fastlm's engine, the 300 ids) once the logits agree everywhere."""
+    path = tiny(kind)
     hf = hf_model(path)
-    ids = prompt(300, seed=4)
+    ids = prompt(300, seed=seed)
     eng = Engine.from_pretrained(path)
-    assert eng.info["architecture"] == "Qwen3ForCausalLM"
-    assert_close(eng.logits(ids), hf_logits(hf, ids), 1e-4, "qwen3 logits at every position")
+    assert eng.info["architecture"] == arch
+    assert_close(eng.logits(ids), hf_logits(hf, ids), 1e-4, f"{kind} logits at every position")
+    return path, hf, eng, ids
+
+
+def test_qwen3_over_300_positions_and_48_greedy_tokens(tiny):
+    _, hf, eng, _ = family_at_300_positions(tiny, "qwen3", "Qwen3ForCausalLM", 4)
     short = prompt(12, seed=5)
     want = hf_greedy(hf, short, 48)
     assert eng.generate(short, max_tokens=48, ignore_eos=True).token_ids == want
@@ -80,12 +86,7 @@ def test_qwen3_over_300_positions_and_48_greedy_tokens(tiny):
 
 
 def test_phi3_over_300_positions_quantized_and_batched(tiny):
-    path = tiny("phi3")
-    hf = hf_model(path)
-    ids = prompt(300, seed=8)
-    eng = Engine.from_pretrained(path)
-    assert eng.info["architecture"] == "Phi3ForCausalLM"
-    assert_close(eng.logits(ids), hf_logits(hf, ids), 1e-4, "phi3 logits at every position")
+    path, hf, eng, ids = family_at_300_positions(tiny, "phi3", "Phi3ForCausalLM", 8)
     prompts = [prompt(12, seed=9), prompt(30, seed=10)]
     got = eng.generate(prompts, max_tokens=48, ignore_eos=True)
     assert [g.token_ids for g in got] == [hf_greedy(hf, p, 48) for p in prompts]
