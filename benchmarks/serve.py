@@ -72,7 +72,8 @@ def run_streams(client: openai.OpenAI, n: int, tokens: int) -> tuple[float, list
     def work(i: int) -> None:
         ttft[i], counts[i] = stream_one(client, f"Request {i}: write a story about a dragon.", tokens)
 
-    return sum(counts) / together(n, work), ttft
+    seconds = together(n, work)  # (before counts is read: the threads fill it)
+    return sum(counts) / seconds, ttft
 
 
 def late_ttfts(client: openai.OpenAI, others: int, tokens: int, repeats: int) -> list[float]:

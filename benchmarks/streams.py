@@ -44,7 +44,8 @@ def run_streams(eng: Engine, n: int, tokens: int) -> tuple[float, list[float]]:
                 ttft[i] = time.perf_counter() - t0
             counts[i] += 1
 
-    return sum(counts) / together(n, work), ttft
+    seconds = together(n, work)  # (before counts is read: the threads fill it)
+    return sum(counts) / seconds, ttft
 
 
 def late_ttft(eng: Engine, others: int, tokens: int) -> float:
