@@ -1,5 +1,6 @@
-"""fastlm serve under load, through the official openai client on loopback (the app in this
-process, uvicorn in a thread, as `fastlm serve` runs it).
+"""fastlm serve under load, through the official openai client on loopback: streams runs
+`fastlm serve` in a process of its own (--in-process: the app in this one, uvicorn in a thread),
+soak runs it in this process (its RSS is then the server's and the clients' together).
 
 streams: aggregate tokens/s of N concurrent streams against one stream's, their time to first
 token (p50 / p95), and the time to first token of a request admitted while N - 1 others stream
@@ -20,7 +21,10 @@ import argparse
 import collections
 import json
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -120,15 +124,48 @@ def p95(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
 
 
+class ChildServer:
+    """`fastlm serve` in a process of its own (the clients' threads then share no GIL with it)."""
+
+    def __init__(self, model: str, dtype: str, slots: int):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "fastlm", "serve", "-m", model, "--dtype", dtype,
+                                      "--port", str(port), "--slots", str(slots), "--ctx", "1024",
+                                      "--served-model-name", NAME, "--log-level", "warning"])
+        t0 = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fastlm serve exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - t0 > 300:
+                raise RuntimeError("fastlm serve did not become ready in 300 s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
 def cmd_streams(a) -> None:
-    servers, clients, engines = [], {}, {}
+    servers, clients, weight_bytes = [], {}, {}
     for d in a.dtypes:
-        eng = Engine.from_pretrained(a.model, dtype=d, max_seq_len=1024, max_slots=a.streams)
-        srv = Server(create_app(eng, model_name=NAME))
-        url = srv.start()
+        if a.in_process:
+            srv = Server(create_app(Engine.from_pretrained(a.model, dtype=d, max_seq_len=1024, max_slots=a.streams),
+                                    model_name=NAME))
+            url = srv.start()
+        else:
+            srv = ChildServer(a.model, d, a.streams)
+            url = srv.url
         servers.append(srv)
-        engines[d] = eng
         clients[d] = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=300)
+        weight_bytes[d] = httpx.get(url + f"/v1/models/{NAME}", timeout=30).json()["weight_bytes"]
         stream_one(clients[d], "warm up", 8)
     rows: dict[str, dict[str, list[float]]] = {d: {} for d in a.dtypes}
     try:
@@ -149,14 +186,15 @@ def cmd_streams(a) -> None:
             s.stop()
     c = info_dict()["cpu"]
     print(f"CPU: {c['brand'] or c['vendor']}, {c['physical_cores']} physical cores; {a.rounds} rounds, "
-          f"{a.tokens} tokens per stream, {a.late} late requests per round; medians over rounds")
+          f"{a.tokens} tokens per stream, {a.late} late requests per round; medians over rounds; server "
+          + ("in this process" if a.in_process else "in its own process (fastlm serve)"))
     print(f"| dtype | weights MB | roofline 1 stream at {a.bandwidth:g} GB/s | 1 stream tok/s | {a.streams} streams "
           f"tok/s | ratio | TTFT p50 / p95 ({a.streams} at once) | late TTFT p50 / p95 alone | beside "
           f"{a.streams - 1} | p95 ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for d, r in rows.items():
         m = {k: statistics.median(v) for k, v in r.items()}
-        wb = engines[d].slots.model.weight_bytes
+        wb = weight_bytes[d]
         print(f"| {d} | {wb / 1e6:.0f} | {a.bandwidth * 1e9 / wb:.0f} tok/s | {m['one']:.1f} | {m['many']:.1f} | "
               f"{m['many'] / m['one']:.2f}x | {m['ttft_p50'] * 1e3:.0f} / {m['ttft_p95'] * 1e3:.0f} ms | "
               f"{m['alone_p50'] * 1e3:.0f} / {m['alone_p95'] * 1e3:.0f} ms | "
@@ -272,6 +310,7 @@ def main() -> None:
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--late", type=int, default=8, help="late requests per round (for their p95)")
     s.add_argument("--bandwidth", type=float, default=20.0, help="GB/s, for the roofline column")
+    s.add_argument("--in-process", action="store_true", help="the server in this process, beside the clients")
     s.set_defaults(func=cmd_streams)
     k = sub.add_parser("soak")
     k.add_argument("--dtype", default="auto")

@@ -72,10 +72,12 @@ def wait_idle(url: str, timeout: float = 10.0) -> dict[str, float]:
 
 # ---- completions and chat ----
 
-def test_models(client):
+def test_models(client, url, engine):
     models = client.models.list().data
     assert [m.id for m in models] == [NAME]
     assert client.models.retrieve(NAME).id == NAME
+    card = httpx.get(url + f"/v1/models/{NAME}", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+    assert card["context_length"] == 1024 and card["weight_bytes"] == engine.model.weight_bytes
 
 
 def test_completion_equals_the_engine(client, engine):

@@ -197,7 +197,8 @@ def create_app(engine: Union[Engine, Callable[[], Engine]], *, model_name: str |
 def model_card(state: _State) -> dict:
     engine = state.engine
     return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "fastlm",
-            "context_length": engine.context_length, "dtype": engine.info.get("dtype")}
+            "context_length": engine.context_length, "dtype": engine.info.get("dtype"),
+            "weight_bytes": int(engine.model.weight_bytes)}
 
 
 def start(engine: Engine, req) -> list[AsyncStream]:
