@@ -128,6 +128,20 @@ def test_quantized_models_stay_close(tiny, kind, dtype, tol):
     assert np.allclose(lp, got, atol=0.05 if dtype == "int8" else 0.2)
 
 
+@pytest.mark.parametrize("qtype", ["q8", "q4"])
+def test_q_matmul_rows_have_the_same_bits_in_any_batch(isa, qtype):
+    """A decode row's result does not depend on the rows beside it (up to 16: the integer path;
+    the avx512 q8 kernel takes x rows two at a time)."""
+    rng = np.random.default_rng(7)
+    for N, width, G in ((67, 576, 32), (130, 1536, 64), (48, 640, 128)):
+        q = K.q_quantize(rng.standard_normal((N, width)).astype(np.float32), qtype, G)
+        x = rng.standard_normal((16, width)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        alone = np.stack([K.q_matmul(x[i:i + 1], q, qtype, G, bias=bias)[0] for i in range(16)])
+        for M in (2, 3, 16):
+            np.testing.assert_array_equal(K.q_matmul(x[:M], q, qtype, G, bias=bias), alone[:M])
+
+
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_quantized_batches_equal_single_runs(tiny, dtype):
     eng = Engine.from_pretrained(tiny("qwen2"), dtype=dtype)

@@ -144,6 +144,64 @@ void dot_q8x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* x, int64_
   y1 = hsum(acc1) + t1;
 }
 
+#if defined(FASTLM_ISA_AVX512) && !defined(FASTLM_EMULATE_ISA)
+#define FASTLM_Q8_TWO_ROWS 1
+// dot_q8x2 for two rows of x at once (batched decode): each weight block is widened to int16 once
+// for both rows, and vpdpwssd (VNNI) folds each multiply-add pair into its block sum. the int32
+// block sums are exact, and the float side is dot_q8x2's op for op, so every (weight row, x row)
+// gets the same bits as alone
+template <int GPB>
+void dot_q8x2x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* xa, const int16_t* xb, int64_t kp,
+                float* ya, float* yb) {
+  const int8_t* q0 = reinterpret_cast<const int8_t*>(rec0);
+  const int8_t* q1 = reinterpret_cast<const int8_t*>(rec1);
+  const int64_t nb = kp / kBlock, full = nb / 8 * 8;
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  const __m256i z = _mm256_setzero_si256();
+  for (int64_t b0 = 0; b0 < full; b0 += 8) {
+    __m256i h[4][2];  // (rec0 xa, rec1 xa, rec0 xb, rec1 xb) x half
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      __m256i s[4][4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const int64_t k = (b0 + 4 * half + i) * kBlock;
+        const __m256i w0l = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + k)));
+        const __m256i w0h = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + k + 16)));
+        const __m256i w1l = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k)));
+        const __m256i w1h = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k + 16)));
+        const __m256i al = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));
+        const __m256i ah = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k + 16));
+        const __m256i bl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));
+        const __m256i bh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k + 16));
+        s[0][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w0l, al), w0h, ah);
+        s[1][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w1l, al), w1h, ah);
+        s[2][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w0l, bl), w0h, bh);
+        s[3][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w1l, bl), w1h, bh);
+      }
+      for (int c = 0; c < 4; ++c) h[c][half] = hadd4(s[c][0], s[c][1], s[c][2], s[c][3]);
+    }
+    const __m256 d0 = scales8<GPB>(rec0 + kp, b0), d1 = scales8<GPB>(rec1 + kp, b0);
+    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[0][0], h[0][1])), d0, acc[0]);
+    acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[1][0], h[1][1])), d1, acc[1]);
+    acc[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[2][0], h[2][1])), d0, acc[2]);
+    acc[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[3][0], h[3][1])), d1, acc[3]);
+  }
+  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t b = full; b < nb; ++b) {
+    const float d0 = block_scale(rec0 + kp, b, GPB), d1 = block_scale(rec1 + kp, b, GPB);
+    t[0] += float(hsum_i32(block_q8(q0 + b * kBlock, xa + b * kBlock))) * d0;
+    t[1] += float(hsum_i32(block_q8(q1 + b * kBlock, xa + b * kBlock))) * d1;
+    t[2] += float(hsum_i32(block_q8(q0 + b * kBlock, xb + b * kBlock))) * d0;
+    t[3] += float(hsum_i32(block_q8(q1 + b * kBlock, xb + b * kBlock))) * d1;
+  }
+  ya[0] = hsum(acc[0]) + t[0];
+  ya[1] = hsum(acc[1]) + t[1];
+  yb[0] = hsum(acc[2]) + t[2];
+  yb[1] = hsum(acc[3]) + t[3];
+}
+#endif
+
 // sum_b (d_b * xs_b * <q_b, xq_b> + m_b * xsum_b) over two q4 records at once (x is loaded once
 // for both); the block count is even (Kp is a multiple of 64)
 template <int GPB>
@@ -241,7 +299,23 @@ void rows_typed(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_
     const uint8_t* rec0 = w.data + n * rb;
     const uint8_t* rec1 = n + 1 < n1 ? rec0 + rb : rec0;
     prefetch_ahead(rec0, rb, n1 - n, 2);
-    for (int64_t m = 0; m < M; ++m) {
+    int64_t m = 0;
+#if defined(FASTLM_Q8_TWO_ROWS)
+    if constexpr (T == QType::kQ8) {
+      for (; m + 1 < M; m += 2) {
+        float ya[2], yb[2];
+        dot_q8x2x2<GPB>(rec0, rec1, q.x16.data() + m * kp, q.x16.data() + (m + 1) * kp, kp, ya, yb);
+        for (int r = 0; r < 2; ++r) {  // (as the one-row loop below writes them)
+          float y0 = r ? yb[0] : ya[0], y1 = r ? yb[1] : ya[1];
+          y0 *= q.row_scale[size_t(m + r)];
+          y1 *= q.row_scale[size_t(m + r)];
+          y[(m + r) * ldy + n] = y0 + (w.bias ? w.bias[n] : 0.0f);
+          if (n + 1 < n1) y[(m + r) * ldy + n + 1] = y1 + (w.bias ? w.bias[n + 1] : 0.0f);
+        }
+      }
+    }
+#endif
+    for (; m < M; ++m) {
       float y0, y1;
       if constexpr (T == QType::kQ8) {
         dot_q8x2<GPB>(rec0, rec1, q.x16.data() + m * kp, kp, y0, y1);
