@@ -300,7 +300,9 @@ def test_exact_reuse_lends_whole_prefill_chunks_the_same_bits_as_a_cold_run(ids_
 
 
 def test_prefix_cache_setting_is_checked(ids_engine, tmp_path):
-    from fastlm.slots import prefix_mode
+    from fastlm.cli import PREFIX_MODES
+    from fastlm.slots import REUSE, prefix_mode
+    assert PREFIX_MODES == REUSE  # the CLI's choices, spelled out there
     assert [prefix_mode(v) for v in (True, False, "exact", "all", "off")] == ["exact", "off", "exact", "all", "off"]
     for bad in ("yes", 1, None, "ALL"):
         with pytest.raises(ValueError, match="prefix_cache"):

@@ -211,9 +211,11 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
         p = f"model.layers.{i}."
         put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], "norm")
         put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "norm")
-        rows = (lambda a, n: permute(a, n)) if arch == "llama" else (lambda a, n: a)  # llama.cpp permutes llama's only
-        put(f"blk.{i}.attn_q.weight", rows(sd[p + "self_attn.q_proj.weight"], heads), "attn_q")
-        put(f"blk.{i}.attn_k.weight", rows(sd[p + "self_attn.k_proj.weight"], kv_heads), "attn_k")
+        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
+        if arch == "llama":  # llama.cpp permutes llama's Q and K only
+            q, k = permute(q, heads), permute(k, kv_heads)
+        put(f"blk.{i}.attn_q.weight", q, "attn_q")
+        put(f"blk.{i}.attn_k.weight", k, "attn_k")
         if arch == "qwen2":
             for x in "qkv":
                 put(f"blk.{i}.attn_{x}.bias", sd[p + f"self_attn.{x}_proj.bias"], "bias")

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from fastlm.sampling import SamplingParams
 
 
+PREFIX_MODES = ("exact", "all", "off")  # fastlm.slots.REUSE, spelled here: --help imports no numpy
+
+
 def positive_int(text: str) -> int:
     """An argparse type: flags are checked before any model loads."""
     try:
@@ -110,12 +113,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> Engine:
+def _load(args: argparse.Namespace, **kw) -> Engine:
     from fastlm.engine import Engine
 
     return Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads,
                                   max_seq_len=getattr(args, "ctx", None), progress=sys.stderr.isatty(),
-                                  device=args.device, prefix_cache=getattr(args, "prefix_cache", "exact"))
+                                  device=args.device, prefix_cache=getattr(args, "prefix_cache", "exact"), **kw)
 
 
 def _params(args: argparse.Namespace) -> SamplingParams:
@@ -212,7 +215,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError(str(e) if "server extra" in str(e) else
                            f'fastlm serve needs the server extra: pip install "fastlm[server]" ({e})') from None
-    from fastlm.engine import Engine
 
     api_key = args.api_key or os.environ.get("FASTLM_API_KEY") or None
     if not is_loopback(args.host) and api_key is None:
@@ -224,9 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def load() -> Engine:
         print(f"fastlm serve: loading {args.model} ...", file=sys.stderr, flush=True)
-        engine = Engine.from_pretrained(args.model, dtype=args.dtype, threads=args.threads, max_seq_len=args.ctx,
-                                        device=args.device, max_slots=args.slots, max_queue=args.max_queue,
-                                        prefix_cache=args.prefix_cache)
+        engine = _load(args, max_slots=args.slots, max_queue=args.max_queue)
         print(f"fastlm serve: {name} ready ({engine.info.get('dtype')}, context {engine.context_length}, "
               f"{args.slots} slots) at http://{args.host}:{args.port}/v1 (chat page: /)", file=sys.stderr, flush=True)
         return engine
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch = sub.add_parser("chat", help="a multi-turn chat in the terminal (/reset, /exit)")
     model_args(ch)
     ch.add_argument("-s", "--system", default=None, help="a system prompt")
-    ch.add_argument("--prefix-cache", default="all", choices=["exact", "all", "off"],
+    ch.add_argument("--prefix-cache", default="all", choices=PREFIX_MODES,
                     help="what a turn reuses of the cached conversation: every token (all, the default: a turn "
                          "computes only the new message), whole 256-token chunks (exact: the same bits as a "
                          "cold run), nothing (off)")
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--slots", type=positive_int, default=16, help="sequences decoded at once (default: 16)")
     sv.add_argument("--max-queue", type=int, default=256, help="requests waiting beyond the slots; more get 429")
     sv.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's)")
-    sv.add_argument("--prefix-cache", default="exact", choices=["exact", "all", "off"],
+    sv.add_argument("--prefix-cache", default="exact", choices=PREFIX_MODES,
                     help="what a request reuses of cached prompts: whole 256-token chunks (exact, the default: "
                          "results never depend on what ran before), every cached token (all: faster chat "
                          "turns, last bits may differ), nothing (off)")

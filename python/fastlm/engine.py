@@ -172,11 +172,8 @@ class Engine:
         """The model's own chat template applied to messages, as transformers'
         apply_chat_template(tokenize=False) renders it: tools (JSON schemas), documents and other
         keywords (enable_thinking=False for Qwen3, ...) reach the template."""
-        tok = self._need_tokenizer()
-        if not tok.config.get("chat_template"):
-            raise ValueError(f"{self.source} has no chat template")
-        return tok.apply_chat_template(messages, add_generation_prompt, tools=tools, documents=documents,
-                                       **template_kwargs)
+        return self._need_tokenizer().apply_chat_template(messages, add_generation_prompt, tools=tools,
+                                                          documents=documents, **template_kwargs)
 
     @property
     def vocab_size(self) -> int:

@@ -97,19 +97,14 @@ class Completion:
         """The dict an OpenAI client expects: a chat.completion for chat(), else a text_completion.
         A sample cut short ("abort": its stream was closed) reports "stop", the nearest reason the
         OpenAI types allow."""
-        usage = {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
-                 "total_tokens": self.usage.total_tokens,
-                 "prompt_tokens_details": {"cached_tokens": self.usage.cached_tokens}}
+        usage = openai_usage(self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.cached_tokens)
         choices = []
         for c in self.choices:
             if self.chat:
                 lp = None if c.logprobs is None else {"content": [
-                    {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8")),
-                     "top_logprobs": [{"token": s, "logprob": v, "bytes": list(s.encode("utf-8"))}
-                                      for _, s, v in t.top]}
-                    for t in c.logprobs]}
+                    openai_chat_logprob(t.token, t.logprob, t.top) for t in c.logprobs]}
                 choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                "logprobs": lp, "finish_reason": _openai_reason(c.finish_reason)})
+                                "logprobs": lp, "finish_reason": openai_reason(c.finish_reason)})
             else:
                 lp = None
                 if c.logprobs is not None:
@@ -122,13 +117,25 @@ class Completion:
                           "top_logprobs": [{s: v for _, s, v in t.top} for t in c.logprobs],
                           "text_offset": offsets}
                 choices.append({"index": c.index, "text": c.text, "logprobs": lp,
-                                "finish_reason": _openai_reason(c.finish_reason)})
+                                "finish_reason": openai_reason(c.finish_reason)})
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices, "usage": usage}
 
 
-def _openai_reason(reason: str) -> str:
+def openai_reason(reason: str) -> str:
+    """A finish reason as the OpenAI types allow it ("abort", a closed stream, becomes "stop")."""
     return "stop" if reason == "abort" else reason
+
+
+def openai_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def openai_chat_logprob(token: str, logprob: float, top: list[tuple[int, str, float]]) -> dict:
+    """One token of a chat choice's logprobs.content, with its top alternatives."""
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")),
+            "top_logprobs": [{"token": s, "logprob": v, "bytes": list(s.encode("utf-8"))} for _, s, v in top]}
 
 
 @dataclass(frozen=True)

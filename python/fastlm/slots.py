@@ -117,7 +117,6 @@ class Slots:
         (all_logits: (len(ids) - keep, vocab))."""
         self.truncate(slot, keep)
         aligned = keep % CHUNK == 0 and self._exact[slot] == keep  # chunks laid from 0: more exact ones
-        self._exact[slot] = keep if aligned else self._exact[slot]
         logits = self.model.prefill(slot, np.asarray(ids[keep:], dtype=np.int32), all_logits=all_logits)
         self._tokens[slot].extend(int(t) for t in ids[keep:])
         if aligned:

@@ -17,7 +17,7 @@ from typing import Union
 
 from fastlm import hub
 from fastlm.config import ConfigError
-from fastlm.formats.gguf import GGUFError, GGUFFile, GGUFStore, eog_token_ids, llama_config, tokenizer_from_gguf
+from fastlm.formats.gguf import GGUFError, GGUFFile, GGUFStore, eog_token_ids, gguf_config, tokenizer_from_gguf
 from fastlm.formats.safetensors import SafetensorsError, TensorStore, open_checkpoint, write_safetensors
 from fastlm.tokenizer import Tokenizer
 
@@ -70,7 +70,7 @@ def open_model(model: str | os.PathLike) -> ModelSource:
     path = hub.resolve(model)
     if path.is_file():
         f = GGUFFile(path)
-        config = llama_config(f)
+        config = gguf_config(f)
         store = GGUFStore(f, config["num_attention_heads"], config["num_key_value_heads"],
                           qk_permuted=config["model_type"] == "llama")
         try:

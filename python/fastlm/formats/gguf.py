@@ -336,19 +336,19 @@ GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", ()),
                       "qwen3": ("Qwen3ForCausalLM", ("attn_q_norm.weight", "attn_k_norm.weight"))}
 
 
+# a layer's tensors every architecture has; GGUF_ARCHITECTURES names the others each one adds
+_COMMON_LAYER_TENSORS = {f"{n}.weight" for n in _LAYER_NAMES} - {"attn_q_norm.weight", "attn_k_norm.weight"}
+
+
 def _known_tensor(name: str, extra: tuple[str, ...]) -> bool:
-    if name == "rope_freqs.weight":
-        return True
-    if _hf_name(name) is None:
-        return False
     parts = name.split(".")
     if parts[0] != "blk":
-        return True
+        return name == "rope_freqs.weight" or _hf_name(name) is not None
     kind = ".".join(parts[2:])
-    return kind in extra or (kind.endswith(".weight") and parts[2] not in ("attn_q_norm", "attn_k_norm"))
+    return len(parts) == 4 and (kind in _COMMON_LAYER_TENSORS or kind in extra)
 
 
-def llama_config(f: GGUFFile) -> dict:
+def gguf_config(f: GGUFFile) -> dict:
     """A transformers config dict (Llama, Qwen2 or Qwen3) from the GGUF metadata."""
     md = f.metadata
     arch = md.get("general.architecture")

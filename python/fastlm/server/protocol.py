@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fastlm.outputs import Chunk, Completion
+from fastlm.outputs import Chunk, Completion, openai_chat_logprob, openai_reason, openai_usage
 from fastlm.sampling import SamplingParams
 
 # fields a request may carry that change nothing here (bookkeeping for the caller or OpenAI's
@@ -236,11 +236,9 @@ def chat_request(body: object) -> Request:
 
 # ---- writing results ----
 def _usage(completions: list[Completion]) -> dict:
-    prompt = sum(c.usage.prompt_tokens for c in completions)
-    gen = sum(c.usage.completion_tokens for c in completions)
-    cached = sum(c.usage.cached_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": gen, "total_tokens": prompt + gen,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return openai_usage(sum(c.usage.prompt_tokens for c in completions),
+                        sum(c.usage.completion_tokens for c in completions),
+                        sum(c.usage.cached_tokens for c in completions))
 
 
 def response(req: Request, completions: list[Completion]) -> dict:
@@ -284,16 +282,13 @@ class ChunkWriter:
         carries nothing else)."""
         index = j * self.req.params.n + c.index
         with_lp = c.logprob is not None
-        reason = None if c.finish_reason is None else ("stop" if c.finish_reason == "abort" else c.finish_reason)
+        reason = None if c.finish_reason is None else openai_reason(c.finish_reason)
         out = []
         if c.text or with_lp:
             if self.req.chat:
                 lp = None
                 if with_lp:
-                    tok = self._text(c.token_id)
-                    lp = {"content": [{"token": tok, "logprob": c.logprob, "bytes": list(tok.encode("utf-8")),
-                                       "top_logprobs": [{"token": s, "logprob": v, "bytes": list(s.encode("utf-8"))}
-                                                        for _, s, v in c.top_logprobs or []]}]}
+                    lp = {"content": [openai_chat_logprob(self._text(c.token_id), c.logprob, c.top_logprobs or [])]}
                 out.append(self._chunk([{"index": index, "delta": {"content": c.text}, "logprobs": lp,
                                          "finish_reason": None}]))
             else:
