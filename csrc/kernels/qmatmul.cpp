@@ -135,10 +135,10 @@ void dot_q8x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* x, int64_
     acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), scales8<GPB>(rec0 + kp, b0), acc0);
     acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), scales8<GPB>(rec1 + kp, b0), acc1);
   }
-  float t0 = 0.0f, t1 = 0.0f;
+  float t0 = 0.0f, t1 = 0.0f;  // (explicit fmas: the same bits in dot_q8x2x2, however the compiler fuses)
   for (int64_t b = full; b < nb; ++b) {
-    t0 += float(hsum_i32(block_q8(q0 + b * kBlock, x + b * kBlock))) * block_scale(rec0 + kp, b, GPB);
-    t1 += float(hsum_i32(block_q8(q1 + b * kBlock, x + b * kBlock))) * block_scale(rec1 + kp, b, GPB);
+    t0 = std::fma(float(hsum_i32(block_q8(q0 + b * kBlock, x + b * kBlock))), block_scale(rec0 + kp, b, GPB), t0);
+    t1 = std::fma(float(hsum_i32(block_q8(q1 + b * kBlock, x + b * kBlock))), block_scale(rec1 + kp, b, GPB), t1);
   }
   y0 = hsum(acc0) + t0;
   y1 = hsum(acc1) + t1;
@@ -148,8 +148,8 @@ void dot_q8x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* x, int64_
 #define FASTLM_Q8_TWO_ROWS 1
 // dot_q8x2 for two rows of x at once (batched decode): each weight block is widened to int16 once
 // for both rows, and vpdpwssd (VNNI) folds each multiply-add pair into its block sum. the int32
-// block sums are exact, and the float side is dot_q8x2's op for op, so every (weight row, x row)
-// gets the same bits as alone
+// block sums are exact, and the float side is dot_q8x2's op for op (its tails as explicit fmas), so
+// every (weight row, x row) gets the same bits as alone
 template <int GPB>
 void dot_q8x2x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* xa, const int16_t* xb, int64_t kp,
                 float* ya, float* yb) {
@@ -190,10 +190,10 @@ void dot_q8x2x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* xa, con
   float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t b = full; b < nb; ++b) {
     const float d0 = block_scale(rec0 + kp, b, GPB), d1 = block_scale(rec1 + kp, b, GPB);
-    t[0] += float(hsum_i32(block_q8(q0 + b * kBlock, xa + b * kBlock))) * d0;
-    t[1] += float(hsum_i32(block_q8(q1 + b * kBlock, xa + b * kBlock))) * d1;
-    t[2] += float(hsum_i32(block_q8(q0 + b * kBlock, xb + b * kBlock))) * d0;
-    t[3] += float(hsum_i32(block_q8(q1 + b * kBlock, xb + b * kBlock))) * d1;
+    t[0] = std::fma(float(hsum_i32(block_q8(q0 + b * kBlock, xa + b * kBlock))), d0, t[0]);
+    t[1] = std::fma(float(hsum_i32(block_q8(q1 + b * kBlock, xa + b * kBlock))), d1, t[1]);
+    t[2] = std::fma(float(hsum_i32(block_q8(q0 + b * kBlock, xb + b * kBlock))), d0, t[2]);
+    t[3] = std::fma(float(hsum_i32(block_q8(q1 + b * kBlock, xb + b * kBlock))), d1, t[3]);
   }
   ya[0] = hsum(acc[0]) + t[0];
   ya[1] = hsum(acc[1]) + t[1];
