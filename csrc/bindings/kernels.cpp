@@ -9,9 +9,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -310,6 +313,33 @@ py::array_t<float> softmax(Table table, const py::object& x_obj, const py::objec
   return out;
 }
 
+// logits[r, t] = -inf where bit t of bitmask row r is clear (a grammar's allowed tokens, 32 per
+// int32 word, least significant bit first, as llguidance writes them); in place
+void apply_token_bitmask(const py::object& logits_obj, const py::object& mask_obj) {
+  py::array logits = checked(logits_obj, "logits", {DType::kF32}, 2, 2);
+  py::array mask = checked(mask_obj, "bitmask", {DType::kI32}, 2, 2);
+  if (!logits.writeable()) throw py::value_error("logits must be writeable (the mask is applied in place)");
+  const int64_t rows = logits.shape(0), vocab = logits.shape(1), words = (vocab + 31) / 32;
+  if (mask.shape(0) != rows || mask.shape(1) != words)
+    throw py::value_error("bitmask must be (" + std::to_string(rows) + ", " + std::to_string(words) +
+                          ") int32 for logits " + shape_str(logits) + ", got " + shape_str(mask));
+  float* z = static_cast<float*>(logits.mutable_data());
+  const uint32_t* bits = static_cast<const uint32_t*>(mask.data());
+  py::gil_scoped_release nogil;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = z + r * vocab;
+    const uint32_t* m = bits + r * words;
+    for (int64_t w = 0; w < words; ++w) {
+      const uint32_t word = m[w];
+      if (word == 0xffffffffu) continue;
+      const int64_t end = std::min<int64_t>(32, vocab - w * 32);
+      for (int64_t b = 0; b < end; ++b)
+        if (!((word >> b) & 1u)) row[w * 32 + b] = ninf;
+    }
+  }
+}
+
 }  // namespace
 
 void register_kernels(py::module_& m, Table table, bool with_packed) {
@@ -363,6 +393,10 @@ void register_kernels(py::module_& m, Table table, bool with_packed) {
   m.def("add", [table](const py::object& a, const py::object& b, const py::object& out) {
         return binary(table().add, "a", "b", a, b, out);
       }, "a"_a, "b"_a, py::kw_only(), "out"_a = none, "a + b, same shapes");
+
+  m.def("apply_token_bitmask", &apply_token_bitmask, "logits"_a, "bitmask"_a,
+        "In place: logits (rows, vocab) float32 become -inf where the bitmask (rows, ceil(vocab / 32)) int32\n"
+        "has a clear bit (bit t % 32 of word t / 32 of a row allows token t), as llguidance fills it.");
 
   if (!with_packed) return;
   py::class_<PackedWeight>(m, "PackedWeight",

@@ -17,7 +17,8 @@ from fastlm._version import __version__
 _EXPORTS = {
     "Engine": "fastlm.engine", "SamplingParams": "fastlm.sampling", "Stream": "fastlm.generation",
     "Completion": "fastlm.outputs", "Choice": "fastlm.outputs", "Chunk": "fastlm.outputs", "Logprob": "fastlm.outputs",
-    "Usage": "fastlm.outputs", "Timings": "fastlm.outputs",
+    "Usage": "fastlm.outputs", "Timings": "fastlm.outputs", "StructuredOutput": "fastlm.structured",
+    "StructuredOutputError": "fastlm.structured",
 }
 
 __all__ = ["__version__", "get_isa", "set_isa", "get_num_threads", "set_num_threads"] + list(_EXPORTS)

@@ -24,6 +24,7 @@ from fastlm.quant import QuantScheme
 from fastlm.sampling import SamplingParams
 from fastlm.scheduler import Scheduler, check_limits
 from fastlm.slots import Slots, prefix_mode
+from fastlm.structured import Compiler, Constraint
 from fastlm.tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
@@ -55,6 +56,7 @@ class Engine:
         self.info = info
         self.eos_token_ids = eos_token_ids
         self.source = source
+        self.grammars = Compiler(tokenizer, model.vocab, eos_token_ids)  # structured output's, built on first use
 
     @property
     def model(self) -> _C.Model:
@@ -230,8 +232,12 @@ class Engine:
                 and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
 
     def _make(self, prompts: list[list[int]], params: SamplingParams, chat: bool, sink=None) -> Generation:
+        # a constraint's grammar is checked here, in the caller's thread, before anything is queued
+        constraint = None if params.structured is None else \
+            Constraint(self.grammars, self.grammars.matcher(params.structured))
         return Generation(prompts, params, chat, vocab=self.vocab_size, tokenizer=self.tokenizer,
-                          eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source, sink=sink)
+                          eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source, sink=sink,
+                          constraint=constraint)
 
     def _one_prompt(self, prompt: Prompt, what: str) -> list[int]:
         if self._is_batch(prompt):

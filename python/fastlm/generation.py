@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from fastlm import kernels
 from fastlm.outputs import Choice, Chunk, Completion, Logprob, Timings, Usage
 from fastlm.sampling import (
     Detokenizer,
@@ -23,6 +24,7 @@ from fastlm.sampling import (
     log_softmax,
     top_logprobs,
 )
+from fastlm.structured import Constraint, StructuredOutputError
 from fastlm.tokenizer import Tokenizer
 
 _END = object()  # the last event of a call: nothing follows
@@ -45,6 +47,7 @@ class _Sample:
     finish: str | None = None
     stop_reason: str | int | None = None
     row: np.ndarray | None = None  # its prompt's last logits, until its first token
+    matcher: object | None = None  # its llguidance matcher, when the call is constrained
 
 
 class Generation:
@@ -53,11 +56,12 @@ class Generation:
     `sink` (a list of Chunks per step, then an exception or _END), in order.
 
     tokenizer: for text and stop strings (None: ids only); eos_token_ids: the ids that end a
-    sample; context: the positions a sequence may hold; source: the model's name in results."""
+    sample; context: the positions a sequence may hold; source: the model's name in results;
+    constraint: params.structured's checked grammar (fastlm.structured.Constraint), or None."""
 
     def __init__(self, prompts: list[list[int]], params: SamplingParams, chat: bool, *, vocab: int,
                  tokenizer: Tokenizer | None, eos_token_ids: list[int], context: int, source: str,
-                 sink: Callable[[object], None] | None = None):
+                 sink: Callable[[object], None] | None = None, constraint: Constraint | None = None):
         if params.stop and tokenizer is None:
             raise ValueError(f"stop strings need a tokenizer; {source} has none (use stop_token_ids)")
         params.check_vocab(vocab)
@@ -68,6 +72,9 @@ class Generation:
         self.prompts = prompts
         self.params = params
         self.chat = chat
+        if (params.structured is None) != (constraint is None):
+            raise ValueError("a constraint goes with params.structured (Engine builds it)")
+        self.constraint = constraint
         self.cached = [0] * len(prompts)
         self.timings = Timings()
         self.samples: list[_Sample] = []
@@ -119,7 +126,8 @@ class Generation:
                 prompt_index=j, index=i, slot=s, prompt=prompt, limit=self.limit(prompt),
                 sampler=SequenceSampler(p, prompt, rng, self._end_ids),
                 detok=Detokenizer(lambda ids: decode(ids, skip_special_tokens=True), prompt) if decode else None,
-                stops=StopStrings(p.stop), logprobs=[] if p.logprobs is not None else None, row=row))
+                stops=StopStrings(p.stop), logprobs=[] if p.logprobs is not None else None, row=row,
+                matcher=self.constraint.for_sample() if self.constraint is not None else None))
 
     def first(self) -> None:
         """Every prompt started: each sample chooses its first token from its prompt's logits."""
@@ -128,7 +136,7 @@ class Generation:
             s.row = None
         t = self._t_first = time.perf_counter()
         self.timings.time_to_first_token_s = self.timings.prefill_s = t - self._t0
-        self._choose(self.samples, rows)
+        self._choose(self.samples, rows, first=True)
 
     def advance(self, samples: list["_Sample"], logits: np.ndarray) -> None:
         """A decode step fed each of samples (its live samples, in order) its last token; logits[i]
@@ -136,16 +144,33 @@ class Generation:
         self.timings.decode_tokens += len(samples)
         self._choose(samples, logits)
 
-    def _choose(self, samples: list["_Sample"], logits: np.ndarray) -> None:
-        """Each of samples chooses a token from its row of logits; the step's chunks are sent."""
-        p = self.params
+    def _choose(self, samples: list["_Sample"], logits: np.ndarray, first: bool = False) -> None:
+        """Each of samples chooses a token from its row of logits; the step's chunks are sent.
+        Under a constraint the tokens it disallows are -inf first (logprobs stay the model's)."""
+        p, c = self.params, self.constraint
+        allowed = logits
+        if c is not None:
+            check_finite(logits)
+            masks = c.first_masks(len(samples)) if first else c.take([s.matcher for s in samples])
+            allowed = np.array(logits, dtype=np.float32, order="C")
+            kernels.apply_token_bitmask(allowed, masks)
         if p.plain_greedy:
             check_finite(logits)
             toks = np.argmax(logits, axis=1).tolist()
         else:
-            toks = [s.sampler.choose(logits[i]) for i, s in enumerate(samples)]
-        self._sink([self._advance(s, tok, logits[i], self._eos, self._stop_ids)
-                    for i, (s, tok) in enumerate(zip(samples, toks))])
+            toks = [s.sampler.choose(allowed[i], check=c is None) for i, s in enumerate(samples)]
+        if c is not None:
+            for s, tok in zip(samples, toks):
+                if not s.matcher.consume_token(tok):
+                    raise StructuredOutputError(f"structured output: token {tok} was refused by the grammar "
+                                                f"({s.matcher.get_error()})")
+        chunks = [self._advance(s, tok, logits[i], self._eos, self._stop_ids)
+                  for i, (s, tok) in enumerate(zip(samples, toks))]
+        if c is not None:
+            live = [s.matcher for s in samples if s.finish is None]
+            if live:
+                c.prepare(live)  # the next masks, computed while the forward step runs
+        self._sink(chunks)
 
     def end(self, error: BaseException | None = None) -> None:
         """The call is over (all samples ended, it was cancelled, or `error`); unfinished samples
@@ -180,16 +205,20 @@ class Generation:
             s.logprobs.append(Logprob(tok, self._token_text(tok), lp, top))
         check = len(s.out) >= p.min_tokens
         ended = check and ((tok in eos and not p.ignore_eos) or tok in stop_ids)
+        # a grammar that is complete and admits nothing more ends the sample after this token
+        done = not ended and s.matcher is not None and s.matcher.is_stopped()
         text, hit = "", None
         if s.detok is not None:
             delta = s.detok.flush() if ended else s.detok.add(tok)
+            if done:
+                delta += s.detok.flush()
             text, hit = s.stops.feed(delta, check)
             if hit is None and len(s.out) >= s.limit and not ended:
                 more, hit = s.stops.feed(s.detok.flush(), check)
                 text += more
         if hit is not None:
             s.finish, s.stop_reason = "stop", hit
-        elif ended:
+        elif ended or done:
             s.finish, s.stop_reason = "stop", (tok if tok in stop_ids else None)
         elif len(s.out) >= s.limit:
             s.finish = "length"

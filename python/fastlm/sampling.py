@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from fastlm.structured import StructuredOutput
 
 MAX_LOGPROBS = 20
 MAX_N = 1024  # samples per prompt: each holds a KV cache slot (an executor holds at most 4096)
 MIN_TEMPERATURE = 1e-5  # below it logits / temperature overflow; 0 means greedy
+NO_CANDIDATE = "every token was masked out (logit_bias, min_tokens or the structured-output constraint left no candidate)"
 
 
 def _is_int(v) -> bool:
@@ -52,6 +55,9 @@ class SamplingParams:
     logprobs: None, or how many of the most likely tokens to report with each generated token
     (0: only the chosen token's log-probability), taken from the model's raw logits.
     logit_bias: {token id: bias} added to the logits before anything else.
+    structured: the text must follow a JSON schema (a dict, or a pydantic model class), any JSON
+    object ("json_object"), or a fastlm.StructuredOutput (regex, Lark / GBNF grammar, choices); each
+    token is chosen among those the constraint allows (needs ``fastlm[structured]``).
     """
 
     max_tokens: int | None = None
@@ -70,6 +76,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     logit_bias: Mapping[int, float] | None = field(default=None, hash=False)
+    structured: Any = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str):
@@ -129,6 +136,7 @@ class SamplingParams:
                     raise ValueError(f"logit_bias[{k!r}] must be a bias in [-100, 100] for a token id >= 0, got {v!r}")
                 bias[key] = float(v)
             set_(self, "logit_bias", bias)
+        set_(self, "structured", StructuredOutput.of(self.structured))
 
     @property
     def greedy(self) -> bool:
@@ -139,7 +147,7 @@ class SamplingParams:
         """Greedy with nothing that changes the logits: argmax over the raw logits."""
         return (self.greedy and self.repetition_penalty == 1 and self.presence_penalty == 0
                 and self.frequency_penalty == 0 and not self.logit_bias and self.min_tokens == 0
-                and self.logprobs is None)
+                and self.logprobs is None and self.structured is None)
 
     def check_vocab(self, vocab: int) -> None:
         """Token ids named in the params must exist in the model's vocabulary."""
@@ -212,12 +220,16 @@ class SequenceSampler:
             z[self.end_ids] = -np.inf
         return z
 
-    def choose(self, logits: np.ndarray) -> int:
+    def choose(self, logits: np.ndarray, check: bool = True) -> int:
+        """check False: the caller checked the model's logits (a grammar's mask made some -inf)."""
         p = self.p
-        check_finite(logits)
+        if check:
+            check_finite(logits)
         z = self.process(logits) if not p.plain_greedy else logits
         if p.greedy:
             tok = int(np.argmax(z))
+            if z[tok] == -np.inf:
+                raise ValueError(NO_CANDIDATE)
         else:
             tok = self._sample(z)
         self.n_out += 1
@@ -229,7 +241,7 @@ class SequenceSampler:
         z = z / p.temperature
         top = z.max()
         if not np.isfinite(top):
-            raise ValueError("every token was masked out (logit_bias or min_tokens left no candidate)")
+            raise ValueError(NO_CANDIDATE)
         if 0 < p.top_k < z.size:
             cand = np.argpartition(-z, p.top_k - 1)[:p.top_k]
         else:

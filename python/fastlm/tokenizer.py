@@ -74,6 +74,11 @@ class Tokenizer:
         (folder / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2, ensure_ascii=False))
 
     @property
+    def backend(self):
+        """The ``tokenizers.Tokenizer`` it wraps."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
