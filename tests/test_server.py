@@ -548,3 +548,60 @@ def test_chat_page_in_headless_chromium(engine):
             assert answer.strip() == want.strip() and "Paris" in answer
         finally:
             d.quit()
+
+
+# ---- structured output over HTTP ----
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+ASK_PERSON = [{"role": "user", "content": "Give me a person as JSON."}]
+
+
+def test_response_format_json_schema_and_json_object(client):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    r = client.chat.completions.create(model=NAME, messages=ASK_PERSON, max_tokens=80, temperature=0.8, seed=2,
+                                       response_format={"type": "json_schema", "json_schema": {
+                                           "name": "person", "schema": PERSON, "strict": True}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    r = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "The capital of France as "
+                                       "a JSON object."}], max_tokens=120, response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    streamed = client.chat.completions.create(model=NAME, messages=ASK_PERSON, max_tokens=80, stream=True,
+                                              response_format={"type": "json_schema", "json_schema": {
+                                                  "name": "person", "schema": PERSON}})
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    jsonschema.validate(json.loads(text), PERSON)
+    r = client.completions.create(model=NAME, prompt="Digits:", max_tokens=10,
+                                  extra_body={"structured_outputs": {"regex": "[0-9]{4}"}})
+    assert len(r.choices[0].text) == 4 and r.choices[0].text.isdigit()
+
+
+def test_parse_with_a_pydantic_model(client):
+    pytest.importorskip("llguidance")
+    pydantic = pytest.importorskip("pydantic")
+
+    class Person(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=20)
+        age: int = pydantic.Field(ge=0, le=120)
+
+    r = client.chat.completions.parse(model=NAME, messages=ASK_PERSON, response_format=Person, max_tokens=80)
+    p = r.choices[0].message.parsed
+    assert isinstance(p, Person) and 0 <= p.age <= 120
+
+
+def test_bad_structured_requests_are_400_naming_the_field(client):
+    pytest.importorskip("llguidance")
+    cases = [({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                  "type": "array", "uniqueItems": True}}}}, "response_format", "uniqueItems"),
+             ({"response_format": {"type": "xml"}}, "response_format", "xml"),
+             ({"response_format": {"type": "json_schema"}}, "response_format", "schema"),
+             ({"structured_outputs": {"regex": "a{3"}}, "structured_outputs", "unclosed"),
+             ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "exactly one"),
+             ({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}},
+              "structured_outputs", "not both")]
+    for body, param, words in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=NAME, messages=ASK_PERSON, max_tokens=5, extra_body=body)
+        err = error_of(e)
+        assert err["param"] == param and words in err["message"], (body, err)

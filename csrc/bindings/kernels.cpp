@@ -333,9 +333,14 @@ void apply_token_bitmask(const py::object& logits_obj, const py::object& mask_ob
     for (int64_t w = 0; w < words; ++w) {
       const uint32_t word = m[w];
       if (word == 0xffffffffu) continue;
+      float* z32 = row + w * 32;
       const int64_t end = std::min<int64_t>(32, vocab - w * 32);
+      if (word == 0) {  // most words of a grammar's mask: nothing allowed
+        for (int64_t b = 0; b < end; ++b) z32[b] = ninf;
+        continue;
+      }
       for (int64_t b = 0; b < end; ++b)
-        if (!((word >> b) & 1u)) row[w * 32 + b] = ninf;
+        if (!((word >> b) & 1u)) z32[b] = ninf;
     }
   }
 }

@@ -16,6 +16,7 @@ import numpy as np
 from fastlm import kernels
 from fastlm.outputs import Choice, Chunk, Completion, Logprob, Timings, Usage
 from fastlm.sampling import (
+    NO_CANDIDATE,
     Detokenizer,
     SamplingParams,
     SequenceSampler,
@@ -152,11 +153,15 @@ class Generation:
         if c is not None:
             check_finite(logits)
             masks = c.first_masks(len(samples)) if first else c.take([s.matcher for s in samples])
-            allowed = np.array(logits, dtype=np.float32, order="C")
+            # in place, unless logprobs report the model's own logits (the rows are this step's alone)
+            allowed = np.array(logits, dtype=np.float32, order="C") if p.logprobs is not None else logits
             kernels.apply_token_bitmask(allowed, masks)
         if p.plain_greedy:
-            check_finite(logits)
-            toks = np.argmax(logits, axis=1).tolist()
+            if c is None:
+                check_finite(logits)
+            toks = np.argmax(allowed, axis=1).tolist()
+            if c is not None and any(allowed[i, t] == -np.inf for i, t in enumerate(toks)):
+                raise ValueError(NO_CANDIDATE)
         else:
             toks = [s.sampler.choose(allowed[i], check=c is None) for i, s in enumerate(samples)]
         if c is not None:

@@ -144,10 +144,11 @@ class SamplingParams:
 
     @property
     def plain_greedy(self) -> bool:
-        """Greedy with nothing that changes the logits: argmax over the raw logits."""
+        """Greedy with nothing that changes the logits: argmax over the raw logits (over the
+        allowed ones under a structured-output constraint)."""
         return (self.greedy and self.repetition_penalty == 1 and self.presence_penalty == 0
                 and self.frequency_penalty == 0 and not self.logit_bias and self.min_tokens == 0
-                and self.logprobs is None and self.structured is None)
+                and self.logprobs is None)
 
     def check_vocab(self, vocab: int) -> None:
         """Token ids named in the params must exist in the model's vocabulary."""

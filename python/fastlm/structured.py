@@ -43,7 +43,6 @@ class StructuredOutputError(ValueError):
 def _llguidance():
     try:
         import llguidance
-        import llguidance.numpy  # noqa: F401  (the bitmask helpers)
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     return llguidance
@@ -251,13 +250,14 @@ class Constraint:
         return self.proto.deep_copy()
 
     def masks(self, matchers: list) -> np.ndarray:
-        """(len(matchers), words) int32: each matcher's allowed tokens now."""
-        llg = _llguidance()
+        """(len(matchers), words) int32: each matcher's allowed tokens now (llguidance writes them
+        straight into the array, with the GIL released)."""
         out = np.empty((len(matchers), self.words), dtype=np.int32)
+        ptr, row = out.ctypes.data, self.words * 4
         if len(matchers) == 1:
-            llg.numpy.fill_next_token_bitmask(matchers[0], out, 0)
+            matchers[0].unsafe_compute_mask_ptr(ptr, row)
         else:
-            llg.numpy.fill_next_token_bitmask_par(_executor(), [(m, i) for i, m in enumerate(matchers)], out)
+            _executor().unsafe_compute_mask_ptr([(m, i) for i, m in enumerate(matchers)], ptr, row, len(matchers))
         return out
 
     def first_masks(self, n: int) -> np.ndarray:

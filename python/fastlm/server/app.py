@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from fastlm.engine import ContextOverflow, Engine
 from fastlm.generation import AsyncStream
 from fastlm.scheduler import QueueFull
+from fastlm.structured import StructuredOutputError
 from fastlm.server.protocol import APIError, ChunkWriter, chat_request, completion_request, response
 
 PAGE = Path(__file__).with_name("page.html")
@@ -216,6 +217,11 @@ def start(engine: Engine, req) -> list[AsyncStream]:
             s.close()
         if isinstance(e, QueueFull):
             raise APIError(429, f"the server is busy: {e}", type="rate_limit_error", code="rate_limit_exceeded") from None
+        if isinstance(e, StructuredOutputError):
+            param = "structured_outputs" if "structured_outputs" in req.fields else "response_format"
+            raise APIError(400, str(e), param=param, code="invalid_structured_output") from None
+        if isinstance(e, ImportError):  # an optional extra the request needs
+            raise APIError(400, str(e), code="unsupported_parameter") from None
         if isinstance(e, ContextOverflow):
             raise APIError(400, f"This model's maximum context length is {e.context} tokens; {e}",
                            param="messages" if req.chat else "prompt", code="context_length_exceeded") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fastlm.outputs import Chunk, Completion, openai_chat_logprob, openai_reason, openai_usage
 from fastlm.sampling import SamplingParams
+from fastlm.structured import StructuredOutput
 
 # fields a request may carry that change nothing here (bookkeeping for the caller or OpenAI's
 # platform); anything else this server does not implement is refused, naming it
@@ -24,7 +25,6 @@ UNSUPPORTED = {
     "tool_choice": "tool calls are not supported yet",
     "functions": "function calls are not supported",
     "function_call": "function calls are not supported",
-    "response_format": "structured output (response_format) is not supported yet",
     "audio": "audio output is not supported", "modalities": "only text output is supported",
     "prediction": "predicted outputs are not supported",
     "reasoning_effort": "reasoning_effort is not supported", "verbosity": "verbosity is not supported",
@@ -75,6 +75,7 @@ class Request:
     prompts: list | None = None     # completions: each a str or a list of token ids
     messages: list | None = None    # chat: the conversation
     chat: bool = False
+    fields: frozenset = frozenset()  # the body's field names
     id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -104,7 +105,49 @@ _SAMPLING = {"temperature": (_NUM, "a number"), "top_p": (_NUM, "a number"), "n"
              "max_completion_tokens": (_INT, "an integer"), "stream": (_BOOL, "a boolean"),
              "logit_bias": ((dict,), "an object {token id: bias}"), "stop_token_ids": ((list,), "a list of token ids"),
              "stream_options": ((dict,), "an object"), "best_of": (_INT, "an integer")}
-_KNOWN_BOTH = set(_SAMPLING) | {"model", "stop"}
+_KNOWN_BOTH = set(_SAMPLING) | {"model", "stop", "response_format", "structured_outputs"}
+_JSON_SCHEMA_FIELDS = {"name", "description", "schema", "strict"}
+
+
+def _structured(body: dict) -> StructuredOutput | None:
+    """response_format (OpenAI's: text, json_object, json_schema) or structured_outputs (vLLM's
+    extension: one of json, json_object, regex, choice, grammar) as a StructuredOutput."""
+    rf, so = body.get("response_format"), body.get("structured_outputs")
+    if rf is not None and so is not None:
+        raise bad("give one of 'response_format' and 'structured_outputs', not both", "structured_outputs")
+    if rf is not None:
+        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+            raise bad("'response_format' must be an object with a 'type' (text, json_object or json_schema)",
+                      "response_format")
+        kind = rf["type"]
+        extra = set(rf) - {"type", "json_schema"}
+        if extra:
+            raise bad(f"unknown field 'response_format.{sorted(extra)[0]}'", "response_format")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return StructuredOutput(json_object=True)
+        if kind != "json_schema":
+            raise bad(f"'response_format.type' must be text, json_object or json_schema, got {kind!r}",
+                      "response_format")
+        js = rf.get("json_schema")
+        if not isinstance(js, dict) or not isinstance(js.get("schema"), dict):
+            raise bad("'response_format.json_schema' must be an object with a 'schema' object", "response_format")
+        extra = set(js) - _JSON_SCHEMA_FIELDS
+        if extra:
+            raise bad(f"unknown field 'response_format.json_schema.{sorted(extra)[0]}'", "response_format")
+        if js.get("strict") is not None and not isinstance(js["strict"], bool):
+            raise bad("'response_format.json_schema.strict' must be a boolean", "response_format")
+        return StructuredOutput(json=js["schema"])  # strict or not, the output follows the schema exactly
+    if so is not None:
+        if not isinstance(so, dict):
+            raise bad("'structured_outputs' must be an object with one of json, json_object, regex, choice, "
+                      "grammar", "structured_outputs")
+        try:
+            return StructuredOutput(**so)
+        except (TypeError, ValueError) as e:
+            raise bad(f"'structured_outputs': {e}", "structured_outputs") from None
+    return None
 
 
 def _params(body: dict, chat: bool, logprobs: int | None) -> SamplingParams:
@@ -134,7 +177,8 @@ def _params(body: dict, chat: bool, logprobs: int | None) -> SamplingParams:
               frequency_penalty=body.get("frequency_penalty") or 0.0, logit_bias=body.get("logit_bias"),
               top_k=body.get("top_k") or 0, min_p=body.get("min_p") or 0.0,
               repetition_penalty=body.get("repetition_penalty") or 1.0, min_tokens=body.get("min_tokens") or 0,
-              ignore_eos=bool(body.get("ignore_eos") or False), stop_token_ids=tuple(body.get("stop_token_ids") or ()))
+              ignore_eos=bool(body.get("ignore_eos") or False), stop_token_ids=tuple(body.get("stop_token_ids") or ()),
+              structured=_structured(body))
     for k in ("temperature", "top_p"):
         if kw[k] is None:
             kw[k] = 1.0
@@ -185,7 +229,7 @@ def completion_request(body: object) -> Request:
     lp = _check_type(body, "logprobs", _INT, "an integer (top tokens per position) or null")
     stream, include_usage = _stream_flags(body)
     return Request(model=model, params=_params(body, False, lp), stream=stream, include_usage=include_usage,
-                   prompts=prompts)
+                   prompts=prompts, fields=frozenset(body))
 
 
 def _message(m: object, i: int) -> dict:
@@ -229,7 +273,7 @@ def chat_request(body: object) -> Request:
         raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     stream, include_usage = _stream_flags(body)
     r = Request(model=model, params=_params(body, True, (top or 0) if want else None), stream=stream,
-                include_usage=include_usage, messages=msgs, chat=True)
+                include_usage=include_usage, messages=msgs, chat=True, fields=frozenset(body))
     r.id = "chatcmpl-" + r.id[5:]
     return r
 
