@@ -25,6 +25,8 @@ LAYERS = [
     ["quant"],
     ["models"],
     ["slots"],
+    ["structured"],
+    ["tool_calls"],
     ["sampling", "outputs"],
     ["generation"],
     ["scheduler"],

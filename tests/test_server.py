@@ -263,9 +263,13 @@ def test_errors(client, url):
         client.chat.completions.create(model=NAME, messages=[])
     assert error_of(e)["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as e:  # not half-served: a field not implemented is named
-        client.chat.completions.create(model=NAME, messages=QUESTION, tools=[{"type": "function", "function": {
-            "name": "f", "parameters": {"type": "object"}}}])
-    assert error_of(e)["param"] == "tools" and error_of(e)["code"] == "unsupported_parameter"
+        client.chat.completions.create(model=NAME, messages=QUESTION, extra_body={"prediction": {
+            "type": "content", "content": "x"}})
+    assert error_of(e)["param"] == "prediction" and error_of(e)["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=NAME, prompt="x", extra_body={"tools": [{"type": "function", "function": {
+            "name": "f"}}]})
+    assert error_of(e)["param"] == "tools" and "chat/completions" in error_of(e)["message"]
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=NAME, messages=QUESTION, extra_body={"temprature": 0.5})
     assert error_of(e)["param"] == "temprature"
@@ -605,3 +609,58 @@ def test_bad_structured_requests_are_400_naming_the_field(client):
             client.chat.completions.create(model=NAME, messages=ASK_PERSON, max_tokens=5, extra_body=body)
         err = error_of(e)
         assert err["param"] == param and words in err["message"], (body, err)
+
+
+# ---- tool calls over HTTP ----
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "city": {"type": "string", "maxLength": 30}},
+                                                 "required": ["city"], "additionalProperties": False}}}]
+ASK_WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
+
+
+def test_tool_calls_whole_and_streamed(client):
+    pytest.importorskip("llguidance")
+    r = client.chat.completions.create(model=NAME, messages=ASK_WEATHER, tools=WEATHER, tool_choice="required",
+                                       parallel_tool_calls=False, max_tokens=100)
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls" and ch.message.content is None
+    call = ch.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    stream = client.chat.completions.create(model=NAME, messages=ASK_WEATHER, tools=WEATHER, stream=True,
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                            parallel_tool_calls=False, max_tokens=100)
+    names, ids, args, reasons = [], [], [], []
+    for chunk in stream:
+        for c in chunk.choices:
+            reasons.append(c.finish_reason)
+            for d in c.delta.tool_calls or []:
+                assert d.index == 0
+                if d.id is not None:
+                    ids.append(d.id)
+                if d.function.name is not None:
+                    names.append(d.function.name)
+                assert d.function.arguments is not None  # never None: "" then pieces
+                args.append(d.function.arguments)
+    assert names == ["get_weather"] and len(ids) == 1  # the name once
+    assert reasons[-1] == "tool_calls"
+    assert json.loads("".join(args)) == json.loads(call.function.arguments)  # the pieces join to the same JSON
+
+
+def test_a_tool_result_goes_back(client):
+    msgs = ASK_WEATHER + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'}]
+    r = client.chat.completions.create(model=NAME, messages=msgs, tools=WEATHER, max_tokens=20)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    for body, param in [({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+                        ({"tool_choice": "required"}, "tool_choice"),  # no tools
+                        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=NAME, messages=ASK_WEATHER, max_tokens=5, extra_body=body)
+        assert error_of(e)["param"] == param, error_of(e)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=NAME, max_tokens=5, messages=[{"role": "tool", "content": "x"}])
+    assert "tool_call_id" in error_of(e)["message"]

@@ -181,6 +181,9 @@ def test_bad_schemas_are_refused_before_decoding(engine, schema, match):
     (StructuredOutput(regex="a{3"), "unclosed counted repetition"),
     (StructuredOutput(grammar="root ::= foo"), "Rule 'foo' not found"),
     (StructuredOutput(grammar="start: /[a-z]+/ & /[0-9]+/"), "only supported for tokens"),
+    (StructuredOutput(grammar='start: x\nx: "a" x'), "matches no text"),  # never finishes
+    (StructuredOutput(grammar='root ::= "a" root'), "matches no text"),
+    (StructuredOutput(grammar='start: "<" a{2,3} ">"\na: "x" a | "y" a'), "matches no text"),
 ])
 def test_bad_patterns_and_grammars_are_refused(engine, spec, match):
     with pytest.raises(StructuredOutputError, match=match):
@@ -209,3 +212,27 @@ def test_without_llguidance_the_extra_is_named(engine, monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "fastlm\[structured\]"'):
         fresh.matcher(StructuredOutput(json=PERSON))
 
+
+
+def test_grammars_that_finish_are_not_refused():
+    from fastlm.structured import never_finishes
+
+    for g in ['start: "a" start | "b"', 'start: x*\nx: x "a"', 'start: [a]\na: a', 'start: a{0,3}\na: a "x"',
+              'start: (x | y)\nx: "a" x\ny: /[0-9]+/', 'start: x\nx: "a" y\n  | "b"\ny: y',
+              'start: call ("\\n" call)*\ncall: "<c>" obj "</c>"\nobj: %json {"type": "string", "pattern": "}"}']:
+        assert never_finishes(g) is None, g
+    assert never_finishes('start: call\ncall: obj\nobj: obj %json {"type": "object"}') == "start"
+
+
+def test_the_cli_flags(capsys, tmp_path):
+    from fastlm.cli import main
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(PERSON))
+    assert main(["generate", "--json-schema", str(schema), "--max-tokens", "60", "A person as JSON:"]) == 0
+    out = capsys.readouterr().out
+    jsonschema.validate(json.loads(out), PERSON)
+    assert main(["generate", "--choice", "yes", "--choice", "no", "Is water wet?"]) == 0
+    assert capsys.readouterr().out.strip() in ("yes", "no")
+    assert main(["generate", "--regex", "[", "x"]) == 2
+    assert "unclosed character class" in capsys.readouterr().err

@@ -127,7 +127,33 @@ def _params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           seed=args.seed, stop=tuple(args.stop or ()), n=getattr(args, "n", 1),
-                          ignore_eos=args.ignore_eos)
+                          ignore_eos=args.ignore_eos, structured=_structured(args))
+
+
+def _text_or_file(value: str) -> str:
+    """A flag's value as given, or the contents of the file it names."""
+    try:
+        named = Path(value).is_file()
+    except OSError:  # too long to be a path name: the value is the text itself
+        named = False
+    return Path(value).read_text(encoding="utf-8") if named else value
+
+
+def _structured(args: argparse.Namespace):
+    """--json-schema / --json / --regex / --grammar / --choice as a StructuredOutput (or None)."""
+    from fastlm.structured import StructuredOutput
+
+    if getattr(args, "json_schema", None) is not None:
+        return StructuredOutput(json=_text_or_file(args.json_schema))
+    if getattr(args, "json", False):
+        return StructuredOutput(json_object=True)
+    if getattr(args, "regex", None) is not None:
+        return StructuredOutput(regex=args.regex)
+    if getattr(args, "grammar", None) is not None:
+        return StructuredOutput(grammar=_text_or_file(args.grammar))
+    if getattr(args, "choice", None):
+        return StructuredOutput(choice=args.choice)
+    return None
 
 
 def _print_stream(stream) -> None:
@@ -354,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--ignore-eos", action="store_true")
         s.add_argument("--ctx", type=positive_int, default=None, help="context length (default: the model's)")
         s.add_argument("-v", "--verbose", action="store_true", help="print token counts and timings to stderr")
+        c = s.add_mutually_exclusive_group()  # structured output (needs fastlm[structured])
+        c.add_argument("--json-schema", metavar="SCHEMA", help="output JSON valid under this schema (JSON text or a file)")
+        c.add_argument("--json", action="store_true", help="output any JSON object")
+        c.add_argument("--regex", metavar="RE", help="output text matching this regular expression")
+        c.add_argument("--grammar", metavar="GRAMMAR", help="output text of this Lark or GBNF grammar (text or a file)")
+        c.add_argument("--choice", action="append", metavar="TEXT", help="output one of these texts (repeatable)")
 
     g = sub.add_parser("generate", help="generate text from a prompt, streamed")
     model_args(g)
@@ -446,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as e:  # (an extra not installed)
         print(f"fastlm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from fastlm import _C, _runtime
+from fastlm import _C, _runtime, tool_calls
 from fastlm.config import MAX_SIZE, ConfigError
 from fastlm.formats import open_model
 from fastlm.generation import AsyncStream, Generation, Stream
@@ -231,13 +231,14 @@ class Engine:
         return (isinstance(prompt, (list, tuple)) and len(prompt) > 0
                 and all(isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt))
 
-    def _make(self, prompts: list[list[int]], params: SamplingParams, chat: bool, sink=None) -> Generation:
+    def _make(self, prompts: list[list[int]], params: SamplingParams, chat: bool, sink=None,
+              tools: tuple[str, list] | None = None) -> Generation:
         # a constraint's grammar is checked here, in the caller's thread, before anything is queued
         constraint = None if params.structured is None else \
             Constraint(self.grammars, self.grammars.matcher(params.structured))
         return Generation(prompts, params, chat, vocab=self.vocab_size, tokenizer=self.tokenizer,
                           eos_token_ids=self.eos_token_ids, context=self.context_length, source=self.source, sink=sink,
-                          constraint=constraint)
+                          constraint=constraint, tools=tools)
 
     def _one_prompt(self, prompt: Prompt, what: str) -> list[int]:
         if self._is_batch(prompt):
@@ -249,8 +250,9 @@ class Engine:
             raise TypeError(f"{what}() takes one conversation; use chat() for a batch")
         return self._chat_ids(messages, template)
 
-    def _run(self, prompts: list[list[int]], params: SamplingParams, chat: bool) -> list[Completion]:
-        gen = self._make(prompts, params, chat)
+    def _run(self, prompts: list[list[int]], params: SamplingParams, chat: bool,
+             tools: tuple[str, list] | None = None) -> list[Completion]:
+        gen = self._make(prompts, params, chat, tools=tools)
         self.scheduler.submit(gen)
         try:
             return gen.run()
@@ -259,13 +261,15 @@ class Engine:
                 self.scheduler.cancel(gen)
             raise
 
-    def _stream(self, prompt: list[int], params: SamplingParams, chat: bool) -> Stream:
-        gen = self._make([prompt], params, chat)
+    def _stream(self, prompt: list[int], params: SamplingParams, chat: bool,
+                tools: tuple[str, list] | None = None) -> Stream:
+        gen = self._make([prompt], params, chat, tools=tools)
         self.scheduler.submit(gen)
         return Stream(gen, self.scheduler.cancel)
 
-    def _astream(self, prompt: list[int], params: SamplingParams, chat: bool) -> AsyncStream:
-        stream = AsyncStream(lambda sink: self._make([prompt], params, chat, sink=sink),
+    def _astream(self, prompt: list[int], params: SamplingParams, chat: bool,
+                 tools: tuple[str, list] | None = None) -> AsyncStream:
+        stream = AsyncStream(lambda sink: self._make([prompt], params, chat, sink=sink, tools=tools),
                              lambda g: self.scheduler.cancel(g, wait=False))
         self.scheduler.submit(stream.generation)
         return stream
@@ -294,41 +298,86 @@ class Engine:
     def _chat_ids(self, messages: Messages, template: dict | None = None) -> list[int]:
         if isinstance(messages, (list, tuple)) and not messages:
             raise ValueError("the conversation is empty (it must hold at least one message)")
-        text = self.apply_chat_template(messages, add_generation_prompt=True, **(template or {}))
+        template = dict(template or {})
+        if template.get("tools") is not None or any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool")
+                                                    for m in messages):
+            # calls and their results as the template takes them (and the tools written in by
+            # fastlm where the template has no place for them)
+            raw = self._need_tokenizer().config.get("chat_template")
+            raw = raw.get("tool_use", raw.get("default")) if isinstance(raw, dict) else raw
+            messages = tool_calls.messages_for_template(list(messages), template.get("tools"), raw)
+            if not tool_calls.renders_tools(raw):
+                template["tools"] = None
+        text = self.apply_chat_template(messages, add_generation_prompt=True, **template)
         return self._ids(self._need_tokenizer().encode(text, add_special_tokens=False))
 
     @staticmethod
     def _is_conversation_batch(messages) -> bool:
         return isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
 
-    @staticmethod
-    def _template_args(tools, documents, chat_template_kwargs) -> dict:
+    def _tool_plan(self, params: SamplingParams, tools, tool_choice, parallel_tool_calls: bool,
+                   documents, chat_template_kwargs) -> tuple[dict, SamplingParams, tuple[str, list] | None]:
+        """(the template's keywords, the params, (format, tools) to parse calls with or None) for a
+        chat call with these tools: tool_choice "auto" parses calls from free text, "required" or a
+        named function also constrains the text to calls, "none" renders the tools and parses nothing."""
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise TypeError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
-        return {**(chat_template_kwargs or {}), "tools": tools, "documents": documents}
+        if not isinstance(parallel_tool_calls, bool):
+            raise TypeError(f"parallel_tool_calls must be a bool, got {parallel_tool_calls!r}")
+        checked = tool_calls.check_tools(tools) if tools is not None else None
+        mode, name = tool_calls.check_choice(tool_choice, checked)
+        template = {**(chat_template_kwargs or {}), "tools": checked, "documents": documents}
+        if checked is None:
+            return template, params, None
+        raw = self._need_tokenizer().config.get("chat_template")
+        raw = raw.get("tool_use", raw.get("default")) if isinstance(raw, dict) else raw
+        fmt = tool_calls.format_of(raw)
+        if mode == "none":
+            if not tool_calls.renders_tools(raw):
+                template["tools"] = None  # fastlm's own tool prompt would invite calls
+            return template, params, None
+        if mode == "required":
+            if params.structured is not None:
+                raise ValueError("tool_choice='required' (or a named function) constrains the output to calls: "
+                                 "it cannot be combined with structured / response_format")
+            params = dataclasses.replace(params, structured=tool_calls.constraint(fmt, checked, name, parallel_tool_calls))
+        return template, params, (fmt, checked)
 
     def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None, *,
-             tools: list | None = None, documents: list | None = None, chat_template_kwargs: dict | None = None,
+             tools: list | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+             documents: list | None = None, chat_template_kwargs: dict | None = None,
              **overrides) -> Completion | list[Completion]:
         """The assistant's reply to a conversation, through the model's own chat template; a list of
         conversations decodes as one batch. A conversation that extends the previous one reuses its
-        KV cache (usage.cached_tokens). tools (JSON schemas), documents and chat_template_kwargs
-        (e.g. {"enable_thinking": False}) reach the template, as apply_chat_template passes them.
+        KV cache (usage.cached_tokens). documents and chat_template_kwargs (e.g.
+        {"enable_thinking": False}) reach the template, as apply_chat_template passes them.
+
+        tools (OpenAI's function tools) reach the template too, and the model's calls come back in
+        choice.tool_calls (finish_reason "tool_calls", text the content before them): tool_choice
+        "auto" (the default with tools) parses what the model writes, "required" makes it call one
+        or more of them (one when parallel_tool_calls is False) and a named function
+        ({"type": "function", "function": {"name": ...}}) that one, both with the arguments
+        constrained to the function's JSON schema; "none" calls nothing. Send the results back as
+        {"role": "tool", "tool_call_id": ..., "content": ...} messages after the assistant's.
 
         >>> engine.chat([{"role": "user", "content": "What is the capital of France?"}]).text  # doctest: +SKIP
         """
         p = self._params(params, overrides)
         batch = self._is_conversation_batch(messages)
-        template = self._template_args(tools, documents, chat_template_kwargs)
+        template, p, parse = self._tool_plan(p, tools, tool_choice, parallel_tool_calls, documents, chat_template_kwargs)
         prompts = [self._chat_ids(m, template) for m in (messages if batch else [messages])]
-        out = self._run(prompts, p, chat=True)
+        out = self._run(prompts, p, chat=True, tools=parse)
         return out if batch else out[0]
 
     def chat_stream(self, messages: Messages, params: SamplingParams | None = None, *, tools: list | None = None,
+                    tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
                     documents: list | None = None, chat_template_kwargs: dict | None = None, **overrides) -> Stream:
-        """chat(), streamed as Chunks."""
-        ids = self._one_conversation(messages, "chat_stream", self._template_args(tools, documents, chat_template_kwargs))
-        return self._stream(ids, self._params(params, overrides), chat=True)
+        """chat(), streamed as Chunks (with tools, text where a call may begin is held back; the
+        calls arrive in the sample's last chunk, chunk.tool_calls)."""
+        template, p, parse = self._tool_plan(self._params(params, overrides), tools, tool_choice, parallel_tool_calls,
+                                             documents, chat_template_kwargs)
+        ids = self._one_conversation(messages, "chat_stream", template)
+        return self._stream(ids, p, chat=True, tools=parse)
 
     def reset(self) -> None:
         """Forgets the cached prompts (the next call computes its whole prompt)."""
@@ -345,16 +394,21 @@ class Engine:
         return self._astream(self._one_prompt(prompt, "astream"), self._params(params, overrides), chat=False)
 
     async def achat(self, messages: Messages, params: SamplingParams | None = None, *, tools: list | None = None,
+                    tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
                     documents: list | None = None, chat_template_kwargs: dict | None = None,
                     **overrides) -> Completion:
         """chat() of one conversation for asyncio apps."""
-        return await self.achat_stream(messages, params, tools=tools, documents=documents,
+        return await self.achat_stream(messages, params, tools=tools, tool_choice=tool_choice,
+                                       parallel_tool_calls=parallel_tool_calls, documents=documents,
                                        chat_template_kwargs=chat_template_kwargs, **overrides).result()
 
     def achat_stream(self, messages: Messages, params: SamplingParams | None = None, *, tools: list | None = None,
+                     tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
                      documents: list | None = None, chat_template_kwargs: dict | None = None,
                      **overrides) -> AsyncStream:
         """chat_stream() for asyncio."""
-        ids = self._one_conversation(messages, "achat_stream", self._template_args(tools, documents, chat_template_kwargs))
-        return self._astream(ids, self._params(params, overrides), chat=True)
+        template, p, parse = self._tool_plan(self._params(params, overrides), tools, tool_choice, parallel_tool_calls,
+                                             documents, chat_template_kwargs)
+        ids = self._one_conversation(messages, "achat_stream", template)
+        return self._astream(ids, p, chat=True, tools=parse)
 

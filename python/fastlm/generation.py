@@ -27,6 +27,7 @@ from fastlm.sampling import (
 )
 from fastlm.structured import Constraint, StructuredOutputError
 from fastlm.tokenizer import Tokenizer
+from fastlm.tool_calls import CallFilter
 
 _END = object()  # the last event of a call: nothing follows
 
@@ -49,6 +50,7 @@ class _Sample:
     stop_reason: str | int | None = None
     row: np.ndarray | None = None  # its prompt's last logits, until its first token
     matcher: object | None = None  # its llguidance matcher, when the call is constrained
+    calls: CallFilter | None = None  # its tool calls held and parsed, when tools were given
 
 
 class Generation:
@@ -58,11 +60,14 @@ class Generation:
 
     tokenizer: for text and stop strings (None: ids only); eos_token_ids: the ids that end a
     sample; context: the positions a sequence may hold; source: the model's name in results;
-    constraint: params.structured's checked grammar (fastlm.structured.Constraint), or None."""
+    constraint: params.structured's checked grammar (fastlm.structured.Constraint), or None;
+    tools: (format, tools) when the model may call tools: each sample's calls are parsed from its
+    text (fastlm.tool_calls), and special tokens stay in the text (some formats open with one)."""
 
     def __init__(self, prompts: list[list[int]], params: SamplingParams, chat: bool, *, vocab: int,
                  tokenizer: Tokenizer | None, eos_token_ids: list[int], context: int, source: str,
-                 sink: Callable[[object], None] | None = None, constraint: Constraint | None = None):
+                 sink: Callable[[object], None] | None = None, constraint: Constraint | None = None,
+                 tools: tuple[str, list] | None = None):
         if params.stop and tokenizer is None:
             raise ValueError(f"stop strings need a tokenizer; {source} has none (use stop_token_ids)")
         params.check_vocab(vocab)
@@ -76,6 +81,7 @@ class Generation:
         if (params.structured is None) != (constraint is None):
             raise ValueError("a constraint goes with params.structured (Engine builds it)")
         self.constraint = constraint
+        self.tools = tools
         self.cached = [0] * len(prompts)
         self.timings = Timings()
         self.samples: list[_Sample] = []
@@ -119,6 +125,7 @@ class Generation:
         others (its other samples); row: the logits of its last position. Its samples begin."""
         p, prompt = self.params, self.prompts[j]
         decode = self.tokenizer.decode if self.tokenizer is not None else None
+        skip = self.tools is None
         self.cached[j] = cached
         self.timings.prefill_tokens += len(prompt) - cached
         for i, s in enumerate(slots):
@@ -126,9 +133,10 @@ class Generation:
             self.samples.append(_Sample(
                 prompt_index=j, index=i, slot=s, prompt=prompt, limit=self.limit(prompt),
                 sampler=SequenceSampler(p, prompt, rng, self._end_ids),
-                detok=Detokenizer(lambda ids: decode(ids, skip_special_tokens=True), prompt) if decode else None,
+                detok=Detokenizer(lambda ids: decode(ids, skip_special_tokens=skip), prompt) if decode else None,
                 stops=StopStrings(p.stop), logprobs=[] if p.logprobs is not None else None, row=row,
-                matcher=self.constraint.for_sample() if self.constraint is not None else None))
+                matcher=self.constraint.for_sample() if self.constraint is not None else None,
+                calls=CallFilter(*self.tools) if self.tools is not None and decode else None))
 
     def first(self) -> None:
         """Every prompt started: each sample chooses its first token from its prompt's logits."""
@@ -229,7 +237,16 @@ class Generation:
             s.finish = "length"
         if s.finish and hit is None:
             text += s.stops.finish()
-        return Chunk(text=text, token_id=tok, index=s.index, logprob=lp, top_logprobs=top, finish_reason=s.finish)
+        calls = None
+        if s.calls is not None:
+            text = s.calls.feed(text)
+            if s.finish:
+                text += s.calls.finish()
+                calls = s.calls.calls or None
+                if calls and s.finish == "stop":
+                    s.finish = "tool_calls"
+        return Chunk(text=text, token_id=tok, index=s.index, logprob=lp, top_logprobs=top, finish_reason=s.finish,
+                     tool_calls=calls)
 
     def _token_text(self, tok: int) -> str:
         tk = self.tokenizer
@@ -240,13 +257,20 @@ class Generation:
             pass
         return self.completions()
 
+    @staticmethod
+    def _text_of(s: _Sample) -> str:
+        if s.calls is not None and s.calls.content is not None:
+            return s.calls.content  # the content before the calls
+        return s.stops.released
+
     def completions(self) -> list[Completion]:
         out = []
         for j, prompt in enumerate(self.prompts):
             samples = [s for s in self.samples if s.prompt_index == j]
             # "abort": the stream was closed before this sample finished
-            choices = [Choice(index=s.index, text=s.stops.released, token_ids=list(s.out), finish_reason=s.finish or "abort",
-                              logprobs=s.logprobs, stop_reason=s.stop_reason) for s in samples]
+            choices = [Choice(index=s.index, text=self._text_of(s), token_ids=list(s.out), finish_reason=s.finish or "abort",
+                              logprobs=s.logprobs, stop_reason=s.stop_reason,
+                              tool_calls=(s.calls.calls or None) if s.calls is not None else None) for s in samples]
             usage = Usage(prompt_tokens=len(prompt), completion_tokens=sum(len(s.out) for s in samples),
                           cached_tokens=self.cached[j])
             out.append(Completion(choices=choices, usage=usage, timings=self.timings, model=self.source,
@@ -282,7 +306,8 @@ class _Delivered:
             choices.append(Choice(index=ch.index, text="".join(c.text for c in got),
                                   token_ids=ch.token_ids[:len(got)], finish_reason=last or "abort",
                                   logprobs=None if ch.logprobs is None else ch.logprobs[:len(got)],
-                                  stop_reason=ch.stop_reason if last else None))
+                                  stop_reason=ch.stop_reason if last else None,
+                                  tool_calls=got[-1].tool_calls if last else None))
         usage = Usage(full.usage.prompt_tokens, sum(len(c.token_ids) for c in choices), full.usage.cached_tokens)
         c = Completion(choices=choices, usage=usage, timings=full.timings, model=full.model, chat=full.chat,
                        id=full.id, created=full.created)

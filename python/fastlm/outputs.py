@@ -21,7 +21,7 @@ class Logprob:
 class Choice:
     """One sample: its text (cut before a stop string), token ids (an EOS or stop token that
     ended it included, as vLLM returns them; its text is not), and why it ended: "stop" (EOS, a
-    stop token or a stop string) or "length" (max_tokens or the context)."""
+    stop token or a stop string), "length" (max_tokens or the context) or "tool_calls"."""
 
     index: int
     text: str
@@ -29,6 +29,9 @@ class Choice:
     finish_reason: str
     logprobs: list[Logprob] | None = None
     stop_reason: str | int | None = None  # the stop string or token that ended it, if any
+    # the calls it made when tools were given (fastlm.tool_calls.ToolCall; finish_reason
+    # "tool_calls"), text then being the content before them
+    tool_calls: list | None = None
 
 
 @dataclass
@@ -103,8 +106,12 @@ class Completion:
             if self.chat:
                 lp = None if c.logprobs is None else {"content": [
                     openai_chat_logprob(t.token, t.logprob, t.top) for t in c.logprobs]}
-                choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                                "logprobs": lp, "finish_reason": openai_reason(c.finish_reason)})
+                msg = {"role": "assistant", "content": c.text}
+                if c.tool_calls:
+                    msg = {"role": "assistant", "content": c.text or None,
+                           "tool_calls": [t.to_openai() for t in c.tool_calls]}
+                choices.append({"index": c.index, "message": msg, "logprobs": lp,
+                                "finish_reason": openai_reason(c.finish_reason)})
             else:
                 lp = None
                 if c.logprobs is not None:
@@ -150,3 +157,4 @@ class Chunk:
     logprob: float | None = None
     top_logprobs: list[tuple[int, str, float]] | None = None
     finish_reason: str | None = None
+    tool_calls: list | None = None  # on the last chunk of a sample that called tools

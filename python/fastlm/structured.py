@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -159,9 +160,157 @@ class StructuredOutput:
                 return M.grammar_from_regex(self.regex)
             if kind == "choice":
                 return M.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in self.choice))
-            return llg.grammar_from("grammar", self.grammar)  # Lark, or GBNF converted to Lark
+            lark = self.grammar
+            if "::=" in lark:  # GBNF, read as llguidance's converter writes it in Lark
+                from llguidance.gbnf_to_lark import any_to_lark
+                lark = any_to_lark(lark)
         except ValueError as e:
             raise StructuredOutputError(f"structured {kind}: {e}") from None
+        except Exception as e:  # the converter raises its own error types for GBNF it cannot read
+            raise StructuredOutputError(f"structured grammar: not a GBNF grammar llguidance reads ({e})") from None
+        rule = never_finishes(lark)
+        if rule is not None:
+            raise StructuredOutputError(f"structured grammar: the grammar matches no text: every way through "
+                                        f"'{rule}' leads back into a rule that never finishes")
+        return M.grammar_from_lark(lark)
+
+
+# ---- a grammar that can never finish ----
+_LEX = re.compile(r"""
+    (?P<ws>[ \t\r\n]+|//[^\n]*)
+  | (?P<str>"(?:[^"\\]|\\.)*"i?)
+  | (?P<re>/(?:[^/\\\n]|\\.)+/[imslux]*)
+  | (?P<special><[^<>\s]+>)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<range>[0-9]+(?:\.\.[0-9]+)?)
+  | (?P<op>[|()\[\]?*+~,{}=.@-])
+""", re.X)
+
+
+def _lark_items(body: str) -> list[tuple[str, str]] | None:
+    """(kind, text) tokens of a rule's body; None for anything this reading does not follow."""
+    out, i = [], 0
+    while i < len(body):
+        if body.startswith("%json", i):  # an embedded JSON schema: one item
+            j = i + 5
+            while j < len(body) and body[j].isspace():
+                j += 1
+            try:
+                _, i = json.JSONDecoder().raw_decode(body, j)
+            except json.JSONDecodeError:
+                return None
+            out.append(("str", "%json"))
+            continue
+        m = _LEX.match(body, i)
+        if m is None:
+            return None
+        if m.lastgroup != "ws":
+            out.append((m.lastgroup, m.group()))
+        i = m.end()
+    return out
+
+
+def _finishes(items: list, done: set) -> bool | None:
+    """Whether the expansion can produce a finite text, given the rules known to (done); None if
+    the expansion is not read."""
+    pos = 0
+
+    def alts() -> bool:
+        nonlocal pos
+        ok = seq()
+        while pos < len(items) and items[pos][1] == "|":
+            pos += 1
+            ok = seq() or ok
+        return ok
+
+    def seq() -> bool:
+        nonlocal pos
+        ok = True
+        while pos < len(items) and items[pos][1] not in ("|", ")", "]"):
+            ok = item() and ok
+        return ok
+
+    def item() -> bool:
+        nonlocal pos
+        kind, text = items[pos]
+        pos += 1
+        if text == "(":
+            ok = alts()
+            pos += 1  # ")"
+        elif text == "[":
+            alts()
+            pos += 1  # "]"
+            ok = True
+        elif kind == "name":
+            ok = text in done
+        elif kind in ("str", "re", "special", "range"):
+            ok = True
+        else:
+            raise ValueError(text)
+        while pos < len(items):  # postfix repetition
+            t = items[pos][1]
+            if t in ("?", "*"):
+                ok, pos = True, pos + 1
+            elif t == "+":
+                pos += 1
+            elif t == "~":
+                lo = items[pos + 1][1].split("..")[0]
+                ok, pos = ok or lo == "0", pos + 2
+            elif t == "{":
+                k = pos + 1
+                lo = items[k][1] if items[k][0] == "range" else "0"
+                while items[k][1] != "}":
+                    k += 1
+                ok, pos = ok or lo == "0", k + 1
+            else:
+                break
+        return ok
+
+    try:
+        ok = alts()
+    except (ValueError, IndexError):
+        return None
+    return ok if pos == len(items) else None
+
+
+def never_finishes(lark: str) -> str | None:
+    """The start rule's name when no text can complete the grammar (every way through it refers
+    back to itself, as in ``start: "a" start``), else None. Grammar syntax that this reading does
+    not follow (llguidance checks the syntax itself) is not judged."""
+    rules: dict[str, list] = {}
+    name = None
+    for line in lark.splitlines():
+        m = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\.-?[0-9]+)?\s*:(?!:)(.*)", line)
+        if m and not line[:1].isspace():
+            name = m.group(1)
+            rules[name] = [m.group(2)]
+        elif line.lstrip().startswith("%"):
+            name = None  # a directive (%ignore, %import, %llguidance {...})
+        elif name is not None:
+            rules[name].append(line)
+    if "start" not in rules:
+        return None
+    bodies = {}
+    for n, parts in rules.items():
+        items = _lark_items("\n".join(parts))
+        if items is None:
+            return None
+        bodies[n] = items
+    done: set[str] = set()
+    while True:
+        grew = False
+        for n, items in bodies.items():
+            if n in done:
+                continue
+            ok = _finishes(items, done)
+            if ok is None:
+                return None
+            if ok:
+                done.add(n)
+                grew = True
+        if not grew:
+            break
+    return None if "start" in done else "start"
 
 
 class Compiler:

@@ -208,7 +208,8 @@ def start(engine: Engine, req) -> list[AsyncStream]:
     streams: list[AsyncStream] = []
     try:
         if req.chat:
-            streams.append(engine.achat_stream(req.messages, req.params))
+            streams.append(engine.achat_stream(req.messages, req.params, tools=req.tools, tool_choice=req.tool_choice,
+                                               parallel_tool_calls=req.parallel_tool_calls))
         else:
             for p in req.prompts:
                 streams.append(engine.astream(p, req.params))

@@ -6,23 +6,25 @@ back, so the mapping is testable on its own.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
 
+from fastlm import tool_calls
 from fastlm.outputs import Chunk, Completion, openai_chat_logprob, openai_reason, openai_usage
 from fastlm.sampling import SamplingParams
 from fastlm.structured import StructuredOutput
 
 # fields a request may carry that change nothing here (bookkeeping for the caller or OpenAI's
 # platform); anything else this server does not implement is refused, naming it
-IGNORED = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier",
-           "parallel_tool_calls"}
+IGNORED = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
 # fields of OpenAI's API not implemented here: a request setting one is refused, not half-served
 UNSUPPORTED = {
-    "tools": "tool calls are not supported yet",
-    "tool_choice": "tool calls are not supported yet",
+    "tools": "tools are supported by /v1/chat/completions",
+    "tool_choice": "tools are supported by /v1/chat/completions",
+    "parallel_tool_calls": "tools are supported by /v1/chat/completions",
     "functions": "function calls are not supported",
     "function_call": "function calls are not supported",
     "audio": "audio output is not supported", "modalities": "only text output is supported",
@@ -76,6 +78,9 @@ class Request:
     messages: list | None = None    # chat: the conversation
     chat: bool = False
     fields: frozenset = frozenset()  # the body's field names
+    tools: list | None = None       # chat: the function tools, checked
+    tool_choice: object = None
+    parallel_tool_calls: bool = True
     id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -251,18 +256,38 @@ def _message(m: object, i: int) -> dict:
         content = "".join(texts)
     elif content is not None and not isinstance(content, str):
         raise bad(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
-    if m.get("tool_calls"):
-        raise bad(f"messages[{i}].tool_calls: tool calls are not supported yet", f"messages[{i}].tool_calls",
-                  "unsupported_parameter")
     out = {"role": "system" if role == "developer" else role, "content": content or ""}
     if isinstance(m.get("name"), str):
         out["name"] = m["name"]
+    calls = m.get("tool_calls")
+    if calls:
+        if role != "assistant":
+            raise bad(f"messages[{i}].tool_calls: only an assistant message makes tool calls", f"messages[{i}].tool_calls")
+        if not isinstance(calls, list):
+            raise bad(f"messages[{i}].tool_calls must be a list", f"messages[{i}].tool_calls")
+        for k, c in enumerate(calls):
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not (isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(fn.get("arguments"), str)):
+                raise bad(f"messages[{i}].tool_calls[{k}] must be {{'id', 'type': 'function', 'function': "
+                          "{'name': str, 'arguments': JSON text}}", f"messages[{i}].tool_calls")
+            try:
+                json.loads(fn["arguments"])
+            except json.JSONDecodeError:
+                raise bad(f"messages[{i}].tool_calls[{k}].function.arguments is not valid JSON",
+                          f"messages[{i}].tool_calls") from None
+        out["tool_calls"] = calls
+    if role == "tool":
+        if not isinstance(m.get("tool_call_id"), str):
+            raise bad(f"messages[{i}]: a tool message needs 'tool_call_id' (the id of the call it answers)",
+                      f"messages[{i}].tool_call_id")
+        out["tool_call_id"] = m["tool_call_id"]
     return out
 
 
 def chat_request(body: object) -> Request:
     """A /v1/chat/completions body."""
-    body, model = _common(body, True, _KNOWN_BOTH | {"messages", "logprobs", "top_logprobs"})
+    body, model = _common(body, True, _KNOWN_BOTH | {"messages", "logprobs", "top_logprobs", "tools", "tool_choice",
+                                                     "parallel_tool_calls"})
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list of messages", "messages")
@@ -272,8 +297,20 @@ def chat_request(body: object) -> Request:
     if top is not None and not want:
         raise bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     stream, include_usage = _stream_flags(body)
+    tools = None
+    if body.get("tools") is not None:
+        try:
+            tools = tool_calls.check_tools(body["tools"])
+        except (TypeError, ValueError) as e:
+            raise bad(f"'tools': {e}", "tools") from None
+    try:
+        tool_calls.check_choice(body.get("tool_choice"), tools)
+    except (TypeError, ValueError) as e:
+        raise bad(f"'tool_choice': {e}", "tool_choice") from None
+    parallel = _check_type(body, "parallel_tool_calls", _BOOL, "a boolean")
     r = Request(model=model, params=_params(body, True, (top or 0) if want else None), stream=stream,
-                include_usage=include_usage, messages=msgs, chat=True, fields=frozenset(body))
+                include_usage=include_usage, messages=msgs, chat=True, fields=frozenset(body), tools=tools,
+                tool_choice=body.get("tool_choice"), parallel_tool_calls=True if parallel is None else parallel)
     r.id = "chatcmpl-" + r.id[5:]
     return r
 
@@ -349,6 +386,9 @@ class ChunkWriter:
                     return out
         if reason is not None:
             if self.req.chat:
+                for k, call in enumerate(c.tool_calls or []):
+                    out.extend(self._chunk([{"index": index, "delta": {"tool_calls": [d]}, "logprobs": None,
+                                             "finish_reason": None}]) for d in tool_call_deltas(k, call))
                 out.append(self._chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]))
             else:
                 out.append(self._chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": reason}]))
@@ -358,3 +398,16 @@ class ChunkWriter:
         d = self._chunk([])
         d["usage"] = _usage(completions)
         return d
+
+
+ARGUMENT_PIECE = 16  # characters of a call's arguments per streamed delta
+
+
+def tool_call_deltas(k: int, call) -> list[dict]:
+    """One tool call as OpenAI streams it: its id, type and name once (arguments ""), then the
+    arguments in pieces that concatenate to its JSON text."""
+    out = [{"index": k, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]
+    args = call.arguments
+    for i in range(0, len(args), ARGUMENT_PIECE):
+        out.append({"index": k, "function": {"arguments": args[i:i + ARGUMENT_PIECE]}})
+    return out
