@@ -1,6 +1,8 @@
-"""Decode speed of the families' extra ops: a Qwen3-shaped random model (q/k head norms, q/k/v
-unfused) against a Llama-shaped one of the same sizes and weight bytes, built with transformers
-(from_config, random weights, saved in a temporary folder), decoded by fastlm in interleaved rounds.
+"""Decode speed of the families' extra ops: Qwen3-shaped (q/k head norms, q/k/v unfused), Gemma 2
+(post norms, GeGLU, soft caps, sliding and global layers) and Gemma 3 (and q/k norms, rope per layer
+type) random models against a Llama-shaped one of the same sizes and weight bytes, built with
+transformers (from_config, random weights, saved in a temporary folder), decoded by fastlm in
+interleaved rounds.
 
     python benchmarks/families.py --dtype bfloat16 --rounds 5
 """
@@ -24,8 +26,11 @@ SHAPE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=3072, num_hid
 def build(kind: str, folder: Path, dtype: torch.dtype) -> Path:
     torch.manual_seed(0)
     cfg_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                              "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[kind]
-    model = model_class(cfg_class(**SHAPE)).to(dtype).eval()
+                              "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+                              "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+                              "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}[kind]
+    extra = {"sliding_window": 128} if kind.startswith("gemma") else {}  # the decode runs past it
+    model = model_class(cfg_class(**SHAPE, **extra)).to(dtype).eval()
     model.save_pretrained(str(folder / kind), safe_serialization=True)
     return folder / kind
 
@@ -44,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_dtype = torch.bfloat16 if a.dtype == "bfloat16" else torch.float32
         engines = {k: Engine.from_pretrained(build(k, Path(tmp), save_dtype), dtype=a.dtype, max_seq_len=256)
-                   for k in ("llama", "qwen3")}
+                   for k in ("llama", "qwen3", "gemma2", "gemma3")}
         for e in engines.values():
             decode_rate(e, 4)
         rates: dict[str, list[float]] = {k: [] for k in engines}

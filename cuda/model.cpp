@@ -32,6 +32,14 @@ DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   const ModelSpec& s = spec_;
   validate_spec(s);
   if (s.qk_norm) throw std::invalid_argument("the device decoder has no q/k head norms (Qwen3) yet: run it on the CPU");
+  if (s.post_norms || s.gelu_gate || s.embed_scale > 0 || s.attn_scale > 0 || s.attn_softcap > 0 ||
+      s.final_softcap > 0 || !s.layer_window.empty() || !s.layer_rope_inv_freq.empty())
+    throw std::invalid_argument("the device decoder does not run Gemma's ops (post norms, GeGLU, scaled embeddings, "
+                                "soft caps, per-layer windows and rope) yet: run it on the CPU");
+  if (s.sliding_window > 0 && s.sliding_window < s.max_seq)
+    throw std::invalid_argument("the device decoder has no sliding-window attention yet (window " +
+                                std::to_string(s.sliding_window) + " < context " + std::to_string(s.max_seq) +
+                                "): run it on the CPU");
   if (s.head_dim > 256) throw std::invalid_argument("invalid model spec: the device attention takes head_dim up to 256");
   require_device();
   if (s.pos == PosKind::kRope) inv_freq_ = Buffer::upload(s.rope_inv_freq.data(), s.rope_inv_freq.size() * 4);

@@ -67,6 +67,8 @@ def test_pointwise(isa, rng, shape):
     for name in ("gelu_tanh", "softmax"):
         assert_close(getattr(K, name)(x), getattr(K.ref, name)(x), 2e-6, name)
     assert_close(K.silu_mul(x, u), K.ref.silu_mul(x, u), 2e-6, "silu_mul vs ref")
+    assert_close(K.gelu_mul(x, u), gelu * u, 2e-6, "gelu_mul")
+    assert_close(K.gelu_mul(x, u), K.ref.gelu_mul(x, u), 2e-6, "gelu_mul vs ref")
 
 
 def test_extreme_values(isa):

@@ -96,6 +96,67 @@ def test_phi3_over_300_positions_quantized_and_batched(tiny):
     assert_close(q.logits(ids[:40]), hf_logits(hf, ids[:40]), 5e-2, "phi3 int8")
 
 
+@pytest.mark.parametrize("kind, window", [("mistral_window", 64), ("phi3_window", 48)])
+def test_sliding_window_attends_through_the_window(tiny, kind, window):
+    """Positions 0..400, far past the window: the same logits as transformers' sliding-window mask,
+    by prefill (in 256-row chunks) and by decode, greedy past the window, batched and reused; the
+    context is the model's own, not the window."""
+    path = tiny(kind)
+    hf = hf_model(path)
+    eng = Engine.from_pretrained(path)
+    assert eng.context_length == 640 and eng.info["sliding_window"] == window
+    ids = prompt(401, seed=11)
+    want = hf_logits(hf, ids)
+    assert_close(eng.logits(ids), want, 1e-4, f"{kind} prefill past the window")
+    assert_close(eng.logits(ids, path="decode"), want, 1e-4, f"{kind} decode past the window")
+    full = Engine.from_pretrained(path, max_seq_len=window)  # a context within the window: no window at all
+    assert full.info["sliding_window"] == 0
+    assert_close(full.logits(ids[:window]), want[:window], 1e-4, f"{kind} within the window")
+    short = prompt(20, seed=12)
+    greedy = hf_greedy(hf, short, 96)  # the last 30 tokens see a window that has left the prompt
+    assert eng.generate(short, max_tokens=96, ignore_eos=True).token_ids == greedy
+    prompts = [short, prompt(70, seed=13)]
+    got = eng.generate(prompts, max_tokens=48, ignore_eos=True)
+    assert [g.token_ids for g in got] == [greedy[:48], hf_greedy(hf, prompts[1], 48)]
+    eng.scheduler.prefix_cache = "all"
+    again = eng.generate(short + greedy[:50], max_tokens=46, ignore_eos=True)
+    assert again.usage.cached_tokens > 0 and again.token_ids == greedy[50:]
+
+
+@pytest.mark.parametrize("kind, arch", [("gemma2", "Gemma2ForCausalLM"), ("gemma3", "Gemma3ForCausalLM")])
+def test_gemma_over_300_positions_greedy_batched_and_quantized(tiny, kind, arch):
+    """Every Gemma op at once: 1 + w norms, scaled embeddings, GeGLU, post norms, soft caps (Gemma 2),
+    query_pre_attn_scalar, sliding (48) and global layers with their own rope, q/k norms (Gemma 3)."""
+    path, hf, eng, ids = family_at_300_positions(tiny, kind, arch, 14)
+    assert_close(eng.logits(ids, path="decode"), hf_logits(hf, ids), 1e-4, f"{kind} decode")
+    short = prompt(12, seed=15)
+    want = hf_greedy(hf, short, 48)
+    prompts = [short, prompt(60, seed=16)]
+    got = eng.generate(prompts, max_tokens=48, ignore_eos=True)
+    assert [g.token_ids for g in got] == [want, hf_greedy(hf, prompts[1], 48)]
+    eng.scheduler.prefix_cache = "all"
+    again = eng.generate(short + want[:20], max_tokens=28, ignore_eos=True)
+    assert again.usage.cached_tokens > 0 and again.token_ids == want[20:]
+    q = Engine.from_pretrained(path, dtype="int8")
+    assert_close(q.logits(ids[:40]), hf_logits(hf, ids[:40]), 5e-2, f"{kind} int8")
+
+
+def test_gemma_fields_that_change_the_math_are_refused(tiny, tmp_path):
+    import json
+    import shutil
+
+    for field, value, words in [("hidden_activation", "relu", "hidden_activation"),
+                                ("use_bidirectional_attention", True, "use_bidirectional_attention"),
+                                ("layer_types", ["full_attention"], "layer_types")]:
+        dst = tmp_path / field
+        shutil.copytree(tiny("gemma2"), dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg[field] = value
+        (dst / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match=words):
+            Engine.from_pretrained(dst)
+
+
 def test_phi3_longrope_is_refused_by_name(tiny, tmp_path):
     import json
     import shutil

@@ -622,7 +622,7 @@ ASK_WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
 def test_tool_calls_whole_and_streamed(client):
     pytest.importorskip("llguidance")
     r = client.chat.completions.create(model=NAME, messages=ASK_WEATHER, tools=WEATHER, tool_choice="required",
-                                       parallel_tool_calls=False, max_tokens=100)
+                                       parallel_tool_calls=False, max_tokens=100, temperature=0)
     ch = r.choices[0]
     assert ch.finish_reason == "tool_calls" and ch.message.content is None
     call = ch.message.tool_calls[0]
@@ -630,7 +630,7 @@ def test_tool_calls_whole_and_streamed(client):
     assert isinstance(json.loads(call.function.arguments)["city"], str)
     stream = client.chat.completions.create(model=NAME, messages=ASK_WEATHER, tools=WEATHER, stream=True,
                                             tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                                            parallel_tool_calls=False, max_tokens=100)
+                                            parallel_tool_calls=False, max_tokens=100, temperature=0)
     names, ids, args, reasons = [], [], [], []
     for chunk in stream:
         for c in chunk.choices:

@@ -15,7 +15,8 @@ def save(model, path: Path, **kw) -> Path:
 
 def build(kind: str, path: Path) -> Path:
     torch.manual_seed({"llama": 1, "gpt2": 2, "qwen2": 3, "mistral": 4, "llama3": 5, "sharded": 6, "bf16": 7,
-                       "odd": 8, "bf16_d64": 9, "qwen3": 10, "phi3": 11}[kind])
+                       "odd": 8, "bf16_d64": 9, "qwen3": 10, "phi3": 11, "mistral_window": 12,
+                       "phi3_window": 13, "gemma2": 14, "gemma3": 15}[kind])
     common = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 112, "num_hidden_layers": 2,
               "num_attention_heads": 4, "max_position_embeddings": 640, "bos_token_id": 1, "eos_token_id": 2}
     if kind == "llama":
@@ -46,6 +47,33 @@ def build(kind: str, path: Path) -> Path:
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640,
                                       partial_rotary_factor=0.5, tie_word_embeddings=False, bos_token_id=1,
                                       eos_token_id=2, pad_token_id=0, sliding_window=None)
+        return save(transformers.Phi3ForCausalLM(cfg).eval(), path)
+    if kind in ("gemma2", "gemma3"):  # windows of 48 within 300-token tests; caps low enough to bend the values
+        shape = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, max_position_embeddings=640, query_pre_attn_scalar=24,
+                     sliding_window=48, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        if kind == "gemma2":
+            cfg = transformers.Gemma2Config(num_hidden_layers=3, attn_logit_softcapping=0.2,
+                                            final_logit_softcapping=3.0, **shape)
+            model = transformers.Gemma2ForCausalLM(cfg).eval()
+        else:  # layers 0, 1 sliding (local rope), 2 global (its own base, linear scaling), 3 sliding
+            cfg = transformers.Gemma3TextConfig(num_hidden_layers=4, sliding_window_pattern=3, rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 4.0}}, **shape)
+            model = transformers.Gemma3ForCausalLM(cfg).eval()
+        with torch.no_grad():  # Gemma's norms scale by 1 + w, w = 0 at init: away from 0, so 1 + w shows
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.uniform_(-0.5, 0.5)
+        return save(model, path)
+    if kind == "mistral_window":  # a sliding window shorter than the tests' sequences
+        cfg = transformers.MistralConfig(num_key_value_heads=2, sliding_window=64, tie_word_embeddings=False, **common)
+        return save(transformers.MistralForCausalLM(cfg).eval(), path)
+    if kind == "phi3_window":
+        cfg = transformers.Phi3Config(vocab_size=320, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=640,
+                                      partial_rotary_factor=0.5, tie_word_embeddings=False, bos_token_id=1,
+                                      eos_token_id=2, pad_token_id=0, sliding_window=48)
         return save(transformers.Phi3ForCausalLM(cfg).eval(), path)
     if kind == "mistral":
         cfg = transformers.MistralConfig(num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False, **common)

@@ -107,7 +107,7 @@ py::array_t<float> matmul(Table table, const py::object& x_obj, const py::object
 
 py::array_t<float> attention(Table table, const py::object& q_obj, const py::object& k_obj,
                              const py::object& v_obj, bool causal, const py::object& scale_obj,
-                             const py::object& out_obj) {
+                             const py::object& out_obj, int64_t window, float softcap) {
   py::array q = checked(q_obj, "q", {DType::kF32}, 3, 3);
   py::array k = checked(k_obj, "k", {DType::kF32}, 3, 3);
   py::array v = checked(v_obj, "v", {DType::kF32}, 3, 3);
@@ -129,12 +129,16 @@ py::array_t<float> attention(Table table, const py::object& q_obj, const py::obj
     scale = scale_obj.cast<float>();
     if (!std::isfinite(scale)) throw py::value_error("scale must be finite, got " + std::to_string(scale));
   }
+  if (window < 0) throw py::value_error("window must be >= 0 (0: no sliding window), got " + std::to_string(window));
+  if (window > 0 && !causal) throw py::value_error("a sliding window needs causal=True");
+  if (!(softcap >= 0) || !std::isfinite(softcap))
+    throw py::value_error("softcap must be a finite number >= 0 (0: off), got " + std::to_string(softcap));
   py::array_t<float> out = make_out(out_obj, {H, T, D});
   no_alias(out, q, "q");
   no_alias(out, k, "k");
   no_alias(out, v, "v");
   AttentionArgs a{cf32(q), cf32(k), cf32(v), out.mutable_data(), H, Hkv, T, S, D, T * D, D, S * D, T * D, D,
-                  scale, causal};
+                  scale, causal, window, softcap};
   const KernelTable& t = table();
   py::gil_scoped_release nogil;
   t.attention(a);
@@ -356,11 +360,13 @@ void register_kernels(py::module_& m, Table table, bool with_packed) {
       "y = x @ w.T (+ bias). x (M, K) float32; w (N, K) float32 or bfloat16, or a PackedWeight.\n\n"
       ">>> y = matmul(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32))  # (2, 4)");
   m.def("attention", [table](const py::object& q, const py::object& k, const py::object& v, bool causal,
-                             const py::object& scale, const py::object& out) {
-        return attention(table, q, k, v, causal, scale, out);
-      }, "q"_a, "k"_a, "v"_a, py::kw_only(), "causal"_a = true, "scale"_a = none, "out"_a = none,
+                             const py::object& scale, const py::object& out, int64_t window, float softcap) {
+        return attention(table, q, k, v, causal, scale, out, window, softcap);
+      }, "q"_a, "k"_a, "v"_a, py::kw_only(), "causal"_a = true, "scale"_a = none, "out"_a = none, "window"_a = 0,
+      "softcap"_a = 0.0f,
       "softmax(q k^T * scale) v, fused. q (H, T, D), k/v (Hkv, S, D), H % Hkv == 0, T <= S;\n"
-      "query t sits at position S - T + t and, when causal, sees keys 0..S-T+t. Returns (H, T, D).");
+      "query t sits at position p = S - T + t and, when causal, sees keys 0..p; with a sliding window W > 0\n"
+      "only keys p - W + 1..p; softcap > 0 caps each scaled score s to softcap * tanh(s / softcap). Returns (H, T, D).");
   m.def("rms_norm", [table](const py::object& x, const py::object& w, float eps, const py::object& out) {
         return rms_norm(table, x, w, eps, out);
       }, "x"_a, "weight"_a, "eps"_a = 1e-6f, py::kw_only(), "out"_a = none,
@@ -393,6 +399,9 @@ void register_kernels(py::module_& m, Table table, bool with_packed) {
   m.def("silu_mul", [table](const py::object& g, const py::object& u, const py::object& out) {
         return binary(table().silu_mul, "gate", "up", g, u, out);
       }, "gate"_a, "up"_a, py::kw_only(), "out"_a = none, "silu(gate) * up (SwiGLU)");
+  m.def("gelu_mul", [table](const py::object& g, const py::object& u, const py::object& out) {
+        return binary(table().gelu_mul, "gate", "up", g, u, out);
+      }, "gate"_a, "up"_a, py::kw_only(), "out"_a = none, "gelu_tanh(gate) * up (GeGLU)");
   m.def("softmax", [table](const py::object& x, const py::object& out) { return softmax(table, x, out); },
         "x"_a, py::kw_only(), "out"_a = none, "softmax over the last axis");
   m.def("add", [table](const py::object& a, const py::object& b, const py::object& out) {

@@ -56,6 +56,24 @@ inline ModelSpec spec_from(const py::dict& d) {
     s.rope_interleaved = d.contains("rope_interleaved") && d["rope_interleaved"].cast<bool>();
   }
   s.qk_norm = d.contains("qk_norm") && d["qk_norm"].cast<bool>();
+  s.sliding_window = d.contains("sliding_window") ? d["sliding_window"].cast<int64_t>() : 0;
+  if (s.sliding_window < 0)
+    throw py::value_error("sliding_window must be >= 0 (0: none), got " + std::to_string(s.sliding_window));
+  if (d.contains("layer_window")) s.layer_window = d["layer_window"].cast<std::vector<int64_t>>();
+  if (d.contains("layer_rope_inv_freq")) {
+    for (const auto& f : d["layer_rope_inv_freq"]) {
+      py::array a = checked(py::reinterpret_borrow<py::object>(f), "layer_rope_inv_freq[i]", {DType::kF32}, 1, 1);
+      s.layer_rope_inv_freq.emplace_back(cf32(a), cf32(a) + a.shape(0));
+    }
+  }
+  auto flag = [&](const char* key) { return d.contains(key) && d[key].cast<bool>(); };
+  auto number = [&](const char* key) { return d.contains(key) ? d[key].cast<float>() : 0.0f; };
+  s.post_norms = flag("post_norms");
+  s.gelu_gate = flag("gelu_gate");
+  s.embed_scale = number("embed_scale");
+  s.attn_scale = number("attn_scale");
+  s.attn_softcap = number("attn_softcap");
+  s.final_softcap = number("final_softcap");
   return s;
 }
 

@@ -1,7 +1,7 @@
 // fused softmax attention over a KV cache, online softmax: no (T, S) score matrix in memory.
 // q: (H, T, D), k/v: (Hkv, S, D), out: (H, T, D) (strided, see kernels.h); H % Hkv == 0 (grouped-query attention: query
 // head h reads kv head h / (H / Hkv)). query t sits at absolute position S - T + t; causal: it
-// sees keys 0 .. S - T + t.
+// sees keys 0 .. S - T + t, the last `window` of them with a sliding window.
 //
 // two schedules, one per regime:
 //  - few query rows per kv head (decode, T small): split-KV. tasks = (kv head, key chunk); every
@@ -28,6 +28,21 @@ constexpr int64_t kDecodeMaxT = 4;
 constexpr int64_t kMinChunk = 64;  // keys per split-KV task at least
 
 FASTLM_INLINE void store_n(float* p, VF v, int n) { if (n == kW) vstore(p, v); else vstore_part(p, v, n); }
+
+// s[j] = cap * tanh(s[j] / cap) for j < n (Gemma 2's attention logit soft-capping); their max
+float soft_cap(float* s, int64_t n, float cap) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = cap * std::tanh(s[j] / cap);
+    mx = std::max(mx, s[j]);
+  }
+  return mx;
+}
+
+// the first key query t may see: 0, or the start of its sliding window
+FASTLM_INLINE int64_t first_key(const AttentionArgs& a, int64_t t) {
+  return a.causal && a.window > 0 ? std::max<int64_t>(0, a.S - a.T + t + 1 - a.window) : 0;
+}
 
 // dot product of two D-vectors
 FASTLM_INLINE float dot(const float* a, const float* b, int64_t D) {
@@ -97,11 +112,13 @@ float* scratch(size_t n) {
 void attention_split_kv(const AttentionArgs& a) {
   const int64_t G = a.H / a.Hkv, T = a.T, S = a.S, D = a.D, R = G * T;
   const int threads = num_threads();
+  const int64_t lo = first_key(a, 0);  // keys before every row's window are never read
+  const int64_t span = S - lo;
   // chunks per kv head: enough tasks for every thread, at least kMinChunk keys each
   int64_t n_split = std::max<int64_t>(1, (2 * threads + a.Hkv - 1) / a.Hkv);
-  n_split = std::min<int64_t>(n_split, std::max<int64_t>(1, S / kMinChunk));
-  const int64_t chunk = (S + n_split - 1) / n_split;
-  n_split = (S + chunk - 1) / chunk;
+  n_split = std::min<int64_t>(n_split, std::max<int64_t>(1, span / kMinChunk));
+  const int64_t chunk = (span + n_split - 1) / n_split;
+  n_split = (span + chunk - 1) / chunk;
 
   // partial results: (Hkv, n_split, R) x (D acc + max + sum)
   const int64_t stride = D + 2;
@@ -111,15 +128,16 @@ void attention_split_kv(const AttentionArgs& a) {
 
   parallel_for(a.Hkv * n_split, [&](int64_t task) {
     const int64_t hk = task / n_split, sp = task % n_split;
-    const int64_t k0 = sp * chunk, k1 = std::min(S, k0 + chunk);
+    const int64_t c0 = lo + sp * chunk, k1 = std::min(S, c0 + chunk);
     const float* kh = a.k + hk * a.kv_head_stride;
     const float* vh = a.v + hk * a.kv_head_stride;
-    float* p = scratch(size_t(k1 - k0));
+    float* p = scratch(size_t(k1 - c0));
     const float scale = a.scale;  // a local: stores to p cannot alias it
     for (int64_t r = 0; r < R; ++r) {
       const int64_t g = r / T, t = r % T;
       const float* qr = a.q + (hk * G + g) * a.q_head_stride + t * a.q_row_stride;
       const int64_t limit = a.causal ? std::min(k1, S - T + t + 1) : k1;
+      const int64_t k0 = std::max(c0, first_key(a, t));
       float* out = partial + ((hk * n_split + sp) * R + r) * stride;
       Partial* st = reinterpret_cast<Partial*>(out + D);
       std::fill(out, out + D, 0.0f);
@@ -150,6 +168,7 @@ void attention_split_kv(const AttentionArgs& a) {
         p[j] = dot(qr, kh + (k0 + j) * D, D) * scale;
         mx = std::max(mx, p[j]);
       }
+      if (a.softcap > 0) mx = soft_cap(p, n, a.softcap);
       VF mv = vset1(mx), sum = vzero();
       int64_t i = 0;
       for (; i + kW <= n; i += kW) {
@@ -238,7 +257,7 @@ void attention_blocked(const AttentionArgs& a) {
     std::fill(row_max, row_max + G * BQ, -INFINITY);
     std::fill(row_sum, row_sum + G * BQ, 0.0f);
 
-    for (int64_t kb = 0; kb < key_end; kb += BK) {
+    for (int64_t kb = first_key(a, t0) / BK * BK; kb < key_end; kb += BK) {
       const int64_t nk = std::min<int64_t>(BK, key_end - kb);
       const float* kt = kt_all + hk * D * Sp + kb;  // (D, BK) with rows Sp apart
       const float* vb = vh + kb * D;
@@ -247,7 +266,8 @@ void attention_blocked(const AttentionArgs& a) {
         for (int64_t i = 0; i < nq; ++i) {
           const int64_t t = t0 + i;
           const int64_t limit = a.causal ? offset + t + 1 : S;  // keys < limit are visible
-          if (limit <= kb) continue;
+          const int64_t first = first_key(a, t);                 // and keys >= first
+          if (limit <= kb || first >= kb + nk) continue;
           const int64_t n_vis = std::min<int64_t>(nk, limit - kb);
           const float* qr = qg + t * a.q_row_stride;
           VF sc[8];
@@ -265,7 +285,9 @@ void attention_blocked(const AttentionArgs& a) {
             sc[u] = vmul(sc[u], sv);
             vstore(s + u * kW, sc[u]);
           }
+          if (a.softcap > 0) soft_cap(s, BK, a.softcap);  // before the masks: they stay -inf
           for (int64_t j = n_vis; j < BK; ++j) s[j] = -INFINITY;  // masked and padding keys
+          for (int64_t j = 0; j < first - kb; ++j) s[j] = -INFINITY;  // before the sliding window
 #pragma GCC unroll 8
           for (int u = 0; u < 8; ++u) mxv = vmax(mxv, vload(s + u * kW));
           const int64_t ri = g * BQ + i;

@@ -54,6 +54,15 @@ void gelu_tanh(const float* x, float* y, int64_t n) {
   });
 }
 
+// gelu_tanh(gate) * up, as above (Gemma's GeGLU)
+void gelu_mul(const float* gate, const float* up, float* y, int64_t n) {
+  map_elements(n, [=](int64_t i, int m) {
+    VF v = vload_n(gate + i, m);
+    VF u2 = vmul(vset1(2.0f * 0.7978845608028654f), vfma(vmul(vset1(0.044715f), vmul(v, v)), v, v));
+    store_n(y + i, vmul(vmul(v, vsigmoid(u2)), vload_n(up + i, m)), m);
+  });
+}
+
 void softmax(const float* x, float* y, int64_t rows, int64_t cols) {
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1));
   parallel_range(rows, grain, [&](int64_t r0, int64_t r1) {

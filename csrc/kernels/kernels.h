@@ -30,7 +30,9 @@ struct MatmulArgs {
 // q[h, t] at q + h * q_head_stride + t * q_row_stride (likewise out); k/v rows are D apart, heads
 // kv_head_stride apart (a KV cache with room for more positions than S).
 // so (H, T, D) is head_stride = T * D, row_stride = D, and (T, H, D) is D and H * D.
-// query t sits at absolute position S - T + t; causal: it sees keys 0 .. S - T + t.
+// query t sits at absolute position S - T + t; causal: it sees keys 0 .. S - T + t, and with a
+// sliding window W > 0 only the last W of them (keys p - W + 1 .. p for position p, as
+// transformers' sliding_window_overlay: kv_idx > q_idx - W).
 struct AttentionArgs {
   const float* q;
   const float* k;
@@ -40,6 +42,8 @@ struct AttentionArgs {
   int64_t q_head_stride, q_row_stride, kv_head_stride, out_head_stride, out_row_stride;
   float scale;
   bool causal;
+  int64_t window = 0;    // 0: none (causal only)
+  float softcap = 0.0f;  // > 0: each scaled score s becomes softcap * tanh(s / softcap) (Gemma 2)
 };
 
 // a quantized linear weight (N, K) in groups of G (32, 64 or 128) along K, one record per row:
@@ -137,6 +141,7 @@ struct QMatmulArgs {
      const float* inv_freq, bool interleaved))                                                      \
   X(gelu_tanh, void, (const float* x, float* y, int64_t n))                                         \
   X(silu_mul, void, (const float* gate, const float* up, float* y, int64_t n))                      \
+  X(gelu_mul, void, (const float* gate, const float* up, float* y, int64_t n)) /* GeGLU, tanh gelu */ \
   X(softmax, void, (const float* x, float* y, int64_t rows, int64_t cols))                          \
   X(add, void, (const float* a, const float* b, float* y, int64_t n))                               \
   /* w: (N, K) float32 -> N records (see QWeight), round to nearest with the group's range: */      \

@@ -43,19 +43,21 @@ void attention(const AttentionArgs& a) {
     for (int64_t t = 0; t < a.T; ++t) {
       const float* q = a.q + h * a.q_head_stride + t * a.q_row_stride;
       const int64_t n = a.causal ? a.S - a.T + t + 1 : a.S;
+      const int64_t lo = a.causal && a.window > 0 ? std::max<int64_t>(0, n - a.window) : 0;  // the window's first key
       double mx = -INFINITY;
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = lo; j < n; ++j) {
         double d = 0;
         for (int64_t i = 0; i < a.D; ++i) d += double(q[i]) * kh[j * a.D + i];
         s[j] = d * a.scale;
+        if (a.softcap > 0) s[j] = a.softcap * std::tanh(s[j] / a.softcap);
         mx = std::max(mx, s[j]);
       }
       double total = 0;
-      for (int64_t j = 0; j < n; ++j) total += (s[j] = std::exp(s[j] - mx));
+      for (int64_t j = lo; j < n; ++j) total += (s[j] = std::exp(s[j] - mx));
       float* o = a.out + h * a.out_head_stride + t * a.out_row_stride;
       for (int64_t i = 0; i < a.D; ++i) {
         double acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc += s[j] * vh[j * a.D + i];
+        for (int64_t j = lo; j < n; ++j) acc += s[j] * vh[j * a.D + i];
         o[i] = float(acc / total);
       }
     }
@@ -118,6 +120,13 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     double g = gate[i];
     y[i] = float(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void gelu_mul(const float* gate, const float* up, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    double v = gate[i], u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    y[i] = float(v / (1.0 + std::exp(-2.0 * u)) * up[i]);
   }
 }
 

@@ -36,7 +36,17 @@ void validate_spec(const ModelSpec& s) {
     need(s.rotary_dim > 0 && s.rotary_dim <= s.head_dim && s.rotary_dim % 2 == 0,
          "rotary_dim must be even and at most head_dim");
     need(int64_t(s.rope_inv_freq.size()) == s.rotary_dim / 2, "rope_inv_freq must hold rotary_dim / 2 values");
+    need(s.layer_rope_inv_freq.empty() || int64_t(s.layer_rope_inv_freq.size()) == s.n_layers,
+         "layer_rope_inv_freq must hold one list per layer");
+    for (const auto& f : s.layer_rope_inv_freq)
+      need(int64_t(f.size()) == s.rotary_dim / 2, "each layer's rope frequencies must hold rotary_dim / 2 values");
   }
+  need(s.sliding_window >= 0, "sliding_window must be >= 0");
+  need(s.layer_window.empty() || int64_t(s.layer_window.size()) == s.n_layers, "layer_window must hold one per layer");
+  for (int64_t w : s.layer_window) need(w >= 0, "a layer's window must be >= 0");
+  need(s.embed_scale >= 0 && s.attn_scale >= 0 && s.attn_softcap >= 0 && s.final_softcap >= 0,
+       "embed_scale, attn_scale and the soft caps must be >= 0 (0: off)");
+  need(!s.gelu_gate || s.mlp == MlpKind::kSwiGLU, "gelu_gate needs the gated (swiglu) MLP");
 }
 
 void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K) {
@@ -68,16 +78,23 @@ Proj proj_from_name(const std::string& name) {
   throw std::invalid_argument("unknown projection '" + name + "' (" + known + ")");
 }
 
+bool has_norm(const ModelSpec& spec, int which) {
+  return which == 0 || which == 1 || ((which == 2 || which == 3) && spec.qk_norm) ||
+         ((which == 4 || which == 5) && spec.post_norms);
+}
+
 void check_norm_index(const ModelSpec& spec, int64_t layer, int which) {
-  const int most = spec.qk_norm ? 3 : 1;
-  if (layer == -1 ? which != 0 : (layer < 0 || layer >= spec.n_layers || which < 0 || which > most))
+  if (layer == -1 ? which != 0 : (layer < 0 || layer >= spec.n_layers || !has_norm(spec, which))) {
+    const char* why = which == 2 || which == 3 ? ": the spec has no q/k norms"
+                      : which == 4 || which == 5 ? ": the spec has no post norms" : "";
     throw std::invalid_argument("norm index (layer " + std::to_string(layer) + ", which " + std::to_string(which) +
-                                ") out of range" + (spec.qk_norm || which < 2 ? "" : ": the spec has no q/k norms"));
+                                ") out of range" + (layer >= 0 && layer < spec.n_layers ? why : ""));
+  }
 }
 
 int64_t norm_size(const ModelSpec& spec, int64_t layer, int which) {
   check_norm_index(spec, layer, which);
-  return layer >= 0 && which >= 2 ? spec.head_dim : spec.hidden;
+  return layer >= 0 && (which == 2 || which == 3) ? spec.head_dim : spec.hidden;
 }
 
 std::string position_embedding_error(const ModelSpec& spec, int64_t n_positions) {
@@ -93,9 +110,10 @@ std::vector<std::string> missing_weights(const ModelSpec& spec, const WeightsHel
       if (spec.mlp == MlpKind::kGelu && Proj(p) == Proj::kGate) continue;
       if (!held.linear(i, Proj(p))) out.push_back("layer " + std::to_string(i) + " " + proj_name(Proj(p)));
     }
-    static const char* norms[] = {" attention norm", " mlp norm", " q norm", " k norm"};
-    for (int w = 0; w < (spec.qk_norm ? 4 : 2); ++w)
-      if (!held.norm(i, w)) out.push_back("layer " + std::to_string(i) + norms[w]);
+    static const char* norms[] = {" attention norm", " mlp norm", " q norm", " k norm", " post-attention norm",
+                                  " post-mlp norm"};
+    for (int w = 0; w < 6; ++w)
+      if (has_norm(spec, w) && !held.norm(i, w)) out.push_back("layer " + std::to_string(i) + norms[w]);
   }
   if (!held.norm(-1, 0)) out.push_back("final norm");
   if (!held.embedding()) out.push_back("embedding");

@@ -23,7 +23,22 @@ struct ModelSpec {
   int64_t rotary_dim = 0;
   bool rope_interleaved = false;
   bool qk_norm = false;  // an RMSNorm over each head of q and of k, before rope (Qwen3): norms 2 and 3
+  int64_t sliding_window = 0;  // > 0: position p attends to keys p - W + 1 .. p only (Mistral, Phi-3)
+  // Gemma's: per layer, a window (0: global) and rope frequencies (empty: all layers use rope_inv_freq)
+  std::vector<int64_t> layer_window;
+  std::vector<std::vector<float>> layer_rope_inv_freq;
+  bool post_norms = false;    // an RMSNorm on the attention and MLP outputs before the residual: norms 4, 5
+  bool gelu_gate = false;     // SwiGLU's gate through gelu-tanh instead of silu (GeGLU)
+  float embed_scale = 0.0f;   // > 0: embeddings times this (Gemma: sqrt(hidden))
+  float attn_scale = 0.0f;    // > 0: scores times this instead of 1 / sqrt(head_dim)
+  float attn_softcap = 0.0f;  // > 0: scores become cap * tanh(scores / cap) before the softmax
+  float final_softcap = 0.0f; // > 0: logits become cap * tanh(logits / cap)
 };
+
+// the sliding window of layer li (0: none)
+inline int64_t window_of(const ModelSpec& s, int64_t li) {
+  return s.layer_window.empty() ? s.sliding_window : s.layer_window[size_t(li)];
+}
 
 // the linear layers of one decoder layer, by name
 enum class Proj { kQ = 0, kK, kV, kO, kGate, kUp, kDown, kCount };
@@ -34,8 +49,9 @@ const char* proj_name(Proj p);
 Proj proj_from_name(const std::string& name);  // "q" ... "down"
 void validate_spec(const ModelSpec& s);
 void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K);
-// a layer's norms: 0 before attention, 1 before the MLP, 2 and 3 on q and k heads (qk_norm);
-// layer -1, which 0: the final norm
+// a layer's norms: 0 before attention, 1 before the MLP, 2 and 3 on q and k heads (qk_norm), 4 and
+// 5 on the attention and MLP outputs (post_norms); layer -1, which 0: the final norm
+bool has_norm(const ModelSpec& spec, int which);  // whether a layer of this spec has norm `which`
 void check_norm_index(const ModelSpec& spec, int64_t layer, int which);
 int64_t norm_size(const ModelSpec& spec, int64_t layer, int which);  // hidden, or head_dim for q / k
 std::string position_embedding_error(const ModelSpec& spec, int64_t n_positions);  // "" when it fits

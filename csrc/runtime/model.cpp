@@ -58,7 +58,8 @@ struct Model::Linear {
 
 struct Model::Layer {
   Linear proj[int(Proj::kCount)];
-  std::vector<float> norm_w[4], norm_b[4];  // before attention, before the MLP, q and k heads (qk_norm)
+  // before attention, before the MLP, q and k heads (qk_norm), after attention and after the MLP (post_norms)
+  std::vector<float> norm_w[6], norm_b[6];
   // q|k|v and gate|up packed as one weight each (their panels back to back), when every part's
   // width is a whole number of panels: one pass over the input and one GEMV call instead of 3 / 2
   Linear qkv, gate_up;
@@ -460,6 +461,8 @@ void Model::embed(const int32_t* tokens, int64_t T, const std::vector<Group>& gr
         std::memcpy(xr + c, &u, 4);
       }
     }
+    if (s.embed_scale > 0)
+      for (int64_t c = 0; c < C; ++c) xr[c] *= s.embed_scale;
     if (s.pos == PosKind::kLearned) {
       const float* pe = position_embedding_.data() + pos_[size_t(r)] * C;
       for (int64_t c = 0; c < C; ++c) xr[c] += pe[c];
@@ -502,7 +505,7 @@ void Model::attention_block(int64_t li, int64_t T, const std::vector<Group>& gro
     sw.mark(kOpNorm);
   }
   if (s.pos == PosKind::kRope) {
-    const float* inv = s.rope_inv_freq.data();
+    const float* inv = s.layer_rope_inv_freq.empty() ? s.rope_inv_freq.data() : s.layer_rope_inv_freq[size_t(li)].data();
     table_->rope(qp, qs, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
     table_->rope(kp, ks, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
     sw.mark(kOpRope);
@@ -522,13 +525,25 @@ void Model::attention_block(int64_t li, int64_t T, const std::vector<Group>& gro
     }
     sw.mark(kOpKV);
     AttentionArgs a{qp + g.row0 * qs, kc, vc, attn_.data() + g.row0 * H * D, H, Hkv, g.n, sl.len + g.n, D,
-                    D, qs, kv_head_stride, D, H * D, 1.0f / std::sqrt(float(D)), true};
+                    D, qs, kv_head_stride, D, H * D, s.attn_scale > 0 ? s.attn_scale : 1.0f / std::sqrt(float(D)),
+                    true, window_of(s, li), s.attn_softcap};
     table_->attention(a);
     sw.mark(kOpAttention);
   }
   linear(L.proj[int(Proj::kO)], attn_.data(), T, tmp_.data());
   sw.mark(kOpLinear);
-  table_->add(x, tmp_.data(), x, T * C);
+  add_residual(L, 4, T, sw);
+}
+
+// x += out (tmp_), or x += norm(out) with the layer's post norm `which` (post_norms)
+void Model::add_residual(const Layer& L, int which, int64_t T, Stopwatch& sw) {
+  float* out = tmp_.data();
+  if (spec_.post_norms) {
+    norm(L.norm_w[which], L.norm_b[which], out, h_.data(), T);
+    out = h_.data();
+    sw.mark(kOpNorm);
+  }
+  table_->add(x_.data(), out, x_.data(), T * spec_.hidden);
   sw.mark(kOpPointwise);
 }
 
@@ -546,16 +561,17 @@ void Model::mlp_block(int64_t li, int64_t T, Stopwatch& sw) {
     sw.mark(kOpLinear);
     float* gu = gu_.data();
     float* act = up_.data();
+    auto gated = s.gelu_gate ? table_->gelu_mul : table_->silu_mul;
     if (T == 1) {
-      table_->silu_mul(gu, gu + F, act, F);
+      gated(gu, gu + F, act, F);
     } else {
-      parallel_for(T, [&](int64_t r) { table_->silu_mul(gu + r * 2 * F, gu + r * 2 * F + F, act + r * F, F); });
+      parallel_for(T, [&](int64_t r) { gated(gu + r * 2 * F, gu + r * 2 * F + F, act + r * F, F); });
     }
   } else if (s.mlp == MlpKind::kSwiGLU) {
     linear(L.proj[int(Proj::kGate)], h, T, gate_.data());
     linear(L.proj[int(Proj::kUp)], h, T, up_.data());
     sw.mark(kOpLinear);
-    table_->silu_mul(gate_.data(), up_.data(), up_.data(), T * F);
+    (s.gelu_gate ? table_->gelu_mul : table_->silu_mul)(gate_.data(), up_.data(), up_.data(), T * F);
   } else {
     linear(L.proj[int(Proj::kUp)], h, T, up_.data());
     sw.mark(kOpLinear);
@@ -564,8 +580,7 @@ void Model::mlp_block(int64_t li, int64_t T, Stopwatch& sw) {
   sw.mark(kOpPointwise);
   linear(L.proj[int(Proj::kDown)], up_.data(), T, tmp_.data());
   sw.mark(kOpLinear);
-  table_->add(x, tmp_.data(), x, T * C);
-  sw.mark(kOpPointwise);
+  add_residual(L, 5, T, sw);
 }
 
 // logits = head(final_norm(x)) for the rows whose logits are wanted only
@@ -574,6 +589,12 @@ void Model::head(const int64_t* out_rows, int64_t n_out, float* logits, Stopwatc
   for (int64_t i = 0; i < n_out; ++i) std::memcpy(sel_.data() + i * C, x_.data() + out_rows[i] * C, size_t(C) * 4);
   norm(final_norm_w_, final_norm_b_, sel_.data(), h_.data(), n_out);
   linear(*head_, h_.data(), n_out, logits);
+  if (spec_.final_softcap > 0) {  // Gemma 2: logits = cap * tanh(logits / cap)
+    const float cap = spec_.final_softcap;
+    parallel_range(n_out * spec_.vocab, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) logits[i] = cap * std::tanh(logits[i] / cap);
+    });
+  }
   sw.mark(kOpHead);
 }
 

@@ -83,6 +83,7 @@ class Model {
   void embed(const int32_t* tokens, int64_t T, const std::vector<Group>& groups, Stopwatch& sw);
   void attention_block(int64_t layer, int64_t T, const std::vector<Group>& groups, Stopwatch& sw);
   void mlp_block(int64_t layer, int64_t T, Stopwatch& sw);
+  void add_residual(const Layer& L, int which, int64_t T, Stopwatch& sw);
   void head(const int64_t* out_rows, int64_t n_out, float* logits, Stopwatch& sw);
   void linear(const Linear& l, const float* x, int64_t M, float* y) const;
   void check_linear_shape(int64_t layer, Proj proj, int64_t N, int64_t K) const;

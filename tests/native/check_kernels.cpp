@@ -1,6 +1,7 @@
 // checks one ISA's kernel table against the scalar references on odd shapes, outside Python.
 // tests/test_emulated_isa.py builds it with SIMDe standing in for the intrinsics, so the AVX-512
 // paths are exercised on CPUs without AVX-512. prints "N passed, M failed".
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -75,15 +76,18 @@ static void attention_cases(const fl::KernelTable& t) {
   for (auto& c : cases) {
     const int64_t H = c[0], Hkv = c[1], T = c[2], S = c[3], D = c[4];
     auto q = randn(size_t(H * T * D)), k = randn(size_t(Hkv * S * D)), v = randn(size_t(Hkv * S * D));
-    for (int causal = 0; causal < 2; ++causal) {
+    for (int mode = 0; mode < 4; ++mode) {  // full, causal, causal with a window of S / 3, and soft-capped
+      const bool causal = mode > 0;
+      const int64_t window = mode >= 2 ? std::max<int64_t>(1, S / 3) : 0;
       std::vector<float> want(q.size()), got(q.size());
       fl::AttentionArgs a{q.data(), k.data(), v.data(), want.data(), H, Hkv, T, S, D, T * D, D, S * D, T * D, D,
-                          1.0f / std::sqrt(float(D)), bool(causal)};
+                          1.0f / std::sqrt(float(D)), causal, window, mode == 3 ? 0.5f : 0.0f};
       fl::ref::attention(a);
       a.out = got.data();
       t.attention(a);
       check("attention " + std::to_string(H) + "/" + std::to_string(Hkv) + " T" + std::to_string(T) + " S" +
-                std::to_string(S) + " D" + std::to_string(D) + (causal ? " causal" : ""),
+                std::to_string(S) + " D" + std::to_string(D) + (causal ? " causal" : "") +
+                (window ? " window " + std::to_string(window) : "") + (mode == 3 ? " softcap" : ""),
             got.data(), want.data(), got.size(), 1e-4);
     }
   }
@@ -112,6 +116,9 @@ static void row_op_cases(const fl::KernelTable& t) {
     fl::ref::silu_mul(x.data(), u.data(), want.data(), R * C);
     t.silu_mul(x.data(), u.data(), got.data(), R * C);
     check("silu_mul" + tag, got.data(), want.data(), got.size(), 2e-6);
+    fl::ref::gelu_mul(x.data(), u.data(), want.data(), R * C);
+    t.gelu_mul(x.data(), u.data(), got.data(), R * C);
+    check("gelu_mul" + tag, got.data(), want.data(), got.size(), 2e-6);
     fl::ref::add(x.data(), u.data(), want.data(), R * C);
     t.add(x.data(), u.data(), got.data(), R * C);
     check("add" + tag, got.data(), want.data(), got.size(), 0.0);

@@ -1,10 +1,16 @@
-"""The Llama family: Llama 2/3 (rope_scaling "llama3"), Mistral, Qwen2 (q/k/v biases), Qwen3 (an
-RMSNorm over each q and k head before rope), Phi-3 (q|k|v and gate|up fused in the checkpoint,
-partial rotary), SmolLM2, TinyLlama. RMSNorm, rotary positions, SwiGLU, grouped-query attention,
-tied or untied head."""
+"""The Llama family: Llama 2/3 (rope_scaling "llama3"), Mistral (sliding window), Qwen2 (q/k/v
+biases), Qwen3 (an RMSNorm over each q and k head before rope), Phi-3 (q|k|v and gate|up fused in
+the checkpoint, partial rotary, sliding window), SmolLM2, TinyLlama, and Gemma 2 / 3 (RMSNorm with
+1 + w, scaled embeddings, GeGLU, norms after attention and MLP too, soft-capped scores and logits,
+query_pre_attn_scalar, sliding and global layers with their own rope, q/k norms in Gemma 3).
+RMSNorm, rotary positions, gated MLP, grouped-query attention, tied or untied head."""
 from __future__ import annotations
 
+import math
 from typing import Callable
+
+import ml_dtypes
+import numpy as np
 
 from fastlm import _C
 from fastlm.config import ConfigError, cfg_bool, cfg_dict, cfg_float, cfg_int
@@ -25,7 +31,9 @@ from fastlm.models.loader import (
 from fastlm.rope import inv_freq
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                 "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3"}
+                 "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2",
+                 "Gemma3ForCausalLM": "gemma3_text"}
+GEMMA = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 # the executor's projections -> their tensor names in a decoder layer
 LINEAR_NAMES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                 "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
@@ -50,6 +58,61 @@ def rotary_dim(config: dict, head_dim: int) -> int:
     return r
 
 
+# a layer's norms by the executor's index (0 before attention, 1 before the MLP, 2 / 3 on q / k
+# heads, 4 / 5 on the attention / MLP outputs)
+LLAMA_NORMS = {0: "input_layernorm.weight", 1: "post_attention_layernorm.weight", 2: "self_attn.q_norm.weight",
+               3: "self_attn.k_norm.weight"}
+GEMMA_NORMS = {0: "input_layernorm.weight", 1: "pre_feedforward_layernorm.weight", 2: "self_attn.q_norm.weight",
+               3: "self_attn.k_norm.weight", 4: "post_attention_layernorm.weight",
+               5: "post_feedforward_layernorm.weight"}
+
+
+def layer_types(config: dict, arch: str, n_layers: int) -> list[str]:
+    """Each layer's "sliding_attention" or "full_attention": the config's layer_types, else the
+    pattern transformers derives (Gemma 2 alternates; Gemma 3 has one global layer in
+    sliding_window_pattern)."""
+    types = config.get("layer_types")
+    if types is None:
+        every = 2 if arch == "Gemma2ForCausalLM" else cfg_int(config, "sliding_window_pattern",
+                                                               cfg_int(config, "_sliding_window_pattern", 6))
+        types = ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n_layers)]
+    if not (isinstance(types, list) and len(types) == n_layers and
+            all(t in ("sliding_attention", "full_attention") for t in types)):
+        raise ConfigError(f"config layer_types must list 'sliding_attention' or 'full_attention' for each of the "
+                          f"{n_layers} layers, got {types!r}"[:300])
+    return types
+
+
+def gemma_spec(config: dict, arch: str, C: int, D: int, R: int, window: int, wdtype: str) -> dict:
+    """The executor spec's Gemma fields, from the config; a field that changes the math and has no
+    code here is refused by name."""
+    act = config.get("hidden_activation", config.get("hidden_act"))
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ConfigError(f"config hidden_activation={act!r} is not supported for {arch} (gelu_pytorch_tanh is)")
+    if config.get("use_bidirectional_attention"):
+        raise ConfigError(f"config use_bidirectional_attention=true is not supported for {arch}")
+    L = cfg_int(config, "num_hidden_layers")
+    types = layer_types(config, arch, L)
+    params = cfg_dict(config, "rope_parameters") or {}
+    if "sliding_attention" in params or "full_attention" in params:  # transformers 5: rope per layer type
+        freq = {t: inv_freq({"rope_parameters": cfg_dict(params, t)}, R) for t in set(types)}
+    elif "rope_local_base_freq" in config:  # Gemma 3 before transformers 5: local base, global rope_theta / scaling
+        local = {"rope_theta": cfg_float(config, "rope_local_base_freq", positive=True)}
+        freq = {"sliding_attention": inv_freq(local, R), "full_attention": inv_freq(config, R)}
+    else:
+        freq = {t: inv_freq(config, R) for t in set(types)}
+    scale = np.float32(math.sqrt(C))
+    if wdtype == "bfloat16":  # transformers scales in the weights' dtype: sqrt(3072) is 55.5 in bf16
+        scale = np.float32(ml_dtypes.bfloat16(scale))
+    qpas = cfg_float(config, "query_pre_attn_scalar", float(D), positive=True)
+    soft = {name: cfg_float(config, name, 0.0, lo=0) if config.get(name) is not None else 0.0
+            for name in ("attn_logit_softcapping", "final_logit_softcapping")}
+    return {"post_norms": True, "gelu_gate": True, "embed_scale": float(scale), "attn_scale": qpas ** -0.5,
+            "attn_softcap": soft["attn_logit_softcapping"], "final_softcap": soft["final_logit_softcapping"],
+            "layer_window": [window if t == "sliding_attention" else 0 for t in types],
+            "layer_rope_inv_freq": [freq[t] for t in types]}
+
+
 def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
           progress: Callable[[int, int], None] | None, scheme=None, device: str = "cpu") -> tuple[_C.Model, dict]:
     arch = architecture_of(config, ARCHITECTURES)
@@ -68,10 +131,9 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         # some layers would attend through a window only: not run half-understood
         raise ConfigError(f"config use_sliding_window=true (sliding_window={window}, max_window_layers="
                           f"{config.get('max_window_layers')}) is not supported for {arch}")
-    if arch in ("MistralForCausalLM", "Phi3ForCausalLM") and window:
-        # positions beyond the window would attend differently: stay within it
-        context = min(context, window)
     max_seq = max_seq_len or context
+    # Mistral and Phi-3 attend through a sliding window: position p sees keys p - W + 1 .. p
+    window = window if arch in ("MistralForCausalLM", "Phi3ForCausalLM", *GEMMA) and window < max_seq else 0
     check_layer_count(store, "model.layers.", L)
     R = rotary_dim(config, D)
     interleaved = False
@@ -86,8 +148,12 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         "max_seq": max_seq, "norm": "rms", "norm_eps": cfg_float(config, "rms_norm_eps", 1e-6, lo=0, hi=1),
         "mlp": "swiglu",
         "pos": "rope", "rope_inv_freq": inv_freq(config, R), "rotary_dim": R, "rope_interleaved": interleaved,
-        "qk_norm": arch == "Qwen3ForCausalLM",
+        "qk_norm": arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"), "sliding_window": window,
     }
+    gemma = arch in GEMMA
+    if gemma:
+        spec.update(gemma_spec(config, arch, C, D, R, window, wdtype))
+        spec["sliding_window"] = 0  # per layer instead
     model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
     attention_bias = cfg_bool(config, "attention_bias")
@@ -111,14 +177,16 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
             has_bias = (name in "qkv" and qkv_bias) or (name == "o" and o_bias) or (name in ("gate", "up", "down") and mlp_bias)
             bias = ld.f32(p + hf + ".bias", (shapes[name][0],)) if has_bias else None
             ld.set_linear(model, i, name, p + hf + ".weight", shapes[name], bias)
-        model.set_norm(i, 0, ld.f32(p + "input_layernorm.weight", (C,)))
-        model.set_norm(i, 1, ld.f32(p + "post_attention_layernorm.weight", (C,)))
-        if spec["qk_norm"]:
-            model.set_norm(i, 2, ld.f32(p + "self_attn.q_norm.weight", (D,)))
-            model.set_norm(i, 3, ld.f32(p + "self_attn.k_norm.weight", (D,)))
+        norms = GEMMA_NORMS if gemma else LLAMA_NORMS
+        for which, name in norms.items():
+            if which in (2, 3) and not spec["qk_norm"]:
+                continue
+            w = ld.f32(p + name, (D if which in (2, 3) else C,))
+            model.set_norm(i, which, w + np.float32(1) if gemma else w)  # Gemma scales by 1 + w
         if progress:
             progress(i + 1, L)
-    model.set_norm(-1, 0, ld.f32("model.norm.weight", (C,)))
+    final = ld.f32("model.norm.weight", (C,))
+    model.set_norm(-1, 0, final + np.float32(1) if gemma else final)
     ld.set_vocab_matrix(model, "embedding", "model.embed_tokens.weight", (V, C))
     tied = tied_head(config, store, "lm_head.weight")
     if tied:
@@ -129,4 +197,4 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
     if missing:
         raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
     return model, {"architecture": arch, "dtype": wdtype, "context": max_seq, "tied": tied,
-                   "quantized": dict(ld.quantized), "scheme": ld.scheme}
+                   "quantized": dict(ld.quantized), "scheme": ld.scheme, "sliding_window": window}
