@@ -33,9 +33,10 @@ DeviceModel::DeviceModel(ModelSpec spec) : spec_(std::move(spec)) {
   validate_spec(s);
   if (s.qk_norm) throw std::invalid_argument("the device decoder has no q/k head norms (Qwen3) yet: run it on the CPU");
   if (s.post_norms || s.gelu_gate || s.embed_scale > 0 || s.attn_scale > 0 || s.attn_softcap > 0 ||
-      s.final_softcap > 0 || !s.layer_window.empty() || !s.layer_rope_inv_freq.empty())
+      s.final_softcap > 0 || !s.layer_window.empty() || !s.layer_rope_inv_freq.empty() ||
+      s.rope_attention_factor != 1.0f)
     throw std::invalid_argument("the device decoder does not run Gemma's ops (post norms, GeGLU, scaled embeddings, "
-                                "soft caps, per-layer windows and rope) yet: run it on the CPU");
+                                "soft caps, per-layer windows and rope) or LongRoPE's attention factor yet: run it on the CPU");
   if (s.sliding_window > 0 && s.sliding_window < s.max_seq)
     throw std::invalid_argument("the device decoder has no sliding-window attention yet (window " +
                                 std::to_string(s.sliding_window) + " < context " + std::to_string(s.max_seq) +

@@ -64,6 +64,13 @@ def test_qwen_families_match_transformers(tmp_path, arch, quant):
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     ids = (np.random.default_rng(3).integers(3, 380, size=300)).tolist()
+    got = against(eng, hf, ids, [ids[:8], ids[100:105], ids[200:230]], quant, arch)
+    assert got == [eng.generate(p, max_tokens=48, ignore_eos=True).token_ids for p in [ids[:8], ids[100:105], ids[200:230]]]
+
+
+def against(eng, hf, ids, prompts, quant, what):
+    """fastlm's logits over ids against transformers' (1e-4 in float32; Q8_0 within its activation
+    rounding), and, in float32, the greedy 48 tokens of prompts batched; fastlm's batched tokens."""
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].numpy()
 
@@ -72,12 +79,51 @@ def test_qwen_families_match_transformers(tmp_path, arch, quant):
                                pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist()
     # Q8_0 weights: transformers dequantizes them to float32; fastlm dots them in their own blocks
     # with int16 activations, so its logits differ by that rounding
-    assert_close(eng.logits(ids), ref, 1e-4 if quant == "F32" else 2e-2, f"{arch} {quant} logits")
-    prompts = [ids[:8], ids[100:105], ids[200:230]]
-    got = eng.generate(prompts, max_tokens=48, ignore_eos=True)
+    assert_close(eng.logits(ids), ref, 1e-4 if quant == "F32" else 2e-2, f"{what} {quant} logits")
+    got = [g.token_ids for g in eng.generate(prompts, max_tokens=48, ignore_eos=True)]
     if quant == "F32":
-        assert [g.token_ids for g in got] == [greedy(p) for p in prompts]
-    assert [g.token_ids for g in got] == [eng.generate(p, max_tokens=48, ignore_eos=True).token_ids for p in prompts]
+        assert got == [greedy(p) for p in prompts]
+    return got
+
+
+@pytest.mark.parametrize("arch, layers", [("gemma2", 3), ("gemma3", 7)])
+@pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+def test_gemma_families_match_the_model_they_hold(tmp_path, arch, layers, quant):
+    """llama.cpp's gemma2 / gemma3 layout (norms stored as 1 + w, post norms, sliding window 48 in
+    llama.cpp's fixed layer pattern, soft caps in the metadata for Gemma 2) against transformers
+    running the model the file was written from: 300 positions, 48 greedy tokens, a batch.
+    (transformers' own GGUF reader drops the soft caps and the window pattern: not the reference.)"""
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd")
+    path = build(tmp_path, types={k: quant for k in kinds}, arch=arch, head_dim=16, layers=layers,
+                 rope_theta=1000000.0, context=512, window=48, softcaps=(0.2, 3.0) if arch == "gemma2" else (0.0, 0.0))
+    eng = Engine.from_pretrained(path)
+    assert eng.info["architecture"] == {"gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}[arch]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    if quant != "F32":  # the reference holds the file's weights: each tensor dequantized by the gguf package
+        import gguf
+
+        from fastlm.formats.gguf import _hf_name
+
+        sd = hf.state_dict()
+        with torch.no_grad():
+            for t in gguf.GGUFReader(str(path)).tensors:
+                name = _hf_name(t.name, arch)
+                w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(sd[name].shape)
+                sd[name].copy_(torch.from_numpy(w - 1 if "norm" in name else w))  # norms are stored as 1 + w
+    ids = (np.random.default_rng(4).integers(3, 380, size=300)).tolist()
+    against(eng, hf, ids, [ids[:8], ids[200:230]], quant, arch)
+
+
+def test_sentencepiece_without_a_space_prefix(tmp_path):
+    """tokenizer.ggml.add_space_prefix = false (Gemma's GGUFs): no "▁" is prepended to the text."""
+    with_prefix = Engine.from_pretrained(build(tmp_path / "a", sentencepiece=True))
+    without = Engine.from_pretrained(build(tmp_path / "b", sentencepiece=True,
+                                           extra_metadata={"tokenizer.ggml.add_space_prefix": False}))
+    a, b = with_prefix.tokenize("quick fox"), without.tokenize("quick fox")
+    assert a != b
+    assert with_prefix.tokenizer.backend.id_to_token(a[1]).startswith("\u2581")
+    assert not without.tokenizer.backend.id_to_token(b[1]).startswith("\u2581")
+    assert without.detokenize(b) == "quick fox" == with_prefix.detokenize(a)
 
 
 def test_gguf_tensors_of_another_family_are_refused(tmp_path):

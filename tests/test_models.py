@@ -157,17 +157,34 @@ def test_gemma_fields_that_change_the_math_are_refused(tiny, tmp_path):
             Engine.from_pretrained(dst)
 
 
-def test_phi3_longrope_is_refused_by_name(tiny, tmp_path):
+def test_phi3_longrope_short_factors(tiny, tmp_path):
+    """LongRoPE (Phi-3.5 / Phi-4-mini): short factors and the attention factor (cos and sin times
+    sqrt(1 + ln 4 / ln 160) here, on the rotated half of each head), within the original context;
+    beyond it (transformers' long factors) is refused by name."""
     import json
     import shutil
 
     dst = tmp_path / "longrope"
     shutil.copytree(tiny("phi3"), dst)
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["rope_parameters"] = dict(cfg.get("rope_parameters") or {}, rope_type="longrope", short_factor=[1.0] * 4,
-                                  long_factor=[2.0] * 4, original_max_position_embeddings=64)
+    rng = np.random.default_rng(0)
+    cfg["max_position_embeddings"] = 640
+    cfg["original_max_position_embeddings"] = 160  # where Phi-3.5's config keeps it
+    cfg["rope_parameters"] = dict(cfg.get("rope_parameters") or {}, rope_type="longrope",
+                                  short_factor=rng.uniform(1, 3, 4).tolist(), long_factor=rng.uniform(3, 9, 4).tolist())
     (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="longrope"):
+    hf = hf_model(dst)
+    eng = Engine.from_pretrained(dst)
+    assert eng.context_length == 160
+    ids = prompt(160, seed=17)
+    assert_close(eng.logits(ids), hf_logits(hf, ids), 1e-4, "longrope logits")
+    short = prompt(10, seed=18)
+    assert eng.generate(short, max_tokens=40, ignore_eos=True).token_ids == hf_greedy(hf, short, 40)
+    with pytest.raises(ValueError, match="long_factor"):
+        Engine.from_pretrained(dst, max_seq_len=400)
+    cfg["rope_parameters"]["short_factor"] = [1.0] * 3
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="short_factor has 3 values"):
         Engine.from_pretrained(dst)
 
 

@@ -97,16 +97,19 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
           extra_tensors: dict[str, np.ndarray] | None = None, extra_metadata: dict | None = None,
           weights: dict[str, np.ndarray] | None = None, rope_theta: float = 10000.0,
           sentencepiece: bool = False, user_defined: tuple[str, ...] = (), arch: str = "llama",
-          head_dim: int | None = None, context: int = 256) -> Path:
+          head_dim: int | None = None, context: int = 256, window: int = 48,
+          softcaps: tuple[float, float] = (0.0, 0.0)) -> Path:
     """Writes path/model.gguf; returns the file. types maps a tensor kind (attn_q, ffn_down,
     token_embd, output, ...) to a ggml type name; the rest are F32. tied=False writes an output
     tensor (the head) of its own; pre names tokenizer.ggml.pre; weights replaces the random
     transformers model's state dict (Hugging Face names); extra_tensors / extra_metadata are written
-    as they are (values of extra_metadata: str, int or float); sentencepiece=True writes a
+    as they are (values of extra_metadata: str, bool, int or float); sentencepiece=True writes a
     SentencePiece vocabulary (tokenizer.ggml.model "llama") instead of byte-level BPE;
     user_defined tokens are appended to the vocabulary as type 4 (added tokens like <think>); arch
-    "qwen2" (q/k/v biases) or "qwen3" (q/k head norms, head_dim) writes that family in llama.cpp's
-    layout for it (Q and K not permuted, keys under the architecture's name)."""
+    "qwen2" (q/k/v biases), "qwen3" (q/k head norms, head_dim), "gemma2" / "gemma3" (post norms,
+    norms stored as 1 + w, a sliding window, softcaps = (attention, final) logit caps) writes that
+    family in llama.cpp's layout for it (Q and K not permuted, keys under the architecture's name).
+    The transformers model the file holds is saved in path/hf too (without weights=)."""
     import gguf
 
     types = types or {"attn_q": "Q8_0", "attn_k": "Q4_1", "attn_v": "Q4_0", "ffn_down": "Q4_1", "ffn_up": "F16",
@@ -127,20 +130,36 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     D = head_dim or hidden // heads
     config_class, model_class = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                                  "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-                                 "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+                                 "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+                                 "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+                                 "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}[arch]
+    gemma = arch in ("gemma2", "gemma3")
+    extra_cfg = {}
+    if gemma:  # as llama.cpp runs them: scores by 1 / sqrt(head_dim), sliding layers in its fixed pattern
+        extra_cfg = dict(query_pre_attn_scalar=D, sliding_window=window, attn_logit_softcapping=softcaps[0] or None,
+                         final_logit_softcapping=softcaps[1] or None)
+        if arch == "gemma3":
+            extra_cfg["rope_parameters"] = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                            "full_attention": {"rope_type": "default", "rope_theta": rope_theta}}
+            extra_cfg["sliding_window_pattern"] = 6
+        else:
+            extra_cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
+    else:
+        extra_cfg["rope_theta"] = rope_theta
     cfg = config_class(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=ffn,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                       max_position_embeddings=context, rms_norm_eps=1e-5, rope_theta=rope_theta,
-                       tie_word_embeddings=tied, head_dim=D)
+                       max_position_embeddings=context, rms_norm_eps=1e-5, tie_word_embeddings=tied, head_dim=D,
+                       **extra_cfg)
     if weights is None:
         model = model_class(cfg).eval()
         with torch.no_grad():  # Qwen's norms and biases away from 1 and 0, so a lost one shows
             for name, prm in (model.named_parameters() if arch != "llama" else ()):
                 if "norm" in name:
-                    prm.uniform_(0.5, 1.5)
+                    prm.uniform_(-0.5, 0.5) if gemma else prm.uniform_(0.5, 1.5)
                 elif name.endswith(".bias"):
                     prm.normal_(0.0, 0.5)
         sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+        model.save_pretrained(str(path / "hf"), safe_serialization=True)
     else:
         sd = weights
 
@@ -154,6 +173,12 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
     w.add_rope_freq_base(rope_theta)
+    if gemma:
+        w.add_sliding_window(window)
+        if softcaps[0]:
+            w.add_float32(f"{arch}.attn_logit_softcapping", softcaps[0])
+        if softcaps[1]:
+            w.add_float32(f"{arch}.final_logit_softcapping", softcaps[1])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
     w.add_rope_dimension_count(D)
@@ -166,6 +191,8 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     for key, value in (extra_metadata or {}).items():
         if isinstance(value, str):
             w.add_string(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
         elif isinstance(value, float):
             w.add_float32(key, value)
         else:
@@ -201,16 +228,22 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
                  else random_blocks(type_name, a.shape, rng, float(a.std())))
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qt)
 
+    shift = np.float32(1) if gemma else np.float32(0)  # llama.cpp's Gemma converter stores norms as 1 + w
     put("token_embd.weight", sd["model.embed_tokens.weight"], "token_embd")
-    put("output_norm.weight", sd["model.norm.weight"], "norm")
+    put("output_norm.weight", sd["model.norm.weight"] + shift, "norm")
     for name, a in (extra_tensors or {}).items():
         w.add_tensor(name, a)
     if not tied:
         put("output.weight", sd["lm_head.weight"], "output")
     for i in range(layers):
         p = f"model.layers.{i}."
-        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"], "norm")
-        put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "norm")
+        put(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"] + shift, "norm")
+        if gemma:
+            put(f"blk.{i}.ffn_norm.weight", sd[p + "pre_feedforward_layernorm.weight"] + shift, "norm")
+            put(f"blk.{i}.post_attention_norm.weight", sd[p + "post_attention_layernorm.weight"] + shift, "norm")
+            put(f"blk.{i}.post_ffw_norm.weight", sd[p + "post_feedforward_layernorm.weight"] + shift, "norm")
+        else:
+            put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "norm")
         q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
         if arch == "llama":  # llama.cpp permutes llama's Q and K only
             q, k = permute(q, heads), permute(k, kv_heads)
@@ -219,9 +252,9 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
         if arch == "qwen2":
             for x in "qkv":
                 put(f"blk.{i}.attn_{x}.bias", sd[p + f"self_attn.{x}_proj.bias"], "bias")
-        if arch == "qwen3":
-            put(f"blk.{i}.attn_q_norm.weight", sd[p + "self_attn.q_norm.weight"], "norm")
-            put(f"blk.{i}.attn_k_norm.weight", sd[p + "self_attn.k_norm.weight"], "norm")
+        if arch in ("qwen3", "gemma3"):
+            put(f"blk.{i}.attn_q_norm.weight", sd[p + "self_attn.q_norm.weight"] + shift, "norm")
+            put(f"blk.{i}.attn_k_norm.weight", sd[p + "self_attn.k_norm.weight"] + shift, "norm")
         put(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"], "attn_v")
         put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"], "attn_output")
         put(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"], "ffn_gate")

@@ -74,6 +74,7 @@ inline ModelSpec spec_from(const py::dict& d) {
   s.attn_scale = number("attn_scale");
   s.attn_softcap = number("attn_softcap");
   s.final_softcap = number("final_softcap");
+  if (d.contains("rope_attention_factor")) s.rope_attention_factor = d["rope_attention_factor"].cast<float>();
   return s;
 }
 

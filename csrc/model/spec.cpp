@@ -47,6 +47,7 @@ void validate_spec(const ModelSpec& s) {
   need(s.embed_scale >= 0 && s.attn_scale >= 0 && s.attn_softcap >= 0 && s.final_softcap >= 0,
        "embed_scale, attn_scale and the soft caps must be >= 0 (0: off)");
   need(!s.gelu_gate || s.mlp == MlpKind::kSwiGLU, "gelu_gate needs the gated (swiglu) MLP");
+  need(s.rope_attention_factor > 0 && s.rope_attention_factor < 1e6, "rope_attention_factor must be positive");
 }
 
 void check_linear_shape(const ModelSpec& spec, int64_t layer, Proj proj, int64_t N, int64_t K) {

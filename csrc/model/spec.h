@@ -33,6 +33,7 @@ struct ModelSpec {
   float attn_scale = 0.0f;    // > 0: scores times this instead of 1 / sqrt(head_dim)
   float attn_softcap = 0.0f;  // > 0: scores become cap * tanh(scores / cap) before the softmax
   float final_softcap = 0.0f; // > 0: logits become cap * tanh(logits / cap)
+  float rope_attention_factor = 1.0f;  // LongRoPE: cos and sin times this (the rotated dims of q and k)
 };
 
 // the sliding window of layer li (0: none)

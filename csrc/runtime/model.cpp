@@ -508,6 +508,15 @@ void Model::attention_block(int64_t li, int64_t T, const std::vector<Group>& gro
     const float* inv = s.layer_rope_inv_freq.empty() ? s.rope_inv_freq.data() : s.layer_rope_inv_freq[size_t(li)].data();
     table_->rope(qp, qs, pos_.data(), T, H, D, s.rotary_dim, inv, s.rope_interleaved);
     table_->rope(kp, ks, pos_.data(), T, Hkv, D, s.rotary_dim, inv, s.rope_interleaved);
+    if (s.rope_attention_factor != 1.0f) {  // LongRoPE: cos and sin scaled, i.e. the rotated dims
+      const float f = s.rope_attention_factor;
+      for (int64_t r = 0; r < T; ++r) {
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t i = 0; i < s.rotary_dim; ++i) qp[r * qs + h * D + i] *= f;
+        for (int64_t h = 0; h < Hkv; ++h)
+          for (int64_t i = 0; i < s.rotary_dim; ++i) kp[r * ks + h * D + i] *= f;
+      }
+    }
     sw.mark(kOpRope);
   }
   const int64_t kv_head_stride = s.max_seq * D;

@@ -2,9 +2,9 @@
 layout: config, tensors under HF names (dequantized to float32, Q/K rows put back in Hugging
 Face's rotate-half order), the byte-level BPE tokenizer and the chat template from the metadata.
 
-Supported: GGUF v2/v3, the llama, qwen2 and qwen3 architectures, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Supported: GGUF v2/v3, the llama, qwen2, qwen3, gemma2 and gemma3 architectures, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, tokenizer model "gpt2" (byte-level BPE, as SmolLM2 and
-Llama 3 use).
+Llama 3 use) or "llama" (SentencePiece).
 
 Quantized tensors also load in their own bits (``GGUFStore.native_records``): Q8_0 / Q4_0 / Q4_1
 blocks rearranged losslessly into fastlm's q8 / q4 records, the other block types as the file
@@ -231,6 +231,7 @@ class GGUFStore:
 
     def __init__(self, f: GGUFFile, n_heads: int, n_kv_heads: int, qk_permuted: bool = True):
         self.f = f
+        arch = f.metadata.get("general.architecture", "llama")
         self.metadata: dict = {}
         self._heads = (n_heads, n_kv_heads)
         # llama.cpp permutes Q and K rows to interleaved rope pairs for the llama architecture
@@ -238,7 +239,7 @@ class GGUFStore:
         self.qk_permuted = qk_permuted
         self._names: dict[str, tuple[str, int | None]] = {}
         for name in f.tensors:
-            hf, heads = _hf_name(name), None
+            hf, heads = _hf_name(name, arch), None
             if hf is None:
                 continue
             if qk_permuted and name.endswith("attn_q.weight"):
@@ -308,16 +309,23 @@ _LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_laye
                 "ffn_down": "mlp.down_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 
 
-def _hf_name(name: str) -> str | None:
+# Gemma's layer norms: ffn_norm is the one before the MLP there, and two more follow attention and the MLP
+_GEMMA_NAMES = {**_LAYER_NAMES, "ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
+                "post_ffw_norm": "post_feedforward_layernorm"}
+GEMMA = ("gemma2", "gemma3")
+
+
+def _hf_name(name: str, arch: str = "llama") -> str | None:
     if name == "token_embd.weight":
         return "model.embed_tokens.weight"
     if name == "output_norm.weight":
         return "model.norm.weight"
     if name == "output.weight":
         return "lm_head.weight"
+    names = _GEMMA_NAMES if arch in GEMMA else _LAYER_NAMES
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in names:
+        return f"model.layers.{parts[1]}.{names[parts[2]]}.{parts[3]}"
     return None
 
 
@@ -333,7 +341,12 @@ _LLAMA_KEYS = {"context_length", "embedding_length", "block_count", "feed_forwar
 # llama.cpp's architecture names -> the transformers class, and the tensors beyond Llama's it has
 GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", ()),
                       "qwen2": ("Qwen2ForCausalLM", ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
-                      "qwen3": ("Qwen3ForCausalLM", ("attn_q_norm.weight", "attn_k_norm.weight"))}
+                      "qwen3": ("Qwen3ForCausalLM", ("attn_q_norm.weight", "attn_k_norm.weight")),
+                      "gemma2": ("Gemma2ForCausalLM", ("post_attention_norm.weight", "post_ffw_norm.weight")),
+                      "gemma3": ("Gemma3ForCausalLM", ("post_attention_norm.weight", "post_ffw_norm.weight",
+                                                       "attn_q_norm.weight", "attn_k_norm.weight"))}
+# the keys llama.cpp writes for Gemma beyond Llama's
+_GEMMA_KEYS = {"attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"}
 
 
 # a layer's tensors every architecture has; GGUF_ARCHITECTURES names the others each one adds
@@ -356,7 +369,8 @@ def gguf_config(f: GGUFFile) -> dict:
         raise GGUFError(f"{f.path}: architecture {arch!r} is not supported for GGUF import "
                         f"({', '.join(GGUF_ARCHITECTURES)} are)")
     hf_arch, extra = GGUF_ARCHITECTURES[arch]
-    unknown = sorted(k for k in md if k.startswith(arch + ".") and k[len(arch) + 1:] not in _LLAMA_KEYS)
+    known = _LLAMA_KEYS | (_GEMMA_KEYS if arch in GEMMA else set())
+    unknown = sorted(k for k in md if k.startswith(arch + ".") and k[len(arch) + 1:] not in known)
     if unknown:
         raise GGUFError(f"{f.path}: metadata key {unknown[0]!r} is not understood by fastlm's {arch} import: the model "
                         "would run half-understood")
@@ -398,6 +412,7 @@ def gguf_config(f: GGUFFile) -> dict:
         "bos_token_id": md.get("tokenizer.ggml.bos_token_id"), "eos_token_id": md.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": md.get("tokenizer.ggml.padding_token_id"), "hidden_act": "silu",
         "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+        "from_gguf": True,  # llama.cpp's conventions: Gemma's norms hold 1 + w, its embedding scale is float32
     }
     if "rope_freqs.weight" in f.tensors:  # Llama 3.1 / 3.2: per-frequency divisors, as llama.cpp applies them
         factors = f.get("rope_freqs.weight").astype(np.float32).reshape(-1)
@@ -410,7 +425,35 @@ def gguf_config(f: GGUFFile) -> dict:
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(md[f"{arch}.rope.scaling.factor"])}
     elif scaling not in (None, "none"):
         raise GGUFError(f"{f.path}: rope scaling {scaling!r} is not supported for GGUF import")
+    if arch in GEMMA:
+        cfg.update(_gemma_config(f, arch, cfg))
     return cfg
+
+
+def _gemma_config(f: GGUFFile, arch: str, cfg: dict) -> dict:
+    """Gemma 2 / 3 as llama.cpp runs them from these keys: the norm weights already hold 1 + w
+    (its converter adds the 1), sliding layers every other one (Gemma 2) or five of six (Gemma 3)
+    with rope base 10000 and no scaling there (Gemma 3), the global layers on rope.freq_base and its
+    scaling; scores scaled by 1 / sqrt(head_dim), or by 1 / sqrt(hidden / heads) for the 27B models
+    (46 / 62 layers), as llama.cpp decides it."""
+    md = f.metadata
+    L, hidden, heads, D = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["head_dim"]
+    window = md.get(f"{arch}.attention.sliding_window")
+    if window is None:
+        raise GGUFError(f"{f.path}: metadata lacks {arch}.attention.sliding_window")
+    every = 2 if arch == "gemma2" else 6
+    out = {"hidden_activation": "gelu_pytorch_tanh", "sliding_window": int(window),
+           "layer_types": ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(L)],
+           "query_pre_attn_scalar": hidden // heads if L == (46 if arch == "gemma2" else 62) else D,
+           "attn_logit_softcapping": md.get(f"{arch}.attn_logit_softcapping"),
+           "final_logit_softcapping": md.get(f"{arch}.final_logit_softcapping")}
+    if arch == "gemma3":
+        full = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
+        if "rope_scaling" in cfg:
+            full = {**cfg.pop("rope_scaling"), "rope_theta": cfg["rope_theta"]}
+        out["rope_parameters"] = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                  "full_attention": full}
+    return out
 
 
 # tokenizer.ggml.pre -> the split regex llama.cpp and transformers apply before byte-level BPE;
@@ -569,8 +612,13 @@ def _sentencepiece_from_gguf(f: GGUFFile):
     merges = ([tuple(m.split(" ")) for m in md["tokenizer.ggml.merges"]] if md.get("tokenizer.ggml.merges")
               else merges_from_scores(tokens, scores, vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(content=" ", left=1)])
+    # llama.cpp prepends a space to the text unless tokenizer.ggml.add_space_prefix is false (Gemma's)
+    prefix = md.get("tokenizer.ggml.add_space_prefix", True)
+    if not isinstance(prefix, bool):
+        raise GGUFError(f"{f.path}: tokenizer.ggml.add_space_prefix must be a bool, got {prefix!r}")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first" if prefix else "never",
+                                                 split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
     # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
     return _with_specials(f, tok, vocab, add_bos_default=True, tokenizer_class="LlamaTokenizer")

@@ -28,7 +28,7 @@ from fastlm.models.loader import (
     resolve_dtype,
     tied_head,
 )
-from fastlm.rope import inv_freq
+from fastlm.rope import attention_factor, inv_freq, longrope_context
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2",
@@ -102,7 +102,8 @@ def gemma_spec(config: dict, arch: str, C: int, D: int, R: int, window: int, wdt
     else:
         freq = {t: inv_freq(config, R) for t in set(types)}
     scale = np.float32(math.sqrt(C))
-    if wdtype == "bfloat16":  # transformers scales in the weights' dtype: sqrt(3072) is 55.5 in bf16
+    if wdtype == "bfloat16" and not config.get("from_gguf"):
+        # transformers scales in the weights' dtype: sqrt(3072) is 55.5 in bf16 (llama.cpp in float32)
         scale = np.float32(ml_dtypes.bfloat16(scale))
     qpas = cfg_float(config, "query_pre_attn_scalar", float(D), positive=True)
     soft = {name: cfg_float(config, name, 0.0, lo=0) if config.get(name) is not None else 0.0
@@ -131,6 +132,12 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         # some layers would attend through a window only: not run half-understood
         raise ConfigError(f"config use_sliding_window=true (sliding_window={window}, max_window_layers="
                           f"{config.get('max_window_layers')}) is not supported for {arch}")
+    short = longrope_context(config)
+    if short is not None:  # LongRoPE: its short factors up to the original context, as transformers there
+        if max_seq_len is not None and max_seq_len > short:
+            raise ConfigError(f"max_seq_len={max_seq_len} passes LongRoPE's original_max_position_embeddings={short}, "
+                              "where transformers switches to long_factor: not supported yet")
+        context = min(context, short)
     max_seq = max_seq_len or context
     # Mistral and Phi-3 attend through a sliding window: position p sees keys p - W + 1 .. p
     window = window if arch in ("MistralForCausalLM", "Phi3ForCausalLM", *GEMMA) and window < max_seq else 0
@@ -149,8 +156,11 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
         "mlp": "swiglu",
         "pos": "rope", "rope_inv_freq": inv_freq(config, R), "rotary_dim": R, "rope_interleaved": interleaved,
         "qk_norm": arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"), "sliding_window": window,
+        "rope_attention_factor": attention_factor(config),
     }
     gemma = arch in GEMMA
+    # Gemma's norms scale by 1 + w; a GGUF holds them with the 1 added already (llama.cpp's converter)
+    shift = np.float32(1) if gemma and not config.get("from_gguf") else None
     if gemma:
         spec.update(gemma_spec(config, arch, C, D, R, window, wdtype))
         spec["sliding_window"] = 0  # per layer instead
@@ -182,11 +192,11 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
             if which in (2, 3) and not spec["qk_norm"]:
                 continue
             w = ld.f32(p + name, (D if which in (2, 3) else C,))
-            model.set_norm(i, which, w + np.float32(1) if gemma else w)  # Gemma scales by 1 + w
+            model.set_norm(i, which, w + shift if shift else w)  # Gemma scales by 1 + w
         if progress:
             progress(i + 1, L)
     final = ld.f32("model.norm.weight", (C,))
-    model.set_norm(-1, 0, final + np.float32(1) if gemma else final)
+    model.set_norm(-1, 0, final + shift if shift else final)
     ld.set_vocab_matrix(model, "embedding", "model.embed_tokens.weight", (V, C))
     tied = tied_head(config, store, "lm_head.weight")
     if tied:
