@@ -68,6 +68,21 @@ def test_qwen_families_match_transformers(tmp_path, arch, quant):
     assert got == [eng.generate(p, max_tokens=48, ignore_eos=True).token_ids for p in [ids[:8], ids[100:105], ids[200:230]]]
 
 
+def load_dequantized(hf, path, arch):
+    """The reference holds the file's weights: each tensor dequantized by the gguf package (Gemma's
+    norms, stored as 1 + w, back to w)."""
+    import gguf
+
+    from fastlm.formats.gguf import GEMMA, _hf_name
+
+    sd = hf.state_dict()
+    with torch.no_grad():
+        for t in gguf.GGUFReader(str(path)).tensors:
+            name = _hf_name(t.name, arch)
+            w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(sd[name].shape)
+            sd[name].copy_(torch.from_numpy(np.array(w - 1 if arch in GEMMA and "norm" in name else w)))
+
+
 def against(eng, hf, ids, prompts, quant, what):
     """fastlm's logits over ids against transformers' (1e-4 in float32; Q8_0 within its activation
     rounding), and, in float32, the greedy 48 tokens of prompts batched; fastlm's batched tokens."""
@@ -99,19 +114,55 @@ def test_gemma_families_match_the_model_they_hold(tmp_path, arch, layers, quant)
     eng = Engine.from_pretrained(path)
     assert eng.info["architecture"] == {"gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}[arch]
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
-    if quant != "F32":  # the reference holds the file's weights: each tensor dequantized by the gguf package
-        import gguf
-
-        from fastlm.formats.gguf import _hf_name
-
-        sd = hf.state_dict()
-        with torch.no_grad():
-            for t in gguf.GGUFReader(str(path)).tensors:
-                name = _hf_name(t.name, arch)
-                w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(sd[name].shape)
-                sd[name].copy_(torch.from_numpy(w - 1 if "norm" in name else w))  # norms are stored as 1 + w
+    if quant != "F32":
+        load_dequantized(hf, path, arch)
     ids = (np.random.default_rng(4).integers(3, 380, size=300)).tolist()
     against(eng, hf, ids, [ids[:8], ids[200:230]], quant, arch)
+
+
+@pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+def test_phi3_matches_the_model_it_holds(tmp_path, quant):
+    """llama.cpp's phi3 layout: attn_qkv and ffn_up (gate | up) fused and cut by rows in their own
+    blocks, partial rotary from rope.dimension_count, a sliding window of 48 within 300 positions."""
+    kinds = ("attn_q", "attn_output", "ffn_up", "ffn_down", "token_embd")
+    path = build(tmp_path, types={k: quant for k in kinds}, arch="phi3", layers=2, context=512, window=48, tied=False)
+    eng = Engine.from_pretrained(path)
+    assert eng.info["architecture"] == "Phi3ForCausalLM" and eng.info["sliding_window"] == 48
+    if quant == "Q8_0":  # the fused tensors stay in their blocks, cut row-wise
+        assert {"model.layers.0.self_attn.qkv_proj.weight[k]", "model.layers.1.mlp.gate_up_proj.weight[up]"} <= \
+            set(eng.info["quantized"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    if quant != "F32":
+        load_dequantized(hf, path, "phi3")
+    ids = (np.random.default_rng(5).integers(3, 380, size=300)).tolist()
+    against(eng, hf, ids, [ids[:8], ids[200:230]], quant, "phi3")
+
+
+def test_phi3_longrope_from_gguf(tmp_path):
+    """Phi-3.5's LongRoPE as llama.cpp stores it: rope_factors_short / _long tensors, the original
+    context and the attention factor in the metadata; against transformers with the same rope."""
+    import json
+
+    short = np.array([1.0, 1.7, 2.3, 3.1], np.float32)  # one per rotated pair (8 of 16 dims rotate)
+    path = build(tmp_path, types={"token_embd": "F32"}, arch="phi3", layers=2, context=512, window=4096, tied=False,
+                 extra_tensors={"rope_factors_short.weight": short, "rope_factors_long.weight": short * 4},
+                 extra_metadata={"phi3.rope.scaling.original_context_length": 512,
+                                 "phi3.rope.scaling.attn_factor": 1.2})
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg["rope_parameters"] = dict(cfg["rope_parameters"], rope_type="longrope", short_factor=short.tolist(),
+                                  long_factor=(short * 4).tolist(), attention_factor=1.2)
+    cfg["original_max_position_embeddings"] = 512
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    eng = Engine.from_pretrained(path)
+    ids = (np.random.default_rng(6).integers(3, 380, size=200)).tolist()
+    against(eng, hf, ids, [ids[:8]], "F32", "phi3 longrope")
+
+
+def test_phi3_gguf_with_split_projections_is_refused(tmp_path):
+    path = build(tmp_path, arch="phi3", extra_tensors={"blk.0.attn_q.weight": np.zeros((64, 64), np.float32)})
+    with pytest.raises(GGUFError, match="attn_q.weight"):
+        Engine.from_pretrained(path)
 
 
 def test_sentencepiece_without_a_space_prefix(tmp_path):

@@ -108,7 +108,8 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
     user_defined tokens are appended to the vocabulary as type 4 (added tokens like <think>); arch
     "qwen2" (q/k/v biases), "qwen3" (q/k head norms, head_dim), "gemma2" / "gemma3" (post norms,
     norms stored as 1 + w, a sliding window, softcaps = (attention, final) logit caps) writes that
-    family in llama.cpp's layout for it (Q and K not permuted, keys under the architecture's name).
+    family in llama.cpp's layout for it (Q and K not permuted, keys under the architecture's name);
+    "phi3" writes q|k|v and gate|up fused, half of each head rotating, a sliding window.
     The transformers model the file holds is saved in path/hf too (without weights=)."""
     import gguf
 
@@ -132,7 +133,8 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
                                  "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                                  "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
                                  "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
-                                 "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}[arch]
+                                 "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+                                 "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}[arch]
     gemma = arch in ("gemma2", "gemma3")
     extra_cfg = {}
     if gemma:  # as llama.cpp runs them: scores by 1 / sqrt(head_dim), sliding layers in its fixed pattern
@@ -144,6 +146,9 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
             extra_cfg["sliding_window_pattern"] = 6
         else:
             extra_cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
+    elif arch == "phi3":  # half of each head rotates; a window shorter than the tests' sequences
+        extra_cfg = dict(rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "partial_rotary_factor": 0.5},
+                         sliding_window=window, pad_token_id=0)
     else:
         extra_cfg["rope_theta"] = rope_theta
     cfg = config_class(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=ffn,
@@ -181,7 +186,9 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
             w.add_float32(f"{arch}.final_logit_softcapping", softcaps[1])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
-    w.add_rope_dimension_count(D)
+    w.add_rope_dimension_count(D // 2 if arch == "phi3" else D)
+    if arch == "phi3":
+        w.add_sliding_window(window)
     if head_dim:
         w.add_key_length(D)
         w.add_value_length(D)
@@ -244,6 +251,12 @@ def build(path: Path, types: dict[str, str] | None = None, hidden: int = 64, ffn
             put(f"blk.{i}.post_ffw_norm.weight", sd[p + "post_feedforward_layernorm.weight"] + shift, "norm")
         else:
             put(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"], "norm")
+        if arch == "phi3":  # fused as in the checkpoint: q|k|v, and ffn_up holding gate then up
+            put(f"blk.{i}.attn_qkv.weight", sd[p + "self_attn.qkv_proj.weight"], "attn_q")
+            put(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"], "attn_output")
+            put(f"blk.{i}.ffn_up.weight", sd[p + "mlp.gate_up_proj.weight"], "ffn_up")
+            put(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"], "ffn_down")
+            continue
         q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
         if arch == "llama":  # llama.cpp permutes llama's Q and K only
             q, k = permute(q, heads), permute(k, kv_heads)

@@ -2,7 +2,7 @@
 layout: config, tensors under HF names (dequantized to float32, Q/K rows put back in Hugging
 Face's rotate-half order), the byte-level BPE tokenizer and the chat template from the metadata.
 
-Supported: GGUF v2/v3, the llama, qwen2, qwen3, gemma2 and gemma3 architectures, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Supported: GGUF v2/v3, the llama, qwen2, qwen3, gemma2, gemma3 and phi3 architectures, tensors F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, tokenizer model "gpt2" (byte-level BPE, as SmolLM2 and
 Llama 3 use) or "llama" (SentencePiece).
 
@@ -313,6 +313,8 @@ _LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_laye
 _GEMMA_NAMES = {**_LAYER_NAMES, "ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
                 "post_ffw_norm": "post_feedforward_layernorm"}
 GEMMA = ("gemma2", "gemma3")
+# Phi-3's q|k|v and gate|up stay fused in the file (ffn_up holds gate then up), as in its checkpoint
+_PHI3_NAMES = {**_LAYER_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
 
 
 def _hf_name(name: str, arch: str = "llama") -> str | None:
@@ -322,7 +324,7 @@ def _hf_name(name: str, arch: str = "llama") -> str | None:
         return "model.norm.weight"
     if name == "output.weight":
         return "lm_head.weight"
-    names = _GEMMA_NAMES if arch in GEMMA else _LAYER_NAMES
+    names = _GEMMA_NAMES if arch in GEMMA else _PHI3_NAMES if arch == "phi3" else _LAYER_NAMES
     parts = name.split(".")
     if len(parts) == 4 and parts[0] == "blk" and parts[2] in names:
         return f"model.layers.{parts[1]}.{names[parts[2]]}.{parts[3]}"
@@ -344,9 +346,14 @@ GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", ()),
                       "qwen3": ("Qwen3ForCausalLM", ("attn_q_norm.weight", "attn_k_norm.weight")),
                       "gemma2": ("Gemma2ForCausalLM", ("post_attention_norm.weight", "post_ffw_norm.weight")),
                       "gemma3": ("Gemma3ForCausalLM", ("post_attention_norm.weight", "post_ffw_norm.weight",
-                                                       "attn_q_norm.weight", "attn_k_norm.weight"))}
-# the keys llama.cpp writes for Gemma beyond Llama's
+                                                       "attn_q_norm.weight", "attn_k_norm.weight")),
+                      "phi3": ("Phi3ForCausalLM", ("attn_qkv.weight", "rope_factors_short.weight",
+                                                   "rope_factors_long.weight"))}
+# tensors an architecture must not have although others do: Phi-3 keeps q|k|v and gate|up fused
+_ABSENT = {"phi3": ("attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight")}
+# the keys llama.cpp writes for Gemma and Phi-3 beyond Llama's
 _GEMMA_KEYS = {"attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping"}
+_PHI3_KEYS = {"attention.sliding_window", "rope.scaling.attn_factor"}
 
 
 # a layer's tensors every architecture has; GGUF_ARCHITECTURES names the others each one adds
@@ -356,7 +363,7 @@ _COMMON_LAYER_TENSORS = {f"{n}.weight" for n in _LAYER_NAMES} - {"attn_q_norm.we
 def _known_tensor(name: str, extra: tuple[str, ...]) -> bool:
     parts = name.split(".")
     if parts[0] != "blk":
-        return name == "rope_freqs.weight" or _hf_name(name) is not None
+        return name == "rope_freqs.weight" or name in extra or _hf_name(name) is not None
     kind = ".".join(parts[2:])
     return len(parts) == 4 and (kind in _COMMON_LAYER_TENSORS or kind in extra)
 
@@ -369,7 +376,7 @@ def gguf_config(f: GGUFFile) -> dict:
         raise GGUFError(f"{f.path}: architecture {arch!r} is not supported for GGUF import "
                         f"({', '.join(GGUF_ARCHITECTURES)} are)")
     hf_arch, extra = GGUF_ARCHITECTURES[arch]
-    known = _LLAMA_KEYS | (_GEMMA_KEYS if arch in GEMMA else set())
+    known = _LLAMA_KEYS | (_GEMMA_KEYS if arch in GEMMA else _PHI3_KEYS if arch == "phi3" else set())
     unknown = sorted(k for k in md if k.startswith(arch + ".") and k[len(arch) + 1:] not in known)
     if unknown:
         raise GGUFError(f"{f.path}: metadata key {unknown[0]!r} is not understood by fastlm's {arch} import: the model "
@@ -380,7 +387,8 @@ def gguf_config(f: GGUFFile) -> dict:
     if int(md.get(f"{arch}.attention.value_length", 0) or 0) not in (
             0, int(md.get(f"{arch}.attention.key_length", 0) or 0)):
         raise GGUFError(f"{f.path}: {arch}.attention.value_length differs from key_length: not supported")
-    unused = sorted(n for n in f.tensors if not _known_tensor(n, extra))
+    unused = sorted(n for n in f.tensors if not _known_tensor(n, extra)
+                    or ".".join(n.split(".")[2:]) in _ABSENT.get(arch, ()))
     if unused:
         raise GGUFError(f"{f.path}: tensor {unused[0]!r} is not part of a {arch} model fastlm knows: the model would "
                         "run without it")
@@ -398,8 +406,8 @@ def gguf_config(f: GGUFFile) -> dict:
         raise GGUFError(f"{f.path}: the vocabulary size is not in the metadata")
     head_dim = int(md.get(f"{arch}.attention.key_length") or hidden // heads)
     rot = int(md.get(f"{arch}.rope.dimension_count") or head_dim)
-    if rot != head_dim:
-        raise GGUFError(f"{f.path}: partial rotary ({rot} of {head_dim} dims) is not supported")
+    if rot != head_dim and arch != "phi3":
+        raise GGUFError(f"{f.path}: partial rotary ({rot} of {head_dim} dims) is not supported for {arch}")
     cfg = {
         "architectures": [hf_arch], "model_type": arch,
         "hidden_size": hidden, "num_hidden_layers": int(key("block_count")), "num_attention_heads": heads,
@@ -427,7 +435,29 @@ def gguf_config(f: GGUFFile) -> dict:
         raise GGUFError(f"{f.path}: rope scaling {scaling!r} is not supported for GGUF import")
     if arch in GEMMA:
         cfg.update(_gemma_config(f, arch, cfg))
+    if arch == "phi3":
+        cfg.update(_phi3_config(f, cfg, rot))
     return cfg
+
+
+def _phi3_config(f: GGUFFile, cfg: dict, rot: int) -> dict:
+    """Phi-3 as llama.cpp writes it: partial rotary from rope.dimension_count, the sliding window,
+    and LongRoPE as rope_factors_short / _long tensors with the original context and attention
+    factor in the metadata (read into a longrope rope_scaling, as transformers names it)."""
+    md = f.metadata
+    out = {"partial_rotary_factor": rot / cfg["head_dim"], "sliding_window": md.get("phi3.attention.sliding_window"),
+           "pad_token_id": cfg.get("pad_token_id")}
+    if "rope_factors_short.weight" in f.tensors or "rope_factors_long.weight" in f.tensors:
+        orig = md.get("phi3.rope.scaling.original_context_length")
+        if orig is None:
+            raise GGUFError(f"{f.path}: LongRoPE factors without phi3.rope.scaling.original_context_length")
+        scaling = {"rope_type": "longrope",
+                   "short_factor": f.get("rope_factors_short.weight").astype(np.float32).reshape(-1).tolist(),
+                   "long_factor": f.get("rope_factors_long.weight").astype(np.float32).reshape(-1).tolist()}
+        if md.get("phi3.rope.scaling.attn_factor") is not None:
+            scaling["attention_factor"] = float(md["phi3.rope.scaling.attn_factor"])
+        out.update(rope_scaling=scaling, original_max_position_embeddings=int(orig))
+    return out
 
 
 def _gemma_config(f: GGUFFile, arch: str, cfg: dict) -> dict:

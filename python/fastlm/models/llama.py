@@ -175,12 +175,11 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
     for i in range(L):
         p = f"model.layers.{i}."
         if fused:
-            qkv = ld.raw(p + "self_attn.qkv_proj.weight", (H * D + 2 * Hkv * D, C))
-            for name, rows in (("q", qkv[:H * D]), ("k", qkv[H * D:(H + Hkv) * D]), ("v", qkv[(H + Hkv) * D:])):
-                ld.set_linear_part(model, i, name, p + "self_attn.qkv_proj.weight", rows)
-            gate_up = ld.raw(p + "mlp.gate_up_proj.weight", (2 * F, C))
-            ld.set_linear_part(model, i, "gate", p + "mlp.gate_up_proj.weight", gate_up[:F])
-            ld.set_linear_part(model, i, "up", p + "mlp.gate_up_proj.weight", gate_up[F:])
+            qkv = (H * D + 2 * Hkv * D, C)
+            for name, rows in (("q", slice(0, H * D)), ("k", slice(H * D, (H + Hkv) * D)), ("v", slice((H + Hkv) * D, None))):
+                ld.set_linear_rows(model, i, name, p + "self_attn.qkv_proj.weight", qkv, rows)
+            for name, rows in (("gate", slice(0, F)), ("up", slice(F, None))):
+                ld.set_linear_rows(model, i, name, p + "mlp.gate_up_proj.weight", (2 * F, C), rows)
         for name, hf in LINEAR_NAMES.items():
             if fused and name in ("q", "k", "v", "gate", "up"):
                 continue

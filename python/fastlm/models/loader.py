@@ -151,6 +151,20 @@ class Loader:
         q, qtype, G, borrow = self._quantize(name, w, *fmt, key=f"{name}[{proj}]")
         model.set_linear_q(layer, proj, q, qtype, w.shape[1], G, bias, borrow)
 
+    def set_linear_rows(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], rows: slice) -> None:
+        """Rows `rows` of a fused (N, K) tensor `name` as projection proj (Phi-3's q|k|v, gate|up): a
+        GGUF tensor running in its own blocks is cut by rows, still borrowed; any other is cut from
+        the float tensor and converted or quantized as set_linear_part does."""
+        if self.dtype == NATIVE:
+            rec = self.records(name, shape, proj)
+            if rec is not None:
+                q, qtype, G, borrow = rec
+                self.quantized.pop(name, None)
+                self.quantized[f"{name}[{proj}]"] = (qtype, G)
+                model.set_linear_q(layer, proj, q[rows], qtype, shape[1], G, None, borrow)
+                return
+        self.set_linear_part(model, layer, proj, name, self.raw(name, shape)[rows])
+
     def set_linear(self, model, layer: int, proj: str, name: str, shape: tuple[int, int], bias=None,
                    transpose: bool = False) -> None:
         """Loads one linear weight (out, in) into the executor, quantized when the dtype says so."""
