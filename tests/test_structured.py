@@ -236,3 +236,21 @@ def test_the_cli_flags(capsys, tmp_path):
     assert capsys.readouterr().out.strip() in ("yes", "no")
     assert main(["generate", "--regex", "[", "x"]) == 2
     assert "unclosed character class" in capsys.readouterr().err
+
+
+def test_each_sequence_of_a_batch_its_own_constraint(engine):
+    """vLLM's form: a list of SamplingParams, one per prompt; a free one among them decodes as alone."""
+    q = [{"role": "user", "content": "Tell me about cats."}]
+    params = [SamplingParams(structured=PERSON, max_tokens=60), SamplingParams(max_tokens=30),
+              SamplingParams(structured=StructuredOutput(choice=["yes", "no"]), max_tokens=5)]
+    person, free, choice = engine.chat([ask(PERSON), q, [{"role": "user", "content": "Yes or no?"}]], params)
+    jsonschema.validate(json.loads(person.text), PERSON)
+    assert free.text == engine.chat(q, max_tokens=30).text
+    assert choice.text in ("yes", "no")
+    outs = engine.generate(["Digits:", "Letters:"], [SamplingParams(structured=StructuredOutput(regex="[0-9]{5}")),
+                                                    SamplingParams(structured=StructuredOutput(regex="[a-z]{3}"))])
+    assert outs[0].text.isdigit() and len(outs[0].text) == 5 and outs[1].text.isalpha() and len(outs[1].text) == 3
+    with pytest.raises(ValueError, match="a list of SamplingParams needs a batch of as many prompts"):
+        engine.generate(["a", "b"], [SamplingParams()])
+    with pytest.raises(ValueError, match="as many prompts"):
+        engine.generate("a", [SamplingParams()])

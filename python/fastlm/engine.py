@@ -274,21 +274,47 @@ class Engine:
         self.scheduler.submit(stream.generation)
         return stream
 
-    def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | None = None,
+    def generate(self, prompt: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
                  **overrides) -> Completion | list[Completion]:
         """Continues a prompt (text or token ids), or each prompt of a list, which decode as one batch.
 
-        params: a SamplingParams; keyword overrides replace its fields (max_tokens=32, ...).
-        Defaults: greedy, until EOS or the context is full. Returns a Completion per prompt, each with
-        params.n choices.
+        params: a SamplingParams, or for a batch a list of them, one per prompt (each its own
+        constraint, say: they still decode together); keyword overrides replace their fields
+        (max_tokens=32, ...). Defaults: greedy, until EOS or the context is full. Returns a
+        Completion per prompt, each with params.n choices.
 
         >>> engine.generate("The capital of France is", max_tokens=8).text  # doctest: +SKIP
         """
-        p = self._params(params, overrides)
         batch = self._is_batch(prompt)
         prompts = [self._ids(x) for x in (prompt if batch else [prompt])]
-        out = self._run(prompts, p, chat=False)
+        if isinstance(params, (list, tuple)):
+            return self._run_each(prompts, self._params_each(params, overrides, batch, len(prompts)), chat=False)
+        out = self._run(prompts, self._params(params, overrides), chat=False)
         return out if batch else out[0]
+
+    def _params_each(self, params, overrides: dict, batch: bool, n: int) -> list[SamplingParams]:
+        """A list of SamplingParams, one per prompt of a batch (vLLM's form)."""
+        if not batch or len(params) != n:
+            raise ValueError(f"a list of SamplingParams needs a batch of as many prompts: got {len(params)} params "
+                             f"for {n if batch else 'one'} prompt{'s' if batch and n != 1 else ''}")
+        return [self._params(p, overrides) for p in params]
+
+    def _run_each(self, prompts: list[list[int]], params: list[SamplingParams], chat: bool,
+                  tools: list | None = None) -> list[Completion]:
+        """Each prompt as its own call with its own params (its own constraint, say), submitted
+        together so they decode as one batch."""
+        gens = [self._make([q], p, chat, tools=t) for q, p, t in zip(prompts, params, tools or [None] * len(prompts))]
+        submitted = []
+        try:
+            for g in gens:
+                self.scheduler.submit(g)
+                submitted.append(g)
+            return [g.run()[0] for g in gens]
+        except BaseException:  # a refusal or Ctrl-C: the calls already queued are dropped
+            for g in submitted:
+                if not g.done:
+                    self.scheduler.cancel(g)
+            raise
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> Stream:
         """Chunks of the continuation of one prompt as they are generated (see Chunk); n > 1 samples
@@ -343,13 +369,15 @@ class Engine:
             params = dataclasses.replace(params, structured=tool_calls.constraint(fmt, checked, name, parallel_tool_calls))
         return template, params, (fmt, checked)
 
-    def chat(self, messages: Messages | Sequence[Messages], params: SamplingParams | None = None, *,
+    def chat(self, messages: Messages | Sequence[Messages],
+             params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              tools: list | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
              documents: list | None = None, chat_template_kwargs: dict | None = None,
              **overrides) -> Completion | list[Completion]:
         """The assistant's reply to a conversation, through the model's own chat template; a list of
         conversations decodes as one batch. A conversation that extends the previous one reuses its
-        KV cache (usage.cached_tokens). documents and chat_template_kwargs (e.g.
+        KV cache (usage.cached_tokens). params may be a list, one per conversation of a batch (as
+        generate()'s). documents and chat_template_kwargs (e.g.
         {"enable_thinking": False}) reach the template, as apply_chat_template passes them.
 
         tools (OpenAI's function tools) reach the template too, and the model's calls come back in
@@ -362,10 +390,16 @@ class Engine:
 
         >>> engine.chat([{"role": "user", "content": "What is the capital of France?"}]).text  # doctest: +SKIP
         """
-        p = self._params(params, overrides)
         batch = self._is_conversation_batch(messages)
-        template, p, parse = self._tool_plan(p, tools, tool_choice, parallel_tool_calls, documents, chat_template_kwargs)
-        prompts = [self._chat_ids(m, template) for m in (messages if batch else [messages])]
+        conversations = messages if batch else [messages]
+        if isinstance(params, (list, tuple)):
+            plans = [self._tool_plan(p, tools, tool_choice, parallel_tool_calls, documents, chat_template_kwargs)
+                     for p in self._params_each(params, overrides, batch, len(conversations))]
+            prompts = [self._chat_ids(m, plans[0][0]) for m in conversations]
+            return self._run_each(prompts, [p for _, p, _ in plans], chat=True, tools=[t for _, _, t in plans])
+        template, p, parse = self._tool_plan(self._params(params, overrides), tools, tool_choice, parallel_tool_calls,
+                                             documents, chat_template_kwargs)
+        prompts = [self._chat_ids(m, template) for m in conversations]
         out = self._run(prompts, p, chat=True, tools=parse)
         return out if batch else out[0]
 
