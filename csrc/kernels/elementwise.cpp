@@ -46,20 +46,19 @@ void silu_mul(const float* gate, const float* up, float* y, int64_t n) {
 
 // 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3): GPT-2's "gelu_new", computed as
 // x * sigmoid(2u), the same function without the cancellation of 1 + tanh(u) for x << 0
-void gelu_tanh(const float* x, float* y, int64_t n) {
-  map_elements(n, [=](int64_t i, int m) {
-    VF v = vload_n(x + i, m);
-    VF u2 = vmul(vset1(2.0f * 0.7978845608028654f), vfma(vmul(vset1(0.044715f), vmul(v, v)), v, v));
-    store_n(y + i, vmul(v, vsigmoid(u2)), m);
-  });
+FASTLM_INLINE VF vgelu_tanh(VF v) {
+  VF u2 = vmul(vset1(2.0f * 0.7978845608028654f), vfma(vmul(vset1(0.044715f), vmul(v, v)), v, v));
+  return vmul(v, vsigmoid(u2));
 }
 
-// gelu_tanh(gate) * up, as above (Gemma's GeGLU)
+void gelu_tanh(const float* x, float* y, int64_t n) {
+  map_elements(n, [=](int64_t i, int m) { store_n(y + i, vgelu_tanh(vload_n(x + i, m)), m); });
+}
+
+// gelu_tanh(gate) * up (Gemma's GeGLU)
 void gelu_mul(const float* gate, const float* up, float* y, int64_t n) {
   map_elements(n, [=](int64_t i, int m) {
-    VF v = vload_n(gate + i, m);
-    VF u2 = vmul(vset1(2.0f * 0.7978845608028654f), vfma(vmul(vset1(0.044715f), vmul(v, v)), v, v));
-    store_n(y + i, vmul(vmul(v, vsigmoid(u2)), vload_n(up + i, m)), m);
+    store_n(y + i, vmul(vgelu_tanh(vload_n(gate + i, m)), vload_n(up + i, m)), m);
   });
 }
 

@@ -252,13 +252,20 @@ class Engine:
 
     def _run(self, prompts: list[list[int]], params: SamplingParams, chat: bool,
              tools: tuple[str, list] | None = None) -> list[Completion]:
-        gen = self._make(prompts, params, chat, tools=tools)
-        self.scheduler.submit(gen)
+        return self._wait([self._make(prompts, params, chat, tools=tools)])
+
+    def _wait(self, gens: list[Generation]) -> list[Completion]:
+        """Submits the calls (they decode together) and returns their completions in order."""
+        submitted = []
         try:
-            return gen.run()
-        except BaseException:  # Ctrl-C while waiting: the call is dropped, its slots freed
-            if not gen.done:
-                self.scheduler.cancel(gen)
+            for g in gens:
+                self.scheduler.submit(g)
+                submitted.append(g)
+            return [c for g in gens for c in g.run()]
+        except BaseException:  # a refusal, or Ctrl-C while waiting: the calls queued are dropped, slots freed
+            for g in submitted:
+                if not g.done:
+                    self.scheduler.cancel(g)
             raise
 
     def _stream(self, prompt: list[int], params: SamplingParams, chat: bool,
@@ -303,18 +310,8 @@ class Engine:
                   tools: list | None = None) -> list[Completion]:
         """Each prompt as its own call with its own params (its own constraint, say), submitted
         together so they decode as one batch."""
-        gens = [self._make([q], p, chat, tools=t) for q, p, t in zip(prompts, params, tools or [None] * len(prompts))]
-        submitted = []
-        try:
-            for g in gens:
-                self.scheduler.submit(g)
-                submitted.append(g)
-            return [g.run()[0] for g in gens]
-        except BaseException:  # a refusal or Ctrl-C: the calls already queued are dropped
-            for g in submitted:
-                if not g.done:
-                    self.scheduler.cancel(g)
-            raise
+        return self._wait([self._make([q], p, chat, tools=t)
+                           for q, p, t in zip(prompts, params, tools or [None] * len(prompts))])
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, **overrides) -> Stream:
         """Chunks of the continuation of one prompt as they are generated (see Chunk); n > 1 samples
@@ -325,13 +322,13 @@ class Engine:
         if isinstance(messages, (list, tuple)) and not messages:
             raise ValueError("the conversation is empty (it must hold at least one message)")
         template = dict(template or {})
-        if template.get("tools") is not None or any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool")
-                                                    for m in messages):
+        tools = template.get("tools")
+        if tools is not None or any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool")
+                                    for m in messages):
             # calls and their results as the template takes them (and the tools written in by
             # fastlm where the template has no place for them)
-            raw = self._need_tokenizer().config.get("chat_template")
-            raw = raw.get("tool_use", raw.get("default")) if isinstance(raw, dict) else raw
-            messages = tool_calls.messages_for_template(list(messages), template.get("tools"), raw)
+            raw = self._need_tokenizer().chat_template_for(tools is not None)
+            messages = tool_calls.messages_for_template(list(messages), tools, raw)
             if not tool_calls.renders_tools(raw):
                 template["tools"] = None
         text = self.apply_chat_template(messages, add_generation_prompt=True, **template)
@@ -355,8 +352,7 @@ class Engine:
         template = {**(chat_template_kwargs or {}), "tools": checked, "documents": documents}
         if checked is None:
             return template, params, None
-        raw = self._need_tokenizer().config.get("chat_template")
-        raw = raw.get("tool_use", raw.get("default")) if isinstance(raw, dict) else raw
+        raw = self._need_tokenizer().chat_template_for(tools=True)
         fmt = tool_calls.format_of(raw)
         if mode == "none":
             if not tool_calls.renders_tools(raw):

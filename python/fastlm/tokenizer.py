@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastlm.chat import render
+from fastlm.chat import render, select
 
 
 def chat_templates(folder: Path, in_config, cfg: Path):
@@ -105,6 +105,11 @@ class Tokenizer:
                 special[name] = v
         return render(template, messages, add_generation_prompt, tools=tools, documents=documents,
                       **{**special, **template_kwargs})
+
+    def chat_template_for(self, tools: bool) -> str | None:
+        """The template apply_chat_template renders with (tools: whether tools are given), or None."""
+        template = self.config.get("chat_template")
+        return select(template, [{}] if tools else None) if template else None
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)

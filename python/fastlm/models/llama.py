@@ -83,7 +83,7 @@ def layer_types(config: dict, arch: str, n_layers: int) -> list[str]:
     return types
 
 
-def gemma_spec(config: dict, arch: str, C: int, D: int, R: int, window: int, wdtype: str) -> dict:
+def gemma_spec(config: dict, arch: str, L: int, C: int, D: int, R: int, window: int, wdtype: str) -> dict:
     """The executor spec's Gemma fields, from the config; a field that changes the math and has no
     code here is refused by name."""
     act = config.get("hidden_activation", config.get("hidden_act"))
@@ -91,7 +91,6 @@ def gemma_spec(config: dict, arch: str, C: int, D: int, R: int, window: int, wdt
         raise ConfigError(f"config hidden_activation={act!r} is not supported for {arch} (gelu_pytorch_tanh is)")
     if config.get("use_bidirectional_attention"):
         raise ConfigError(f"config use_bidirectional_attention=true is not supported for {arch}")
-    L = cfg_int(config, "num_hidden_layers")
     types = layer_types(config, arch, L)
     params = cfg_dict(config, "rope_parameters") or {}
     if "sliding_attention" in params or "full_attention" in params:  # transformers 5: rope per layer type
@@ -162,8 +161,7 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
     # Gemma's norms scale by 1 + w; a GGUF holds them with the 1 added already (llama.cpp's converter)
     shift = np.float32(1) if gemma and not config.get("from_gguf") else None
     if gemma:
-        spec.update(gemma_spec(config, arch, C, D, R, window, wdtype))
-        spec["sliding_window"] = 0  # per layer instead
+        spec.update(gemma_spec(config, arch, L, C, D, R, window, wdtype))  # windows per layer
     model = executor_class(device)(spec)
     ld = Loader(store, wdtype, scheme)
     attention_bias = cfg_bool(config, "attention_bias")
