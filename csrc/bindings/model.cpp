@@ -60,6 +60,18 @@ void register_model(py::module_& m) {
            "borrow"_a = false)
       .def("set_lm_head_q", set_vocab_q(&Model::set_lm_head_q, "lm_head"), "q"_a, "qtype"_a, "group_size"_a,
            "borrow"_a = false)
+      .def("set_lm_head_rows", [](Model& md, const py::object& w_obj, int64_t r0) {
+             py::array w = checked(w_obj, "lm_head rows", {DType::kF32, DType::kBF16}, 2, 2);
+             if (w.shape(1) != md.spec().hidden)
+               throw py::value_error("lm_head rows must have " + std::to_string(md.spec().hidden) + " columns, got shape " +
+                                     shape_str(w));
+             const DType wt = wtype_of(w);
+             py::gil_scoped_release nogil;
+             md.set_lm_head_rows(w.data(), wt, r0, w.shape(0));
+           }, "w"_a, "row0"_a,
+           "rows row0 .. of the float lm_head, in order from row 0 (a large head packed piece by piece)")
+      .def("tie_embedding", &Model::tie_embedding,
+           "the embedding is the float lm_head already set (a tied model loaded without a copy of its embedding)")
       .def("set_profiling", &Model::set_profiling, "on"_a)
       .def("profile", &Model::profile, "seconds per kind of op since reset_profile()")
       .def("reset_profile", &Model::reset_profile);

@@ -185,6 +185,34 @@ void Model::set_lm_head(const void* w, DType wt) {
   head_->set = true;
 }
 
+void Model::set_lm_head_rows(const void* w, DType wt, int64_t r0, int64_t n) {
+  if (complete_) throw std::invalid_argument("weights cannot be replaced once the model has run (load a new one)");
+  const int64_t N = spec_.vocab, K = spec_.hidden, nr = table_->pack_nr;
+  if (r0 < 0 || n <= 0 || r0 + n > N || r0 % nr || (n % nr && r0 + n != N))
+    throw std::invalid_argument("lm_head rows [" + std::to_string(r0) + ", " + std::to_string(r0 + n) +
+                                ") must start at a multiple of " + std::to_string(nr) + " and end at one or at " +
+                                std::to_string(N));
+  if (r0 == 0) {
+    size_t bytes = size_t(packed_weight_elems(N, K, nr)) * dtype_size(wt);
+    head_->packed.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+    if (!head_->packed) throw std::bad_alloc();
+    head_->set = false;
+    head_->wt = wt;
+    head_rows_ = 0;
+  } else if (!head_->packed || head_->quant || r0 != head_rows_ || wt != head_->wt) {
+    throw std::invalid_argument("lm_head rows must be set in order from row 0, in one dtype");
+  }
+  table_->pack_weight(w, wt, n, K, head_->packed.get() + size_t(r0 * K) * dtype_size(wt));
+  head_rows_ = r0 + n;
+  if (head_rows_ == N) {
+    head_->quant = false;
+    head_->parts.clear();
+    head_->N = N;
+    head_->K = K;
+    head_->set = true;
+  }
+}
+
 void Model::tie_lm_head() {
   if (!has_embedding_) throw std::invalid_argument("tie_lm_head needs the embedding first");
   if (qembedding_) {  // one set of quantized records serves both
@@ -198,6 +226,15 @@ void Model::tie_lm_head() {
   }
   set_lm_head(embedding_.data(), embedding_type_);
   std::vector<uint8_t>().swap(embedding_);  // rows now come from the packed head
+  tied_ = true;
+}
+
+void Model::tie_embedding() {
+  if (!head_->set || head_->quant)
+    throw std::invalid_argument("tie_embedding needs a float lm_head first (a quantized one: set_embedding_q, tie_lm_head)");
+  std::vector<uint8_t>().swap(embedding_);
+  qembedding_.reset();
+  has_embedding_ = true;
   tied_ = true;
 }
 

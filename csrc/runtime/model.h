@@ -33,7 +33,9 @@ class Model {
   void set_embedding(const void* w, DType wt);                          // (vocab, hidden)
   void set_position_embedding(const float* w, int64_t n_positions);          // (n, hidden)
   void set_lm_head(const void* w, DType wt);                            // (vocab, hidden)
+  void set_lm_head_rows(const void* w, DType wt, int64_t r0, int64_t n);  // rows r0 .. r0 + n of it, in order
   void tie_lm_head();  // the head is the embedding: packed once, rows looked up from the panels
+  void tie_embedding();  // the same from the other side: the float head set, no embedding copy made first
   // quantized weights (see QWeight): `data` holds N records of q_row_bytes(type, K, G). borrowed
   // (the caller keeps the memory alive and unchanged for the model's life: a memory-mapped
   // checkpoint) or copied. a quantized embedding serves lookups by dequantizing one row.
@@ -96,6 +98,7 @@ class Model {
   const KernelTable* table_;
   std::vector<Layer> layers_;
   std::unique_ptr<Linear> head_;
+  int64_t head_rows_ = 0;  // rows of a float head packed so far (set_lm_head_rows)
   std::vector<float> final_norm_w_, final_norm_b_;
   std::vector<uint8_t> embedding_;  // (vocab, hidden) f32 or bf16 when not tied
   std::unique_ptr<Linear> qembedding_;  // a quantized embedding, when set that way

@@ -23,6 +23,7 @@ import numpy as np
 
 from fastlm import kernels
 from fastlm.formats.qrecords import from_ggml
+from fastlm.formats.safetensors import drop_pages
 
 MAGIC = b"GGUF"
 # ggml type -> (name, elements per block, bytes per block)
@@ -177,6 +178,16 @@ class GGUFFile:
         t = self.tensors[name]
         return self._map[t.offset:t.offset + t.nbytes]
 
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Drops tensor `name`'s file pages (or those of its rows [r0, r1) in NumPy order) from
+        resident memory (see drop_pages)."""
+        t = self.tensors[name]
+        begin, end = t.offset, t.offset + t.nbytes
+        if rows is not None and t.shape:
+            row = t.nbytes // max(t.shape[0], 1)
+            begin, end = t.offset + rows[0] * row, t.offset + rows[1] * row
+        drop_pages(self._map, begin, end)
+
     def get(self, name: str) -> np.ndarray:
         """The tensor as float32 (dequantized), in NumPy order."""
         if name not in self.tensors:
@@ -272,6 +283,11 @@ class GGUFStore:
         src, heads = self._names[name]
         w = self.f.get(src)
         return unpermute_qk(w, heads) if heads else w
+
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        if name in self._names:
+            src, heads = self._names[name]
+            self.f.release(src, None if heads else rows)  # (unpermuted rows come from all over)
 
     def is_quantized(self, name: str) -> bool:
         """Whether the matrix under this name is stored in a quantized block type (its header

@@ -8,6 +8,7 @@ data. Every field is checked; a malformed file raises SafetensorsError naming th
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -24,6 +25,21 @@ DTYPES = {
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
 }
 MAX_HEADER = 100 * 1024 * 1024
+
+
+def drop_pages(mapped: np.memmap | None, start: int, end: int) -> None:
+    """Drop the pages wholly inside bytes [start, end) of a read-only file mapping from this
+    process's resident memory (madvise MADV_DONTNEED; where there is none, nothing happens). The
+    pages stay in the page cache and read back if touched again: for tensors the executor has
+    copied, which would otherwise count twice in RSS until the file is closed."""
+    mm = getattr(mapped, "_mmap", None)
+    advise, flag = getattr(mm, "madvise", None), getattr(mmap, "MADV_DONTNEED", None)
+    if advise is None or flag is None:
+        return
+    page = mmap.PAGESIZE
+    a, b = -(-start // page) * page, end // page * page
+    if b > a:
+        advise(flag, a, b - a)
 
 
 class SafetensorsError(ValueError):
@@ -114,6 +130,15 @@ class SafetensorsFile:
             raw = np.array(raw)
         return raw.view(dtype).reshape(shape)
 
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Drops tensor `name`'s file pages (or those of its rows [r0, r1)) from resident memory
+        (see drop_pages)."""
+        _, shape, begin, end = self.entries[name]
+        if rows is not None and shape:
+            row = (end - begin) // max(shape[0], 1)
+            begin, end = begin + rows[0] * row, begin + rows[1] * row
+        drop_pages(self._map, self.data_start + begin, self.data_start + end)
+
 
 class TensorStore:
     """Tensors of a checkpoint by name, from one file or several shards."""
@@ -179,6 +204,10 @@ class TensorStore:
         if name not in self._where:
             raise KeyError(f"tensor {name!r} is not in the checkpoint ({', '.join(str(f.path) for f in self.files)})")
         return self._where[name].get(name)
+
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        if name in self._where:
+            self._where[name].release(name, rows)
 
 
 def open_checkpoint(folder: str | os.PathLike) -> TensorStore:

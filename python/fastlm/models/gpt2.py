@@ -53,6 +53,7 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
                       transpose=True)
         model.set_norm(i, 0, ld.f32(p + "ln_1.weight", (C,)), ld.f32(p + "ln_1.bias", (C,)))
         model.set_norm(i, 1, ld.f32(p + "ln_2.weight", (C,)), ld.f32(p + "ln_2.bias", (C,)))
+        ld.release()  # this layer's file pages: copied into the executor
         if progress:
             progress(i + 1, L)
     model.set_norm(-1, 0, ld.f32(prefix + "ln_f.weight", (C,)), ld.f32(prefix + "ln_f.bias", (C,)))
@@ -62,6 +63,7 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
     missing = model.missing()
     if missing:
         raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
+    ld.release()
     return model, {"architecture": "GPT2LMHeadModel", "dtype": wdtype, "context": max_seq, "tied": True,
                    "quantized": dict(ld.quantized), "scheme": ld.scheme}
 

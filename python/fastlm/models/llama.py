@@ -190,18 +190,27 @@ def build(config: dict, store: Store, dtype: str, max_seq_len: int | None,
                 continue
             w = ld.f32(p + name, (D if which in (2, 3) else C,))
             model.set_norm(i, which, w + shift if shift else w)  # Gemma scales by 1 + w
+        ld.release()  # this layer's file pages: copied into the executor
         if progress:
             progress(i + 1, L)
     final = ld.f32("model.norm.weight", (C,))
     model.set_norm(-1, 0, final + shift if shift else final)
-    ld.set_vocab_matrix(model, "embedding", "model.embed_tokens.weight", (V, C))
     tied = tied_head(config, store, "lm_head.weight")
-    if tied:
-        model.tie_lm_head()
+    embed = "model.embed_tokens.weight"
+    if tied and hasattr(model, "tie_embedding") and ld.keeps_float(embed):
+        # the CPU executor packs a float head once and reads embedding rows from it: set it so,
+        # without a copy of the embedding first (which would briefly hold the matrix three times)
+        ld.set_vocab_matrix(model, "lm_head", embed, (V, C))
+        model.tie_embedding()
     else:
-        ld.set_vocab_matrix(model, "lm_head", "lm_head.weight", (V, C))
+        ld.set_vocab_matrix(model, "embedding", embed, (V, C))
+        if tied:
+            model.tie_lm_head()
+        else:
+            ld.set_vocab_matrix(model, "lm_head", "lm_head.weight", (V, C))
     missing = model.missing()
     if missing:
         raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing)}")
+    ld.release()
     return model, {"architecture": arch, "dtype": wdtype, "context": max_seq, "tied": tied,
                    "quantized": dict(ld.quantized), "scheme": ld.scheme, "sliding_window": window}

@@ -97,6 +97,18 @@ class Loader:
             self.scheme = (QuantScheme(stored, store.quantized_group_size, overrides=store.quant_overrides()) if stored
                            else QuantScheme(dtype))
         self.quantized: dict[str, tuple[str, int]] = {}  # tensor -> (qtype, group) as loaded
+        self._read: set[str] = set()      # tensors read from the store since the last release()
+        self._borrowed: set[str] = set()  # tensors the executor reads in place
+
+    def release(self) -> None:
+        """Drops the file pages of the tensors read since the last call, unless the executor reads
+        them in place: they have been copied or converted, and would otherwise stay resident
+        beside their copies until the file closes (call it after each layer)."""
+        drop = getattr(self.store, "release", None)
+        if drop is not None:
+            for name in self._read - self._borrowed:
+                drop(name)
+        self._read.clear()
 
     # ---- quantized weights ----
     def records(self, name: str, shape: tuple[int, int], proj: str | None = None, embedding: bool = False,
@@ -112,6 +124,7 @@ class Loader:
             if rec.shape[0] != shape[0]:
                 raise ValueError(f"tensor {name!r} has {rec.shape[0]} rows, the config implies {shape[0]}")
             self.quantized[name] = (qtype, G)
+            self._borrowed.add(name)
             return rec, qtype, G, True
         if self.scheme is None:
             return None
@@ -128,18 +141,28 @@ class Loader:
                 raise ValueError(f"quantized tensor {name!r} has shape {rec.shape} {rec.dtype}, expected "
                                  f"({N}, {row_bytes(qt, K, g)}) uint8 for {qt} groups of {g}")
             self.quantized[name] = (qt, g)
+            self._borrowed.add(name)
             return rec, qt, g, True
         direct = getattr(self.store, "native_records", lambda n: None)(name) if G == 32 and not transpose else None
         # GGUF Q8_0 / Q4_0 / Q4_1 blocks are already the records asked for: borrowed, not copied again
         if direct is not None and direct[1] == qtype and direct[0].shape[0] == N:
             self.quantized[name] = (qtype, 32)
+            self._borrowed.add(name)
             return direct[0], qtype, 32, True
         w = self.raw(name, (K, N) if transpose else (N, K))
-        return self._quantize(name, w.T if transpose else w, qtype, G)
+        release = getattr(self.store, "release", None)
+        done = None if transpose or release is None else (lambda r0, r1: release(name, (r0, r1)))
+        return self._quantize(name, w.T if transpose else w, qtype, G, done_rows=done)
 
-    def _quantize(self, name: str, w: np.ndarray, qtype: str, G: int, key: str | None = None):
+    def keeps_float(self, name: str) -> bool:
+        """Whether the embedding / head `name` loads as a float matrix (not as records)."""
+        if self.dtype == NATIVE:
+            return not getattr(self.store, "is_quantized", lambda n: False)(name)
+        return self.scheme is None or self.scheme.format_for(name, None, embedding=True) is None
+
+    def _quantize(self, name: str, w: np.ndarray, qtype: str, G: int, key: str | None = None, done_rows=None):
         self.quantized[key or name] = (qtype, G)
-        return self.scheme.quantize(name, np.ascontiguousarray(w, dtype=np.float32), qtype, G), qtype, G, True
+        return self.scheme.quantize(name, w, qtype, G, done_rows), qtype, G, True
 
     def set_linear_part(self, model, layer: int, proj: str, name: str, w: np.ndarray, bias=None) -> None:
         """A linear weight (out, in) cut from a fused checkpoint tensor `name` (GPT-2's c_attn holds
@@ -180,7 +203,17 @@ class Loader:
         """The (vocab, hidden) embedding or lm_head (which: "embedding" / "lm_head"), quantized
         (q8) when the dtype is."""
         rec = self.records(name, shape, embedding=True)
-        if rec is None:
+        if rec is None and which == "lm_head" and hasattr(model, "set_lm_head_rows"):
+            # packed piece by piece, each piece's file pages dropped after it (a 128K-vocabulary
+            # head is the largest tensor by far: whole, it would sit in memory twice at once)
+            a, step = self.raw(name, shape), 8192
+            release = getattr(self.store, "release", None)
+            for r0 in range(0, shape[0], step):
+                r1 = min(shape[0], r0 + step)
+                model.set_lm_head_rows(self.convert(a[r0:r1]), r0)
+                if release is not None and name not in self._borrowed:
+                    release(name, (r0, r1))
+        elif rec is None:
             getattr(model, f"set_{which}")(self.weight(name, shape))
         else:
             q, qtype, G, borrow = rec
@@ -190,6 +223,7 @@ class Loader:
         if name not in self.store:
             raise ValueError(f"the checkpoint lacks tensor {name!r}")
         a = self.store.get(name)
+        self._read.add(name)
         if shape is not None and tuple(a.shape) != tuple(shape):
             raise ValueError(f"tensor {name!r} has shape {tuple(a.shape)}, the config implies {tuple(shape)}")
         if a.dtype.kind not in "fV" and a.dtype != np.dtype(ml_dtypes.bfloat16):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastlm import _C, kernels
-from fastlm.formats.qrecords import GROUP_SIZES, QTYPES
+from fastlm.formats.qrecords import GROUP_SIZES, QTYPES, row_bytes
 from fastlm.quant.gptq import gptq_q4
 from fastlm.quant.search import quantize_q4_search
 
@@ -55,7 +55,23 @@ class QuantScheme:
             return "q8", 32
         return QTYPES[self.dtype], self.group_size
 
-    def quantize(self, name: str, w: np.ndarray, qtype: str, G: int) -> np.ndarray:
+    def quantize(self, name: str, w: np.ndarray, qtype: str, G: int, done_rows=None) -> np.ndarray:
+        """Records of w (N, K), any float dtype (a memory-mapped view is fine). Round to nearest
+        goes through float32 a few MB of rows at a time: no float32 copy of the whole tensor;
+        done_rows(r0, r1) is called after each piece (the loader drops its file pages)."""
+        if qtype == "q8" or self.method == "rtn":
+            N, K = w.shape
+            out = np.empty((N, row_bytes(qtype, K, G)), np.uint8)
+            step = max(1, (8 << 20) // (4 * max(K, 1)))  # ~8 MB of float32 rows
+            for r0 in range(0, N, step):
+                rows = np.ascontiguousarray(w[r0:r0 + step], dtype=np.float32)
+                if not np.isfinite(rows).all():
+                    raise ValueError(f"tensor {name!r} holds NaN or inf: it cannot be quantized")
+                out[r0:r0 + step] = kernels.q_quantize(rows, qtype, G)
+                if done_rows is not None:
+                    done_rows(r0, min(N, r0 + step))
+            return out
+        w = np.ascontiguousarray(w, dtype=np.float32)
         if not np.isfinite(w).all():
             raise ValueError(f"tensor {name!r} holds NaN or inf: it cannot be quantized")
         if qtype == "q4" and self.method == "gptq" and not self.hessians and self.calibration is not None:
