@@ -35,6 +35,9 @@ int num_threads();               // threads a parallel region uses, the caller i
 void set_num_threads(int n);     // n >= 1; restarts the workers
 int default_num_threads();       // FASTLM_NUM_THREADS, else physical cores of this process
 int physical_cores();            // physical cores this process may run on
+// bytes per second of a streaming read of `bytes` over the pool's threads (best of `repeats`): the
+// memory bandwidth decode is bound by (benchmarks print their roofline from it)
+double read_bandwidth(int64_t bytes, int repeats);
 
 // ---- template body ----
 template <typename F>

@@ -57,6 +57,12 @@ PYBIND11_MODULE(_C, m) {
     fastlm::set_num_threads(n);
   }, py::arg("n"));
   m.def("default_num_threads", &fastlm::default_num_threads);
+  m.def("read_bandwidth", [](int64_t bytes, int repeats) {
+    if (bytes < 1 || repeats < 1) throw py::value_error("bytes and repeats must be >= 1");
+    py::gil_scoped_release nogil;
+    return fastlm::read_bandwidth(bytes, repeats);
+  }, py::arg("bytes") = int64_t(1) << 30, py::arg("repeats") = 3,
+     "bytes/s of a streaming read over the kernel threads (best of repeats): decode's memory roofline");
   py::tuple projections(int(fastlm::Proj::kCount));
   for (int p = 0; p < int(fastlm::Proj::kCount); ++p) projections[p] = fastlm::proj_name(fastlm::Proj(p));
   m.attr("PROJECTIONS") = projections;  // the linear layers of a decoder layer, by the names the loaders use
