@@ -246,6 +246,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and api_key is None:
         print(f"fastlm serve: warning: listening on {args.host} with no --api-key: anyone who can reach this "
               "port can use the model", file=sys.stderr)
+    if args.replicas:
+        return _serve_on_ray(args, api_key)
     name = args.served_model_name or (args.model if args.model == DEFAULT_MODEL else Path(args.model).name)
     failed: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -267,6 +269,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.run()
     if failed:
         raise failed[0]
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, api_key: str | None) -> int:
+    """fastlm serve --replicas N: the app on Ray Serve, N replicas behind the prefix-hash router."""
+    try:
+        import ray
+        from ray import serve
+
+        from fastlm.server.ray_serve import application
+    except ImportError as e:
+        raise RuntimeError(f'fastlm serve --replicas runs on Ray Serve: pip install "ray[serve]" ({e})') from None
+    cores = args.cores_per_replica or args.threads
+    ray.init(address=args.ray_address, **({} if args.ray_address else {"include_dashboard": False}))
+    serve.start(http_options={"host": args.host, "port": args.port})
+    app = application(args.model, replicas=args.replicas, cores_per_replica=cores, model_name=args.served_model_name,
+                      api_key=api_key, dtype=args.dtype, max_slots=args.slots, max_queue=args.max_queue,
+                      max_seq_len=args.ctx, prefix_cache=args.prefix_cache)
+    print(f"fastlm serve: {args.replicas} replicas on Ray Serve at http://{args.host}:{args.port}/v1", file=sys.stderr,
+          flush=True)
+    serve.run(app, route_prefix="/", blocking=True)
     return 0
 
 
@@ -422,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--served-model-name", default=None, help="the id clients name in 'model' (default: the "
                     "alias, or the model file's or folder's name)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.add_argument("--replicas", type=positive_int, default=None,
+                    help="run on Ray Serve: this many copies of the server, requests routed by a hash of the "
+                         "prompt prefix (needs ray[serve])")
+    sv.add_argument("--cores-per-replica", type=positive_int, default=None,
+                    help="with --replicas: CPUs each replica reserves and its threads (default: --threads, else 1)")
+    sv.add_argument("--ray-address", default=None, help="with --replicas: a running Ray cluster (default: start one)")
     sv.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="prefill (pp) and decode (tg) tokens/s, like llama-bench")
