@@ -434,3 +434,31 @@ def test_info_json_into_a_closed_pipe_is_quiet():
     p = subprocess.run(f"{sys.executable} -m fastlm.cli info --json | head -c 10", shell=True, capture_output=True,
                        text=True)
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, keeping what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_long_steps_show_a_progress_bar_on_a_terminal_only(llama, monkeypatch, tty):
+    import io
+    import sys
+
+    err = _Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    Engine.from_pretrained(llama, dtype="int8", progress=True)
+    got = err.text if tty else err.getvalue()
+    assert ("quantizing" in got and "layer" in got) if tty else got == ""

@@ -297,7 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from fastlm.tools.bench import bench
 
     engine = _load(args)
-    rows = bench(engine, args.n_prompt, args.n_gen, args.repetitions, args.profile)
+    rows = bench(engine, args.n_prompt, args.n_gen, args.repetitions, args.profile, progress=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -315,13 +315,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(what: str):
-    if not sys.stderr.isatty():
-        return None
+def _progress(what: str, unit: str = "layer"):
+    from fastlm.progress import reporter
 
-    def report(done: int, total: int) -> None:
-        print(f"\r{what}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-    return report
+    return reporter(what, unit)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -330,7 +327,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     method = args.method or ("gptq" if args.dtype == "int4" else "rtn")
     keep = args.keep_8bit if args.keep_8bit is not None else ("down,v,o" if args.dtype == "int4" else "")
     out = write_quantized(args.src, args.out, dtype=args.dtype, group_size=args.group_size, method=method,
-                          keep_8bit=keep, progress=_progress("quantizing"))
+                          keep_8bit=keep, progress=_progress("quantizing", "tensor"),
+                          calib_progress=_progress("calibrating (GPTQ)"))
     size = (out / "model.safetensors").stat().st_size
     kept = f", {keep} kept at int8" if keep and args.dtype == "int4" else ""
     ran = json.loads((out / "config.json").read_text())["quantization_config"]["method"]  # what ran
@@ -355,7 +353,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         ref = Engine.from_pretrained(args.reference_model or args.model, dtype=args.reference_dtype,
                                      max_seq_len=args.ctx, threads=args.threads)
     ctx = min(args.ctx or engine.context_length, engine.context_length)
-    score = evaluate(engine, ids, ctx, reference=ref, path=args.path, progress=_progress("windows"))
+    score = evaluate(engine, ids, ctx, reference=ref, path=args.path, progress=_progress("perplexity", "window"))
     d = {"model": engine.source, "dtype": engine.info["dtype"], "path": args.path, "ctx": ctx, **score.as_dict()}
     if ref is not None:
         d["reference_dtype"] = ref.info["dtype"]

@@ -113,15 +113,11 @@ class Engine:
         if device != "cpu" and dtype == "auto" and src.gguf is not None:
             dtype = "float32"  # the device executor takes float weights: GGUF blocks are dequantized
         report = calib_report = None
-        if progress:
-            verb = f"quantizing {src.path.name} to {dtype}" if scheme else f"loading {src.path.name}"
+        if progress:  # tqdm bars on stderr when it is a terminal
+            from fastlm.progress import reporter
 
-            def report(done: int, total: int) -> None:
-                print(f"\r{verb}: layer {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-            def calib_report(done: int, total: int) -> None:
-                print(f"\rcalibrating (GPTQ): layer {done}/{total}", end="" if done < total else "\n",
-                      file=sys.stderr, flush=True)
+            report = reporter(f"quantizing {src.path.name} to {dtype}" if scheme else f"loading {src.path.name}")
+            calib_report = reporter("calibrating (GPTQ)")
         if scheme is not None:
             calibrate(scheme, src.config, src.store, src.tokenizer, progress=calib_report)
         try:

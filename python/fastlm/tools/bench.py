@@ -9,18 +9,20 @@ import numpy as np
 
 from fastlm import _C
 from fastlm.engine import Engine
+from fastlm.progress import reporter
 
 
 def bench(engine: Engine, n_prompt: int = 512, n_gen: int = 128, repetitions: int = 5,
-          profile: bool = False) -> list[dict]:
+          profile: bool = False, progress: bool = False) -> list[dict]:
     """Rows of tokens/s (mean, std and each repetition, after one warm-up) for a prefill of
     n_prompt random tokens and a greedy decode of n_gen tokens after one; with profile, the
-    seconds each kind of op took."""
+    seconds each kind of op took; with progress, a bar per test on stderr (when it is a terminal)."""
     with engine.hold() as slots:
-        return _bench(engine, slots, n_prompt, n_gen, repetitions, profile)
+        return _bench(engine, slots, n_prompt, n_gen, repetitions, profile, progress)
 
 
-def _bench(engine: Engine, slots, n_prompt: int, n_gen: int, repetitions: int, profile: bool) -> list[dict]:
+def _bench(engine: Engine, slots, n_prompt: int, n_gen: int, repetitions: int, profile: bool,
+           progress: bool) -> list[dict]:
     m = engine.model
     slots.ensure(1)
     rng = np.random.default_rng(0)
@@ -28,8 +30,14 @@ def _bench(engine: Engine, slots, n_prompt: int, n_gen: int, repetitions: int, p
     rows: list[dict] = []
 
     def run(test: str, fn) -> None:
-        fn()  # warm-up
-        rates = [fn() for _ in range(repetitions)]
+        report = reporter(f"bench {test}", "run") if progress else None
+        rates = []
+        for i in range(repetitions + 1):  # a warm-up, then the repetitions
+            rate = fn()
+            if i:
+                rates.append(rate)
+            if report:
+                report(i + 1, repetitions + 1)
         mean, std = statistics.mean(rates), statistics.stdev(rates) if len(rates) > 1 else 0.0
         row = {"model": engine.source, "dtype": engine.info["dtype"], "isa": m.isa, "threads": _C.get_num_threads(),
                "test": test, "tokens_per_s": mean, "std": std, "samples": rates}

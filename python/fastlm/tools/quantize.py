@@ -14,12 +14,13 @@ from fastlm.quant import QuantScheme
 
 
 def write_quantized(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "int8", group_size: int = 32, method: str = "rtn",
-                    keep_8bit: tuple = (), progress=None):
+                    keep_8bit: tuple = (), progress=None, calib_progress=None):
     """Quantizes a Llama-family model (a Hugging Face folder or a GGUF file) into a folder that
     ``Engine.from_pretrained`` loads directly, memory-mapped, with no re-quantization: config.json
     (with a quantization_config), the tokenizer files, and model.safetensors whose linear layers,
     embedding and head are uint8 record tensors (see the module docstring), the rest float32. The
-    safetensors metadata records the format, its version and each quantized tensor's kind."""
+    safetensors metadata records the format, its version and each quantized tensor's kind.
+    progress(done, total) follows the tensors, calib_progress the GPTQ calibration's layers."""
     scheme = QuantScheme(dtype, group_size=group_size, method=method, keep_8bit=keep_8bit)
     m = open_model(src)
     path, config, store, tok, gen = m.path, m.config, m.store, m.tokenizer, m.generation_config
@@ -28,7 +29,7 @@ def write_quantized(src: str | os.PathLike, out: str | os.PathLike, dtype: str =
     if family_of(config) is not llama:
         raise ValueError(f"fastlm quantize writes Llama-family models; {architecture_of(config)} can be quantized "
                          "at load instead")
-    calibrate(scheme, config, store, tok, progress=progress)
+    calibrate(scheme, config, store, tok, progress=calib_progress)
     ld = Loader(store, dtype, scheme)
     tensors: dict[str, np.ndarray] = {}
     names = store.names()
