@@ -130,8 +130,8 @@ def test_quantized_models_stay_close(tiny, kind, dtype, tol):
 
 @pytest.mark.parametrize("qtype", ["q8", "q4"])
 def test_q_matmul_rows_have_the_same_bits_in_any_batch(isa, qtype):
-    """A decode row's result does not depend on the rows beside it (up to 16: the integer path;
-    the avx512 q8 kernel takes x rows two at a time)."""
+    """A decode row's result does not depend on the rows beside it (up to 16: the integer path,
+    which widens or unpacks each weight block once for up to 8 rows of x)."""
     rng = np.random.default_rng(7)
     for N, width, G in ((67, 576, 32), (130, 1536, 64), (48, 640, 128)):
         q = K.q_quantize(rng.standard_normal((N, width)).astype(np.float32), qtype, G)

@@ -2,12 +2,14 @@
 // quantizer, qformat.h, spread over threads).
 //
 // decode (few rows of x): each weight row streams once and is dotted in 32-element blocks:
-//   q8: int8 weights (sign-extended to int16) x int16 activations, vpmaddwd -> int32 per block;
-//   q4: nibbles unpacked to bytes x int8 activations, vpmaddubsw + vpmaddwd -> int32 per block.
-// eight blocks' int32 vectors are reduced together (hadd tree) into one vector of 8 block sums,
-// converted once and multiplied by the 8 block scales: ~1.4 instructions per block for the float
-// side instead of ~5 block by block. q4's minimums add m * (sum of the block's activations), one
-// FMA per 8 blocks. prefill (many rows) dequantizes NR-row panels into the float GEMM.
+//   q8: int8 weights (sign-extended to int16) x int16 activations, vpmaddwd -> eight int32 partial
+//       sums per block, converted and multiplied by the block's scale into eight float lanes (no
+//       horizontal sums until the end); batched rows widen each weight block once for up to 8 rows;
+//   q4: nibbles unpacked to bytes x int8 activations, vpmaddubsw + vpmaddwd -> int32 per block;
+//       eight blocks' int32 vectors are reduced together (hadd tree) into one vector of 8 block
+//       sums, converted once and multiplied by the 8 block scales; the minimums add m * (sum of the
+//       block's activations), one FMA per 8 blocks.
+// prefill (many rows) dequantizes NR-row panels into the float GEMM.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -71,12 +73,95 @@ inline float block_scale(const uint8_t* scales, int64_t b, int64_t gpb) {
 }
 
 #if defined(__AVX2__)
-FASTLM_INLINE __m256i block_q8(const int8_t* w, const int16_t* x) {
-  const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-  const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
-  const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-  const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16));
-  return _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+// q8 dots accumulate in lanes: each 32-block's eight int32 partial sums (exact) are converted and
+// multiplied into eight float accumulators by the block's scale, broadcast from a float copy of the
+// record's scales; one horizontal sum at the end. no hadds (two cycles each on the shuffle pipes
+// here) and no scalar tail: K = 576's 18 blocks all go through the vector loop. every (weight row,
+// x row) does exactly these ops in this order, one x row or sixteen, so a row gets the same bits
+// alone or in a batch.
+
+// the record's block scales as floats, one per 32-block (groups of G repeat theirs): eight fp16
+// scales at a time through vcvtph2ps (the last few copied out first: no read past the record)
+template <int GPB>
+FASTLM_INLINE void block_scales(const uint8_t* scales, int64_t nb, float* out) {
+  const int64_t groups = nb / GPB;
+  float g[8];
+  for (int64_t g0 = 0; g0 < groups; g0 += 8) {
+    const int64_t n = std::min<int64_t>(8, groups - g0);
+    __m128i h;
+    if (n == 8) {
+      h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 2 * g0));
+    } else {
+      alignas(16) uint8_t tmp[16] = {};
+      std::memcpy(tmp, scales + 2 * g0, size_t(2 * n));
+      h = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+    }
+    if constexpr (GPB == 1) {
+      if (n == 8) {
+        _mm256_storeu_ps(out + g0, _mm256_cvtph_ps(h));
+        continue;
+      }
+    }
+    _mm256_storeu_ps(g, _mm256_cvtph_ps(h));
+    for (int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < GPB; ++j) out[(g0 + i) * GPB + j] = g[i];
+  }
+}
+
+// one block's lane update: acc += float(<w_b, x_b> in 8 partial sums) * d
+FASTLM_INLINE __m256 lane_q8(__m256i wl, __m256i wh, const int16_t* x, __m256 d, __m256 acc) {
+  const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(wl, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
+                                     _mm256_madd_epi16(wh, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16))));
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+}
+
+FASTLM_INLINE __m256i widen16(const int8_t* q) {
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+}
+
+// one x row against two records (decode of one sequence: x is loaded once for both)
+void dot_q8_1x2(const uint8_t* rec0, const uint8_t* rec1, const float* d0, const float* d1, const int16_t* x,
+                int64_t kp, float& y0, float& y1) {
+  const int8_t* q0 = reinterpret_cast<const int8_t*>(rec0);
+  const int8_t* q1 = reinterpret_cast<const int8_t*>(rec1);
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (int64_t b = 0; b < kp / kBlock; ++b) {
+    const int64_t k = b * kBlock;
+    a0 = lane_q8(widen16(q0 + k), widen16(q0 + k + 16), x + k, _mm256_broadcast_ss(d0 + b), a0);
+    a1 = lane_q8(widen16(q1 + k), widen16(q1 + k + 16), x + k, _mm256_broadcast_ss(d1 + b), a1);
+  }
+  y0 = hsum(a0);
+  y1 = hsum(a1);
+}
+
+// R rows of x against one record, each weight block widened once for all of them (batched decode)
+template <int R>
+void dot_q8_rx1(const uint8_t* rec, const float* d, const int16_t* x, int64_t kp, float* y) {
+  const int8_t* q = reinterpret_cast<const int8_t*>(rec);
+  __m256 a[R];
+  for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < kp / kBlock; ++b) {
+    const int64_t k = b * kBlock;
+    const __m256i wl = widen16(q + k), wh = widen16(q + k + 16);
+    const __m256 bd = _mm256_broadcast_ss(d + b);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) a[r] = lane_q8(wl, wh, x + r * kp + k, bd, a[r]);
+  }
+  for (int r = 0; r < R; ++r) y[r] = hsum(a[r]);
+}
+
+// rows [m, m + n) of x (n <= 8) against one record
+inline void dot_q8_rows(const uint8_t* rec, const float* d, const int16_t* x, int64_t kp, int n, float* y) {
+  switch (n) {
+    case 1: return dot_q8_rx1<1>(rec, d, x, kp, y);
+    case 2: return dot_q8_rx1<2>(rec, d, x, kp, y);
+    case 3: return dot_q8_rx1<3>(rec, d, x, kp, y);
+    case 4: return dot_q8_rx1<4>(rec, d, x, kp, y);
+    case 5: return dot_q8_rx1<5>(rec, d, x, kp, y);
+    case 6: return dot_q8_rx1<6>(rec, d, x, kp, y);
+    case 7: return dot_q8_rx1<7>(rec, d, x, kp, y);
+    default: return dot_q8_rx1<8>(rec, d, x, kp, y);
+  }
 }
 
 // two 32-blocks of a q4 row (32 bytes of nibbles) against their 64 int8 activations
@@ -102,105 +187,6 @@ FASTLM_INLINE __m256 scales8(const uint8_t* scales, int64_t b0) {
   std::memcpy(&v, p, 4);
   return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_cvtsi32_si128(v)), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
 }
-
-// sum_b d_b * <w_b, x_b> over two q8 records at once, x loaded once for both (without the row's
-// activation scale)
-template <int GPB>
-void dot_q8x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* x, int64_t kp, float& y0, float& y1) {
-  const int8_t* q0 = reinterpret_cast<const int8_t*>(rec0);
-  const int8_t* q1 = reinterpret_cast<const int8_t*>(rec1);
-  const int64_t nb = kp / kBlock, full = nb / 8 * 8;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (int64_t b0 = 0; b0 < full; b0 += 8) {
-    __m256i h0[2], h1[2];
-#pragma GCC unroll 2
-    for (int half = 0; half < 2; ++half) {
-      __m256i a[4], c[4];
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        const int64_t k = (b0 + 4 * half + i) * kBlock;
-        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
-        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 16));
-        a[i] = _mm256_add_epi32(
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + k))), x0),
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + k + 16))), x1));
-        c[i] = _mm256_add_epi32(
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k))), x0),
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k + 16))), x1));
-      }
-      h0[half] = hadd4(a[0], a[1], a[2], a[3]);
-      h1[half] = hadd4(c[0], c[1], c[2], c[3]);
-    }
-    const __m256i s0 = combine8(h0[0], h0[1]), s1 = combine8(h1[0], h1[1]);
-    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), scales8<GPB>(rec0 + kp, b0), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), scales8<GPB>(rec1 + kp, b0), acc1);
-  }
-  float t0 = 0.0f, t1 = 0.0f;  // (explicit fmas: the same bits in dot_q8x2x2, however the compiler fuses)
-  for (int64_t b = full; b < nb; ++b) {
-    t0 = std::fma(float(hsum_i32(block_q8(q0 + b * kBlock, x + b * kBlock))), block_scale(rec0 + kp, b, GPB), t0);
-    t1 = std::fma(float(hsum_i32(block_q8(q1 + b * kBlock, x + b * kBlock))), block_scale(rec1 + kp, b, GPB), t1);
-  }
-  y0 = hsum(acc0) + t0;
-  y1 = hsum(acc1) + t1;
-}
-
-#if defined(FASTLM_ISA_AVX512) && !defined(FASTLM_EMULATE_ISA)
-#define FASTLM_Q8_TWO_ROWS 1
-// dot_q8x2 for two rows of x at once (batched decode): each weight block is widened to int16 once
-// for both rows, and vpdpwssd (VNNI) folds each multiply-add pair into its block sum. the int32
-// block sums are exact, and the float side is dot_q8x2's op for op (its tails as explicit fmas), so
-// every (weight row, x row) gets the same bits as alone
-template <int GPB>
-void dot_q8x2x2(const uint8_t* rec0, const uint8_t* rec1, const int16_t* xa, const int16_t* xb, int64_t kp,
-                float* ya, float* yb) {
-  const int8_t* q0 = reinterpret_cast<const int8_t*>(rec0);
-  const int8_t* q1 = reinterpret_cast<const int8_t*>(rec1);
-  const int64_t nb = kp / kBlock, full = nb / 8 * 8;
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  const __m256i z = _mm256_setzero_si256();
-  for (int64_t b0 = 0; b0 < full; b0 += 8) {
-    __m256i h[4][2];  // (rec0 xa, rec1 xa, rec0 xb, rec1 xb) x half
-#pragma GCC unroll 2
-    for (int half = 0; half < 2; ++half) {
-      __m256i s[4][4];
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        const int64_t k = (b0 + 4 * half + i) * kBlock;
-        const __m256i w0l = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + k)));
-        const __m256i w0h = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q0 + k + 16)));
-        const __m256i w1l = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k)));
-        const __m256i w1h = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q1 + k + 16)));
-        const __m256i al = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));
-        const __m256i ah = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k + 16));
-        const __m256i bl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));
-        const __m256i bh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k + 16));
-        s[0][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w0l, al), w0h, ah);
-        s[1][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w1l, al), w1h, ah);
-        s[2][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w0l, bl), w0h, bh);
-        s[3][i] = _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(z, w1l, bl), w1h, bh);
-      }
-      for (int c = 0; c < 4; ++c) h[c][half] = hadd4(s[c][0], s[c][1], s[c][2], s[c][3]);
-    }
-    const __m256 d0 = scales8<GPB>(rec0 + kp, b0), d1 = scales8<GPB>(rec1 + kp, b0);
-    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[0][0], h[0][1])), d0, acc[0]);
-    acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[1][0], h[1][1])), d1, acc[1]);
-    acc[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[2][0], h[2][1])), d0, acc[2]);
-    acc[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(combine8(h[3][0], h[3][1])), d1, acc[3]);
-  }
-  float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int64_t b = full; b < nb; ++b) {
-    const float d0 = block_scale(rec0 + kp, b, GPB), d1 = block_scale(rec1 + kp, b, GPB);
-    t[0] = std::fma(float(hsum_i32(block_q8(q0 + b * kBlock, xa + b * kBlock))), d0, t[0]);
-    t[1] = std::fma(float(hsum_i32(block_q8(q1 + b * kBlock, xa + b * kBlock))), d1, t[1]);
-    t[2] = std::fma(float(hsum_i32(block_q8(q0 + b * kBlock, xb + b * kBlock))), d0, t[2]);
-    t[3] = std::fma(float(hsum_i32(block_q8(q1 + b * kBlock, xb + b * kBlock))), d1, t[3]);
-  }
-  ya[0] = hsum(acc[0]) + t[0];
-  ya[1] = hsum(acc[1]) + t[1];
-  yb[0] = hsum(acc[2]) + t[2];
-  yb[1] = hsum(acc[3]) + t[3];
-}
-#endif
 
 // sum_b (d_b * xs_b * <q_b, xq_b> + m_b * xsum_b) over two q4 records at once (x is loaded once
 // for both); the block count is even (Kp is a multiple of 64)
@@ -291,42 +277,64 @@ void dot_q4x2(const uint8_t* rec0, const uint8_t* rec1, const int8_t* x, const f
 }
 #endif
 
+// output column n of row yr: dot * scale (q8: the row's activation scale; q4: 1) + bias, as one
+// explicit fma on every path (a fusion left to the compiler could differ between paths)
+FASTLM_INLINE void store_col(const QWeight& w, float dot, float scale, int64_t n, float* yr) {
+  yr[n] = std::fma(dot, scale, w.bias ? w.bias[n] : 0.0f);
+}
+
 // y[:, n0:n1] for rows M of x, two weight rows per pass (an odd last row is computed twice)
 template <int GPB, QType T>
 void rows_typed(const QWeight& w, const QuantX& q, int64_t M, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const int64_t rb = q_row_bytes(w.type, w.K, w.G), kp = q.kp, nb = kp / kBlock;
+#if defined(__AVX2__)
+  thread_local std::vector<float> dbuf;  // q8: the pass's two records' block scales as floats
+  if constexpr (T == QType::kQ8) dbuf.resize(size_t(2 * nb));
+#endif
   for (int64_t n = n0; n < n1; n += 2) {
     const uint8_t* rec0 = w.data + n * rb;
     const uint8_t* rec1 = n + 1 < n1 ? rec0 + rb : rec0;
+    const bool two = n + 1 < n1;
     prefetch_ahead(rec0, rb, n1 - n, 2);
-    int64_t m = 0;
-#if defined(FASTLM_Q8_TWO_ROWS)
     if constexpr (T == QType::kQ8) {
-      for (; m + 1 < M; m += 2) {
-        float ya[2], yb[2];
-        dot_q8x2x2<GPB>(rec0, rec1, q.x16.data() + m * kp, q.x16.data() + (m + 1) * kp, kp, ya, yb);
-        for (int r = 0; r < 2; ++r) {  // (as the one-row loop below writes them)
-          float y0 = r ? yb[0] : ya[0], y1 = r ? yb[1] : ya[1];
-          y0 *= q.row_scale[size_t(m + r)];
-          y1 *= q.row_scale[size_t(m + r)];
-          y[(m + r) * ldy + n] = y0 + (w.bias ? w.bias[n] : 0.0f);
-          if (n + 1 < n1) y[(m + r) * ldy + n + 1] = y1 + (w.bias ? w.bias[n + 1] : 0.0f);
+#if defined(__AVX2__)
+      float* d0 = dbuf.data();
+      float* d1 = d0 + nb;
+      block_scales<GPB>(rec0 + kp, nb, d0);
+      block_scales<GPB>(rec1 + kp, nb, d1);
+      if (M == 1) {
+        float y0, y1;
+        dot_q8_1x2(rec0, rec1, d0, d1, q.x16.data(), kp, y0, y1);
+        store_col(w, y0, q.row_scale[0], n, y);
+        if (two) store_col(w, y1, q.row_scale[0], n + 1, y);
+        continue;
+      }
+      for (int j = 0; j < (two ? 2 : 1); ++j) {
+        for (int64_t m = 0; m < M; m += 8) {
+          const int r = int(std::min<int64_t>(8, M - m));
+          float out[8];
+          dot_q8_rows(j ? rec1 : rec0, j ? d1 : d0, q.x16.data() + m * kp, kp, r, out);
+          for (int i = 0; i < r; ++i) store_col(w, out[i], q.row_scale[size_t(m + i)], n + j, y + (m + i) * ldy);
         }
       }
-    }
-#endif
-    for (; m < M; ++m) {
-      float y0, y1;
-      if constexpr (T == QType::kQ8) {
+      continue;
+#else
+      for (int64_t m = 0; m < M; ++m) {
+        float y0, y1;
         dot_q8x2<GPB>(rec0, rec1, q.x16.data() + m * kp, kp, y0, y1);
-        y0 *= q.row_scale[size_t(m)];
-        y1 *= q.row_scale[size_t(m)];
-      } else {
+        store_col(w, y0, q.row_scale[size_t(m)], n, y + m * ldy);
+        if (two) store_col(w, y1, q.row_scale[size_t(m)], n + 1, y + m * ldy);
+      }
+      continue;
+#endif
+    } else {
+      for (int64_t m = 0; m < M; ++m) {
+        float y0, y1;
         dot_q4x2<GPB>(rec0, rec1, q.x8.data() + m * kp, q.blk_scale.data() + m * nb, q.blk_sum.data() + m * nb, kp,
                       y0, y1);
+        store_col(w, y0, 1.0f, n, y + m * ldy);
+        if (two) store_col(w, y1, 1.0f, n + 1, y + m * ldy);
       }
-      y[m * ldy + n] = y0 + (w.bias ? w.bias[n] : 0.0f);
-      if (n + 1 < n1) y[m * ldy + n + 1] = y1 + (w.bias ? w.bias[n + 1] : 0.0f);
     }
   }
 }
