@@ -19,7 +19,7 @@ LAYERS = [
     ["_runtime"],
     ["kernels"],
     ["config"],
-    ["hub", "chat", "rope"],
+    ["hub", "chat", "rope", "progress"],
     ["tokenizer"],
     ["formats"],
     ["quant"],

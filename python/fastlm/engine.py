@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Sequence, Union
 
 import numpy as np
@@ -18,6 +17,7 @@ from fastlm.config import MAX_SIZE, ConfigError
 from fastlm.formats import open_model
 from fastlm.generation import AsyncStream, Generation, Stream
 from fastlm.hub import DEFAULT_MODEL
+from fastlm.progress import reporter
 from fastlm.models import build, calibrate, executor_class
 from fastlm.outputs import Completion
 from fastlm.quant import QuantScheme
@@ -114,8 +114,6 @@ class Engine:
             dtype = "float32"  # the device executor takes float weights: GGUF blocks are dequantized
         report = calib_report = None
         if progress:  # tqdm bars on stderr when it is a terminal
-            from fastlm.progress import reporter
-
             report = reporter(f"quantizing {src.path.name} to {dtype}" if scheme else f"loading {src.path.name}")
             calib_report = reporter("calibrating (GPTQ)")
         if scheme is not None:

@@ -31,9 +31,16 @@ import hashlib
 import json
 from typing import Optional
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
+
+from fastlm._runtime import set_num_threads
+from fastlm.engine import Engine
+from fastlm.hub import DEFAULT_MODEL
+from fastlm.server.app import create_app
 
 PREFIX_CHARS = 512  # of a prompt, or of a chat's first two messages as JSON: the routing key
 
@@ -71,9 +78,6 @@ class Replica:
     response start ({"status", "headers"}) and then its body pieces."""
 
     def __init__(self, index: int, model: str, threads: Optional[int], engine_args: dict, app_args: dict):
-        from fastlm import Engine, set_num_threads
-        from fastlm.server import create_app
-
         if threads:
             set_num_threads(threads)
         self.index = index
@@ -162,9 +166,6 @@ def application(model: Optional[str] = None, *, replicas: int = 1, cores_per_rep
     cores_per_replica CPUs reserved and as many kernel threads; None: Ray's default of 1 CPU and
     fastlm's default threads), behind the prefix-hash Router. engine_args go to
     Engine.from_pretrained (dtype, max_slots, max_seq_len, ...)."""
-    from fastlm.hub import DEFAULT_MODEL
-    from pathlib import Path
-
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     model = model or DEFAULT_MODEL
